@@ -1,0 +1,45 @@
+"""What the daemon's dispatcher needs from a board, behind one narrow interface.
+
+Implementations: a board driven through cpufreq sysfs (real or fake root) and the virtual board
+(a sysfs tree the daemon owns plus the profile's latency and power models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgesched.device import DeviceProfile
+from edgesched.observation import BoardView, Decision
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one inference cost on the board."""
+
+    wall_s: float
+    """Service time the request is charged (the virtual board's emulated time)."""
+    energy_j: float
+    """Energy attributed to the inference (dynamic + static of the cluster it ran on)."""
+
+
+class Board(Protocol):
+    profile: DeviceProfile
+    view: BoardView
+
+    def current_opps(self) -> list[int]:
+        """OPP index each cluster runs at now."""
+
+    def apply(self, decision: Decision) -> float:
+        """Set ``decision.cluster`` to ``decision.opp``; returns the transition delay in seconds
+        (0 when nothing changed). Failures are reported and the board falls back safely."""
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        """CPUs to pin the inference thread to for ``cluster`` (empty: no pinning)."""
+
+    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+        """Called after an inference that took ``host_s`` on the host; the virtual board waits
+        until the emulated service time has passed since ``started_s`` and prices it."""
+
+    def close(self) -> None:
+        """Give the board back: restore every setting changed."""

@@ -1,0 +1,217 @@
+"""The one observation builder and action decoder, shared by the simulator and the daemon.
+
+Versioned: a policy file records ``OBS_VERSION``, ``N_ACTIONS`` and ``action_map_id()``; the
+daemon refuses a file whose values differ.
+
+Everything is normalised so that one policy can run on a board it never trained on: frequencies
+as a fraction of the cluster's top OPP, capacity as a fraction of 1024, slack and backlog in units
+of the head request's service time at the board's top speed.
+
+Actions: ``cluster * LEVELS + level``. A level is a target fraction ``(level + 1) / LEVELS`` of the
+cluster's top frequency, decoded to the lowest OPP at or above it. Levels that decode to the same
+OPP as a lower level, and clusters the board lacks, are masked; decoding a masked action is still
+defined (it gives the OPP the level maps to, on cluster 0 if the cluster is missing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from math import tanh
+from typing import NamedTuple
+
+import numpy as np
+
+from edgesched.device import DeviceProfile, Work
+
+OBS_VERSION = 1
+MAX_CLUSTERS = 2
+LEVELS = 20
+N_ACTIONS = MAX_CLUSTERS * LEVELS
+
+GLOBAL_FEATURES = (
+    "queue_len",          # waiting requests n, as n / (n + 4)
+    "head_priority",      # 0 for priority 1 (highest) .. 1 for the lowest class
+    "head_slack",         # tanh(slack / service_time_at_top / 4); negative when already late
+    "head_mem_fraction",  # memory-bound share of the head's service time at top speed
+    "backlog",            # tanh(queued work at top speed / head service time / 8)
+    "queue_slack",        # tanh((earliest queued deadline - now) / (head + backlog) / 4), 1 if none
+    "urgent_waiting",     # waiting requests of the head's class or higher, n / (n + 4)
+    "arrival_load",       # tanh(arrival rate * head service time at top speed)
+    "utilisation",        # recent busy fraction of the board in [0, 1]
+)
+CLUSTER_FEATURES = (
+    "present",            # 1 if the board has this cluster
+    "capacity",           # kernel capacity / 1024
+    "cur_freq",           # current frequency / cluster top frequency
+    "required_freq",      # frequency needed to meet the head's deadline here / top, /1.5, <=1
+    "transition",         # tanh(transition latency / head service time at top speed)
+)
+OBS_DIM = len(GLOBAL_FEATURES) + MAX_CLUSTERS * len(CLUSTER_FEATURES)
+OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0] + [0, 0, 0, 0, 0] * MAX_CLUSTERS, dtype=np.float32)
+OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
+
+
+class Decision(NamedTuple):
+    """What a policy chose: a cluster index and an OPP index in that cluster's table."""
+
+    cluster: int
+    opp: int
+
+
+@dataclass(frozen=True)
+class BoardView:
+    """Per-board constants the builder and decoder need, computed once per profile."""
+
+    profile: DeviceProfile
+    n_clusters: int
+    capacity: tuple[float, ...]
+    max_khz: tuple[int, ...]
+    speed_top_mhz: tuple[float, ...]
+    transition_s: tuple[float, ...]
+    level_to_opp: tuple[tuple[int, ...], ...]
+    mask: np.ndarray
+    mem_scale: float
+    freq_frac: tuple[tuple[float, ...], ...]
+    decoded: tuple[Decision, ...]
+    work_cache: dict[Work, tuple[float, float, tuple[float, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, profile: DeviceProfile) -> BoardView:
+        n = len(profile.clusters)
+        level_to_opp: list[tuple[int, ...]] = []
+        mask = np.zeros(N_ACTIONS, dtype=np.int8)
+        for ci in range(MAX_CLUSTERS):
+            c = profile.clusters[ci if ci < n else 0]
+            row = tuple(c.opp_index_at_least((lv + 1) / LEVELS * c.max_khz - 1e-6)
+                        for lv in range(LEVELS))
+            level_to_opp.append(row)
+            if ci < n:
+                seen: set[int] = set()
+                for lv, opp in enumerate(row):
+                    if opp not in seen:
+                        mask[ci * LEVELS + lv] = 1
+                        seen.add(opp)
+        return cls(
+            profile=profile, n_clusters=n,
+            capacity=tuple(profile.capacity(i) / 1024.0 for i in range(n)),
+            max_khz=tuple(c.max_khz for c in profile.clusters),
+            speed_top_mhz=tuple(c.speed_mhz(len(c.opps) - 1) for c in profile.clusters),
+            transition_s=tuple(c.transition_latency_ns * 1e-9 for c in profile.clusters),
+            level_to_opp=tuple(level_to_opp), mask=mask, mem_scale=profile.mem_time_scale,
+            freq_frac=tuple(tuple(o.khz / c.max_khz for o in c.opps) for c in profile.clusters),
+            decoded=tuple(Decision(a // LEVELS if a // LEVELS < n else 0,
+                                   level_to_opp[a // LEVELS][a % LEVELS])
+                          for a in range(N_ACTIONS)))
+
+    def decode(self, action: int) -> Decision:
+        """Action index to (cluster, OPP index); total over 0..N_ACTIONS-1."""
+        a = int(action)
+        if not 0 <= a < N_ACTIONS:
+            raise ValueError(f"action {a} outside 0..{N_ACTIONS - 1}")
+        return self.decoded[a]
+
+    def encode(self, decision: Decision) -> int:
+        """The lowest unmasked action that decodes to ``decision`` (or the nearest level above)."""
+        row = self.level_to_opp[decision.cluster]
+        for lv, opp in enumerate(row):
+            if opp >= decision.opp:
+                return decision.cluster * LEVELS + lv
+        return decision.cluster * LEVELS + LEVELS - 1
+
+
+
+def action_map_id() -> str:
+    """A stable description of the action encoding (not of any board)."""
+    return f"cluster*{LEVELS}+level;level->lowest opp >= (level+1)/{LEVELS}*fmax;clusters<={MAX_CLUSTERS}"
+
+
+@dataclass(slots=True)
+class DecisionContext:
+    """Everything a policy may look at when the next request is about to run.
+
+    Filled by the simulator's engine and by the daemon's dispatcher alike.
+    """
+
+    now_s: float
+    head_priority: int
+    head_deadline_s: float
+    head_work: Work
+    levels: int
+    queue_len: int
+    urgent_waiting: int
+    backlog_ms: float
+    earliest_deadline_s: float
+    cur_opp: list[int]
+    arrival_rate_hz: float
+    utilisation: float
+    util_by_cluster: list[float]
+    """PELT-style utilisation per cluster in [0, 1] (frequency- and capacity-invariant)."""
+    busy_fraction_by_cluster: list[float]
+    """Busy fraction per cluster over the last governor sampling window."""
+
+
+def _work_constants(view: BoardView, work: Work) -> tuple[float, float, tuple[float, ...]]:
+    """(service ms at top speed, memory ms, compute ms at each cluster's top OPP) for ``work``."""
+    cached = view.work_cache.get(work)
+    if cached is None:
+        threads = max(1, work.threads)
+        mem_ms = work.mem_ms * view.mem_scale
+        compute = tuple(work.compute_mcycles * 1000.0 / (s * threads) for s in view.speed_top_mhz)
+        top_ms = max(min(compute) + mem_ms, 1e-6)
+        cached = (top_ms, mem_ms, compute)
+        if len(view.work_cache) < 4096:
+            view.work_cache[work] = cached
+    return cached
+
+
+def build_observation(view: BoardView, ctx: DecisionContext) -> np.ndarray:
+    """The observation vector (float32, ``OBS_DIM`` long) for ``ctx`` on the board ``view``."""
+    return observation_from(view, ctx.now_s, ctx.head_priority, ctx.head_deadline_s,
+                            ctx.head_work, ctx.levels, ctx.queue_len, ctx.urgent_waiting,
+                            ctx.backlog_ms, ctx.earliest_deadline_s, ctx.cur_opp,
+                            ctx.arrival_rate_hz, ctx.utilisation)
+
+
+def observation_from(view: BoardView, now: float, head_priority: int, head_deadline_s: float,
+                     head_work: Work, levels: int, n: int, u: int, backlog_ms: float,
+                     earliest_deadline_s: float, cur_opp: list[int], arrival_rate_hz: float,
+                     util: float) -> np.ndarray:
+    """:func:`build_observation` with the context's fields passed one by one (the simulator's
+    hot path calls this directly to skip building a context object).
+
+    Every feature is bounded by construction (ratios n/(n+4), tanh, clipped fractions), so the
+    vector always lies inside ``[OBS_LOW, OBS_HIGH]``.
+    """
+    top_ms, mem_ms, compute = _work_constants(view, head_work)
+    slack_ms = (head_deadline_s - now) * 1000.0
+    finite_slack = slack_ms != math.inf
+    feats = [
+        n / (n + 4.0),
+        min(1.0, (head_priority - 1) / max(1, levels - 1)),
+        tanh(slack_ms / top_ms * 0.25) if finite_slack else 1.0,
+        mem_ms / top_ms,
+        tanh(backlog_ms / top_ms * 0.125),
+        (tanh((earliest_deadline_s - now) * 1000.0 / (top_ms + backlog_ms) * 0.25)
+         if earliest_deadline_s != math.inf else 1.0),
+        u / (u + 4.0),
+        tanh(arrival_rate_hz * top_ms * 0.001),
+        1.0 if util > 1.0 else (util if util > 0.0 else 0.0),
+    ]
+    room_ms = slack_ms - mem_ms
+    for ci in range(MAX_CLUSTERS):
+        if ci >= view.n_clusters:
+            feats.extend((0.0, 0.0, 0.0, 0.0, 0.0))
+            continue
+        if not finite_slack:
+            required = 0.0
+        elif room_ms <= 0.0:
+            required = 1.0
+        else:
+            required = compute[ci] / room_ms / 1.5
+            if required > 1.0:
+                required = 1.0
+        feats.extend((1.0, view.capacity[ci], view.freq_frac[ci][cur_opp[ci]], required,
+                      tanh(view.transition_s[ci] * 1000.0 / top_ms)))
+    return np.array(feats, dtype=np.float32)

@@ -1,0 +1,322 @@
+"""The discrete-event core of the simulator.
+
+One board, one inference at a time, non-preemptive. Requests arrive from a :class:`JobSet`, wait
+in the daemon's :class:`~edgesched.queue.RequestQueue`, and run at the cluster and OPP a policy
+chose, paying the cluster's transition latency when the OPP changes. Requests whose deadline has
+passed while they waited are answered "deadline missed" without running (as the daemon does).
+
+Energy over a run (board floor excluded, reported apart): every cluster draws its ``idle_uw``
+when idle; the cluster running a request draws ``busy_power_uw`` instead; a frequency change
+costs its transition latency at the new OPP's static power. The run lasts until
+``max(duration, last completion)``.
+
+Policies with ``tick_s > 0`` (kernel governors) are re-evaluated on a tick grid while a request
+runs, the request's progress carrying over between OPPs; after an idle gap they get one tick with
+the utilisation decayed over the gap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from edgesched.device import DeviceProfile
+from edgesched.errors import QueueFullError
+from edgesched.observation import BoardView, Decision, DecisionContext, observation_from
+from edgesched.policy.base import Policy
+from edgesched.queue import Entry, RequestQueue
+from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter
+from edgesched_sim.scenarios import JobSet
+from edgesched_sim.workloads import MODELS
+
+
+class Outcome(IntEnum):
+    PENDING = 0
+    OK = 1
+    LATE = 2        # ran, finished after its deadline
+    EXPIRED = 3     # deadline passed while queued: answered without running
+    SHED = 4        # displaced from a full queue by higher-priority work
+    REJECTED = 5    # refused at admission: queue full
+
+
+MISSED = (Outcome.LATE, Outcome.EXPIRED, Outcome.SHED, Outcome.REJECTED)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    levels: int = 3
+    max_count: int = 64
+    aging_s: float = 2.0
+    drop_expired: bool = True
+
+
+@dataclass
+class RunStats:
+    """Per-job results of one run (arrays indexed like the job set)."""
+
+    outcome: np.ndarray
+    finish_s: np.ndarray
+    start_s: np.ndarray
+    cluster: np.ndarray
+    opp: np.ndarray
+    energy_j: np.ndarray
+    """Energy attributed to each request (busy power x service time); 0 if it did not run."""
+    total_energy_j: float = 0.0
+    idle_energy_j: float = 0.0
+    transition_energy_j: float = 0.0
+    horizon_s: float = 0.0
+    board_floor_j: float = 0.0
+    transitions: int = 0
+    freq_time: dict[tuple[int, int], float] = field(default_factory=dict)
+
+
+class Engine:
+    """A run of one job set on one board; drive it with ``run(policy)`` or step by step."""
+
+    def __init__(self, profile: DeviceProfile, jobs: JobSet, duration_s: float,
+                 queue: QueueConfig | None = None) -> None:
+        self.profile = profile
+        self.view = BoardView.of(profile)
+        self.jobs = jobs
+        self.duration_s = duration_s
+        self.qcfg = queue or QueueConfig()
+        names = sorted(set(jobs.model))
+        self._model_index = {m: i for i, m in enumerate(names)}
+        self.works = [MODELS[m].work for m in names]
+        self.input_bytes = [MODELS[m].input_bytes for m in names]
+        nc = len(profile.clusters)
+        self.n_clusters = nc
+        # [model][cluster][opp] service time (s) and extra power over the cluster's idle (uW)
+        self.lat_s = [[[profile.latency_ms(w, c, o) / 1000.0 for o in range(len(cl.opps))]
+                       for c, cl in enumerate(profile.clusters)] for w in self.works]
+        self.busy_uw = [[[cl.busy_power_uw(o, w.threads) for o in range(len(cl.opps))]
+                         for cl in profile.clusters] for w in self.works]
+        self.static_uw = [[cl.static_power_uw(o) for o in range(len(cl.opps))]
+                          for cl in profile.clusters]
+        self.idle_uw = [cl.idle_uw for cl in profile.clusters]
+        self.idle_total_uw = sum(self.idle_uw)
+        self.trans_s = [cl.transition_latency_ns * 1e-9 for cl in profile.clusters]
+        top = profile.max_speed_mhz
+        self.run_scale = [[cl.speed_mhz(o) / top for o in range(len(cl.opps))]
+                          for cl in profile.clusters]
+        self.top_s = [min(self.lat_s[m][c][-1] for c in range(nc)) for m in range(len(names))]
+        fastest = profile.fastest_cluster
+        self.ref_j = [self.busy_uw[m][fastest][-1] * self.lat_s[m][fastest][-1] * 1e-6
+                      for m in range(len(names))]
+        """Energy of each model at the board's top speed (the reward's unit)."""
+        self.track_pelt = True
+        self.job_model = [self._model_index[m] for m in jobs.model]
+        self.job_release = jobs.release_s.tolist()
+        self.job_deadline = jobs.deadline_s.tolist()
+        self.job_prio = [min(int(p), self.qcfg.levels) for p in jobs.priority.tolist()]
+        self.reset()
+
+    # ------------------------------------------------------------------------------- state
+    def reset(self) -> None:
+        n = len(self.jobs)
+        nc = self.n_clusters
+        q = self.qcfg
+        self.queue = RequestQueue(levels=q.levels, max_count=q.max_count, max_bytes=1 << 40,
+                                  aging_s=q.aging_s)
+        self.now = 0.0
+        self.next_job = 0
+        self.cur_opp = [0] * nc
+        self.pelt = [PeltTracker() for _ in range(nc)]
+        self.windows = [BusyWindow() for _ in range(nc)]
+        self.rate = RateMeter()
+        self.busy_avg = BusyAverage()
+        self.next_tick_s = math.inf
+        self.extra_j = 0.0
+        self.stats = RunStats(outcome=np.zeros(n, dtype=np.int8), finish_s=np.full(n, np.nan),
+                              start_s=np.full(n, np.nan), cluster=np.full(n, -1, dtype=np.int8),
+                              opp=np.full(n, -1, dtype=np.int16), energy_j=np.zeros(n))
+        self._outcome = [0] * n
+        self._energy = [0.0] * n
+        self._finish = [math.nan] * n
+        self._start = [math.nan] * n
+        self._cluster = [-1] * n
+        self._opp = [-1] * n
+        self._zeros = [0.0] * nc
+        self.step_missed: list[int] = []  # priorities of requests missed since the last call
+        self.done = False
+
+    # ------------------------------------------------------------------------------- arrivals
+    def _admit_until(self, t: float) -> None:
+        rel = self.job_release
+        n = len(rel)
+        i = self.next_job
+        queue = self.queue
+        while i < n and rel[i] <= t:
+            r = rel[i]
+            m = self.job_model[i]
+            self.rate.event(r)
+            entry = Entry(request_id=i, priority=self.job_prio[i], deadline_s=self.job_deadline[i],
+                          enqueued_s=r, size_bytes=self.input_bytes[m],
+                          service_ms=self.top_s[m] * 1000.0)
+            try:
+                shed = queue.push(entry, r)
+            except QueueFullError:
+                self._miss(i, Outcome.REJECTED)
+            else:
+                for victim in shed:
+                    self._miss(victim.request_id, Outcome.SHED)
+            i += 1
+        self.next_job = i
+
+    def _miss(self, job: int, outcome: Outcome) -> None:
+        self._outcome[job] = outcome
+        self.step_missed.append(self.job_prio[job])
+
+    # ------------------------------------------------------------------------------- stepping
+    def next_head(self, policy: Policy | None = None) -> Entry | None:
+        """Advance until a request is ready to run; None when the run is over."""
+        while True:
+            if self.qcfg.drop_expired and len(self.queue):
+                for e in self.queue.pop_expired(self.now):
+                    self._miss(e.request_id, Outcome.EXPIRED)
+            head = self.queue.pop(self.now)
+            if head is not None:
+                return head
+            if self.next_job >= len(self.job_release):
+                self.done = True
+                return None
+            t_next = self.job_release[self.next_job]
+            if t_next > self.now:
+                self._idle_until(t_next, policy)
+            self._admit_until(self.now)
+
+    def _idle_until(self, t: float, policy: Policy | None) -> None:
+        if self.track_pelt:
+            for c in range(self.n_clusters):
+                self.pelt[c].advance(t, 0.0)
+        self.busy_avg.advance(t, False)
+        self.now = t
+        if policy is not None and policy.tick_s > 0 and t >= self.next_tick_s:
+            self._tick(policy)
+            self.next_tick_s = (math.floor(t / policy.tick_s) + 1) * policy.tick_s
+
+    def context(self, head: Entry) -> DecisionContext:
+        now = self.now
+        q = self.queue
+        return DecisionContext(
+            now_s=now, head_priority=head.priority, head_deadline_s=head.deadline_s,
+            head_work=self.works[self.job_model[head.request_id]], levels=q.levels,
+            queue_len=len(q), urgent_waiting=q.count_at_most(head.cls + 1),
+            backlog_ms=q.backlog_ms, earliest_deadline_s=q.earliest_deadline_s(),
+            cur_opp=self.cur_opp, arrival_rate_hz=self.rate.rate_hz(now),
+            utilisation=self.busy_avg.value,
+            util_by_cluster=[p.util for p in self.pelt] if self.track_pelt else self._zeros,
+            busy_fraction_by_cluster=self._zeros)
+
+    def observation(self, head: Entry) -> np.ndarray:
+        """The shared observation for ``head`` (same values as building it from ``context``)."""
+        now = self.now
+        q = self.queue
+        return observation_from(
+            self.view, now, head.priority, head.deadline_s,
+            self.works[self.job_model[head.request_id]], q.levels, len(q),
+            q.count_at_most(head.cls + 1), q.backlog_ms, q.earliest_deadline_s(), self.cur_opp,
+            self.rate.rate_hz(now), self.busy_avg.value)
+
+    def _switch(self, cluster: int, opp: int) -> None:
+        if self.cur_opp[cluster] == opp:
+            return
+        dt = self.trans_s[cluster]
+        self.extra_j += (self.static_uw[cluster][opp] - self.idle_uw[cluster]) * dt * 1e-6
+        self.stats.transition_energy_j += self.static_uw[cluster][opp] * dt * 1e-6
+        self.stats.transitions += 1
+        self.cur_opp[cluster] = opp
+        self.now += dt
+
+    def _tick(self, policy: Policy) -> None:
+        now = self.now
+        for c in range(self.n_clusters):
+            util = self.pelt[c].advance(now, 0.0)
+            busy = self.windows[c].sample(now)
+            new = policy.tick(self.view, now, c, self.cur_opp[c], util, busy)
+            if new != self.cur_opp[c]:
+                self._switch(c, new)
+
+    def run_head(self, head: Entry, decision: Decision, policy: Policy | None = None) -> float:
+        """Run ``head`` at ``decision``; returns the energy attributed to it (J)."""
+        job = head.request_id
+        m = self.job_model[job]
+        c = decision.cluster
+        self._switch(c, decision.opp)
+        start = self.now
+        self.busy_avg.advance(start, False)
+        energy = 0.0
+        if policy is None or policy.tick_s <= 0:
+            o = self.cur_opp[c]
+            dt = self.lat_s[m][c][o]
+            p = self.busy_uw[m][c][o]
+            energy = p * dt * 1e-6
+            self.extra_j += (p - self.idle_uw[c]) * dt * 1e-6
+            self.now = start + dt
+            if self.track_pelt:
+                self.pelt[c].advance(start, 0.0)
+                self.pelt[c].advance(self.now, self.run_scale[c][o])
+                self.windows[c].add_busy(dt)
+        else:
+            remaining = 1.0
+            tick = policy.tick_s
+            if not self.next_tick_s > self.now:
+                self.next_tick_s = (math.floor(self.now / tick) + 1) * tick
+            while remaining > 1e-12:
+                o = self.cur_opp[c]
+                total = self.lat_s[m][c][o]
+                seg = min(remaining * total, self.next_tick_s - self.now)
+                p = self.busy_uw[m][c][o]
+                energy += p * seg * 1e-6
+                self.extra_j += (p - self.idle_uw[c]) * seg * 1e-6
+                self.pelt[c].advance(self.now, 0.0)
+                self.now += seg
+                self.pelt[c].advance(self.now, self.run_scale[c][o])
+                self.windows[c].add_busy(seg)
+                remaining -= seg / total
+                if self.now >= self.next_tick_s - 1e-12:
+                    self._tick(policy)
+                    self.next_tick_s = (math.floor(self.now / tick + 1e-9) + 1) * tick
+        self.busy_avg.advance(self.now, True)
+        finish = self.now
+        self._start[job] = start
+        self._finish[job] = finish
+        self._cluster[job] = c
+        self._opp[job] = self.cur_opp[c]
+        self._energy[job] = energy
+        if finish > head.deadline_s:
+            self._miss(job, Outcome.LATE)
+        else:
+            self._outcome[job] = Outcome.OK
+        self._admit_until(finish)
+        return energy
+
+    # ------------------------------------------------------------------------------- whole runs
+    def run(self, policy: Policy, seed: int | None = None) -> RunStats:
+        self.reset()
+        policy.reset(self.view, seed)
+        while True:
+            head = self.next_head(policy)
+            if head is None:
+                break
+            decision = policy.decide(self.view, self.context(head))
+            self.run_head(head, decision, policy)
+        return self.finish()
+
+    def finish(self) -> RunStats:
+        """Close the run's accounts (idle power over the horizon) and return the statistics."""
+        s = self.stats
+        s.horizon_s = max(self.duration_s, self.now)
+        s.idle_energy_j = self.idle_total_uw * s.horizon_s * 1e-6
+        s.total_energy_j = s.idle_energy_j + self.extra_j
+        s.board_floor_j = self.profile.board_floor_uw * s.horizon_s * 1e-6
+        s.outcome[:] = self._outcome
+        s.finish_s[:] = self._finish
+        s.start_s[:] = self._start
+        s.cluster[:] = self._cluster
+        s.opp[:] = self._opp
+        s.energy_j[:] = self._energy
+        return s

@@ -1,0 +1,117 @@
+"""The gymnasium environment ``edgesched/EdgeDVFS-v0``.
+
+One step is one dispatch decision: the observation describes the request about to run (built by
+:func:`edgesched.observation.build_observation`, the daemon's builder), the action picks a cluster
+and a frequency level (decoded by the same :class:`~edgesched.observation.BoardView` the daemon
+uses), and the engine runs the request and everything that arrives meanwhile.
+
+Reward per step::
+
+    - (energy of the step above the board's idle power) / (mean energy of the episode's
+      requests at the board's top speed)
+    - sum over requests missed during the step of miss_weight[priority]
+
+so the energy term is unit-free and comparable across boards (idle power over the run does not
+depend on the policy and is left out). ``info["action_mask"]`` marks the
+actions that select distinct OPPs the board has.
+
+Domain randomisation: ``devices`` and ``scenarios`` may list several; each reset picks one of each
+with the environment's seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from edgesched.device import DeviceProfile, load_profile
+from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW
+from edgesched.queue import Entry
+from edgesched_sim.engine import Engine, QueueConfig
+from edgesched_sim.scenarios import Scenario, generate, load_scenario
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the reward; miss weights by priority (1 = highest)."""
+
+    energy_weight: float = 1.0
+    miss_weight: Mapping[int, float] = field(default_factory=lambda: {1: 20.0, 2: 5.0, 3: 1.0})
+
+
+class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, devices: Sequence[str | DeviceProfile] = ("rk3399",),
+                 scenarios: Sequence[str | Scenario] = ("steady-light",),
+                 duration_s: float | None = 30.0, reward: RewardConfig | None = None,
+                 queue: QueueConfig | None = None) -> None:
+        super().__init__()
+        if not devices or not scenarios:
+            raise ValueError("need at least one device and one scenario")
+        self.profiles = [d if isinstance(d, DeviceProfile) else load_profile(d) for d in devices]
+        self.scenarios = [s if isinstance(s, Scenario) else load_scenario(s) for s in scenarios]
+        self.duration_s = duration_s
+        self.reward_cfg = reward or RewardConfig()
+        self.queue_cfg = queue or QueueConfig()
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(OBS_DIM,), dtype=np.float32)
+        self.action_space = spaces.Discrete(N_ACTIONS)
+        self.engine: Engine | None = None
+        self._head: Entry | None = None
+        self._energy_scale_j = 1.0
+        weights = self.reward_cfg.miss_weight
+        self._miss_w = [0.0] + [float(weights.get(p, 1.0)) for p in range(1, 9)]
+
+    def _new_engine(self) -> Engine:
+        rng = self.np_random
+        profile = self.profiles[int(rng.integers(len(self.profiles)))]
+        sc = self.scenarios[int(rng.integers(len(self.scenarios)))]
+        dur = sc.duration_s if self.duration_s is None else self.duration_s
+        jobs = generate(sc, int(rng.integers(2**31 - 1)), dur)
+        engine = Engine(profile, jobs, dur, self.queue_cfg)
+        engine.track_pelt = False  # the observation does not use it; only governors do
+        return engine
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None,
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        while True:
+            self.engine = self._new_engine()
+            self._head = self.engine.next_head()
+            if self._head is not None:
+                break
+        self.engine.step_missed.clear()
+        ref = self.engine.ref_j
+        models = self.engine.job_model
+        self._energy_scale_j = sum(ref[m] for m in models) / len(models)
+        return self.engine.observation(self._head), {"action_mask": self.engine.view.mask.copy()}
+
+    def step(self, action: np.int64 | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        eng = self.engine
+        head = self._head
+        if eng is None or head is None:
+            raise RuntimeError("step() called before reset() or after the episode ended")
+        decision = eng.view.decode(int(action))
+        before = eng.extra_j
+        eng.run_head(head, decision)
+        self._head = eng.next_head()
+        reward = -self.reward_cfg.energy_weight * (eng.extra_j - before) / self._energy_scale_j
+        if eng.step_missed:
+            w = self._miss_w
+            reward -= sum(w[p] for p in eng.step_missed)
+            eng.step_missed.clear()
+        info: dict[str, Any] = {}
+        if self._head is None:
+            obs = np.zeros(OBS_DIM, dtype=np.float32)
+            return np.clip(obs, OBS_LOW, OBS_HIGH), float(reward), True, False, info
+        return eng.observation(self._head), float(reward), False, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """For sb3-contrib's MaskablePPO."""
+        assert self.engine is not None
+        return self.engine.view.mask.astype(bool)

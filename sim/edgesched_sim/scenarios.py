@@ -1,0 +1,304 @@
+"""Scenarios: arrival process plus request classes, built in by name or read from a TOML file.
+
+A scenario file::
+
+    name = "my-scenario"
+    duration_s = 60.0
+    [arrivals]
+    process = "poisson"          # poisson | mmpp | trace
+    rate_hz = 8.0                # poisson
+    # mmpp: rates_hz = [2.0, 40.0] and mean_dwell_s = [3.0, 0.5] (state 0 first)
+    # trace: path = "trace.csv" (relative to the scenario file; columns t_s and optionally
+    #        model, priority, deadline_ms, size), time_scale = 1.0, thin = 1.0
+    [[classes]]                  # what a request is; picked by weight (trace rows may override)
+    model = "face_detection_short_range"
+    weight = 1.0
+    priority = 2                 # Triton convention, 1 = highest
+    deadline_ms = 100.0
+
+Generation is deterministic in the seed: the same (scenario, seed, duration) gives the same jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesched.errors import ConfigError
+from edgesched_sim.workloads import MODELS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class RequestClass:
+    model: str
+    weight: float
+    priority: int
+    deadline_ms: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    duration_s: float
+    process: str
+    params: Mapping[str, Any]
+    classes: tuple[RequestClass, ...]
+    trace_rows: tuple[tuple[float, str | None, int | None, float | None], ...] = field(
+        default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class JobSet:
+    """The jobs of one run, in release order (arrays of equal length)."""
+
+    release_s: np.ndarray
+    model: tuple[str, ...]
+    priority: np.ndarray
+    deadline_s: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.model)
+
+
+BUILTIN: dict[str, dict[str, Any]] = {
+    "steady-light": {
+        "duration_s": 60.0,
+        "arrivals": {"process": "poisson", "rate_hz": 6.0},
+        "classes": [
+            {"model": "face_detection_short_range", "weight": 0.6, "priority": 2,
+             "deadline_ms": 120.0},
+            {"model": "hand_landmark_lite", "weight": 0.3, "priority": 2, "deadline_ms": 200.0},
+            {"model": "mobilenet_v1", "weight": 0.1, "priority": 3, "deadline_ms": 1000.0},
+        ],
+    },
+    "steady-heavy": {
+        "duration_s": 60.0,
+        "arrivals": {"process": "poisson", "rate_hz": 18.0},
+        "classes": [
+            {"model": "face_detection_short_range", "weight": 0.6, "priority": 2,
+             "deadline_ms": 150.0},
+            {"model": "hand_landmark_lite", "weight": 0.3, "priority": 2, "deadline_ms": 250.0},
+            {"model": "mobilenet_v1", "weight": 0.1, "priority": 3, "deadline_ms": 1500.0},
+        ],
+    },
+    "bursty": {
+        "duration_s": 60.0,
+        "arrivals": {"process": "mmpp", "rates_hz": [3.0, 35.0], "mean_dwell_s": [4.0, 1.0]},
+        "classes": [
+            {"model": "face_detection_short_range", "weight": 0.7, "priority": 2,
+             "deadline_ms": 150.0},
+            {"model": "hand_landmark_lite", "weight": 0.3, "priority": 1, "deadline_ms": 250.0},
+        ],
+    },
+    "mixed-priority": {
+        "duration_s": 60.0,
+        "arrivals": {"process": "poisson", "rate_hz": 14.0},
+        "classes": [
+            # the keyword model is tiny but waits behind a running MobileNet (non-preemptive):
+            # its deadline must cover that blocking at the top speed
+            {"model": "okay_nabu", "weight": 0.4, "priority": 1, "deadline_ms": 200.0},
+            {"model": "face_detection_short_range", "weight": 0.35, "priority": 2,
+             "deadline_ms": 150.0},
+            {"model": "hand_landmark_lite", "weight": 0.15, "priority": 2, "deadline_ms": 300.0},
+            {"model": "mobilenet_v1", "weight": 0.1, "priority": 3, "deadline_ms": 2000.0},
+        ],
+    },
+    "azure-conv": {
+        # the Azure LLM conversation trace (CC BY 4.0, see data/README.md) thinned to one board:
+        # 1 in 2 requests kept (about 2.8 req/s); the request's size (tokens) picks the class:
+        # short prompts are latency-critical face detections, long ones background MobileNets.
+        "duration_s": 300.0,
+        "arrivals": {"process": "trace", "path": "@azure_llm_2023_conv.csv", "time_scale": 1.0,
+                     "thin": 0.5, "size_classes": [600, 1500]},
+        "classes": [
+            {"model": "face_detection_short_range", "weight": 1.0, "priority": 1,
+             "deadline_ms": 100.0},
+            {"model": "hand_landmark_lite", "weight": 1.0, "priority": 2, "deadline_ms": 250.0},
+            {"model": "mobilenet_v1", "weight": 1.0, "priority": 3, "deadline_ms": 2000.0},
+        ],
+    },
+}
+BUILTIN_NAMES = ("steady-light", "steady-heavy", "bursty", "mixed-priority")
+
+
+def builtin_scenarios() -> list[str]:
+    return list(BUILTIN)
+
+
+def _num(d: Mapping[str, Any], key: str, src: str, default: float | None = None,
+         positive: bool = True) -> float:
+    value = d.get(key, default)
+    if value is None:
+        raise ConfigError(f"{src}: missing {key!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{src}: {key!r} must be a number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{src}: {key!r} must be > 0, got {value!r}")
+    return float(value)
+
+
+def parse_scenario(doc: Mapping[str, Any], name: str, src: str, base_dir: Path | None) -> Scenario:
+    known = {"name", "duration_s", "arrivals", "classes", "description"}
+    for key in doc:
+        if key not in known:
+            raise ConfigError(f"{src}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    arrivals = doc.get("arrivals")
+    if not isinstance(arrivals, Mapping):
+        raise ConfigError(f"{src}: missing [arrivals] table")
+    process = arrivals.get("process")
+    if process not in ("poisson", "mmpp", "trace"):
+        raise ConfigError(f"{src}: arrivals.process must be poisson, mmpp or trace, got {process!r}")
+    raw_classes = doc.get("classes")
+    if not isinstance(raw_classes, list) or not raw_classes:
+        raise ConfigError(f"{src}: needs at least one [[classes]] entry")
+    classes = []
+    for i, c in enumerate(raw_classes):
+        csrc = f"{src}: classes[{i}]"
+        if not isinstance(c, Mapping):
+            raise ConfigError(f"{csrc}: must be a table")
+        model = c.get("model")
+        if model not in MODELS:
+            raise ConfigError(f"{csrc}: unknown model {model!r} (known: {', '.join(sorted(MODELS))})")
+        prio = c.get("priority", 2)
+        if isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 3:
+            raise ConfigError(f"{csrc}: priority must be 1, 2 or 3, got {prio!r}")
+        classes.append(RequestClass(model=str(model), weight=_num(c, "weight", csrc, 1.0),
+                                    priority=prio, deadline_ms=_num(c, "deadline_ms", csrc)))
+    params: dict[str, Any] = dict(arrivals)
+    rows: tuple[tuple[float, str | None, int | None, float | None], ...] = ()
+    if process == "poisson":
+        _num(arrivals, "rate_hz", f"{src}: arrivals")
+    elif process == "mmpp":
+        for key in ("rates_hz", "mean_dwell_s"):
+            v = arrivals.get(key)
+            if (not isinstance(v, list) or len(v) != 2
+                    or not all(isinstance(x, (int, float)) and x > 0 for x in v)):
+                raise ConfigError(f"{src}: arrivals.{key} must be two positive numbers, got {v!r}")
+    else:
+        rows = _read_trace(arrivals, src, base_dir)
+    return Scenario(name=str(doc.get("name", name)),
+                    duration_s=_num(doc, "duration_s", src, 60.0), process=process,
+                    params=params, classes=tuple(classes), trace_rows=rows)
+
+
+def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
+                ) -> tuple[tuple[float, str | None, int | None, float | None], ...]:
+    path_s = arrivals.get("path")
+    if not isinstance(path_s, str):
+        raise ConfigError(f"{src}: arrivals.path must name a CSV file")
+    if path_s.startswith("@"):
+        text = (resources.files("edgesched_sim") / "data" / path_s[1:]).read_text(encoding="utf-8")
+    else:
+        path = Path(path_s) if base_dir is None else base_dir / path_s
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{src}: cannot read trace {path}: {exc.strerror}") from None
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None or "t_s" not in reader.fieldnames:
+        raise ConfigError(f"{src}: trace {path_s} needs a header with a t_s column")
+    bounds = arrivals.get("size_classes")
+    rows = []
+    for lineno, row in enumerate(reader, start=2):
+        try:
+            t = float(row["t_s"])
+            model = row.get("model") or None
+            prio = int(row["priority"]) if row.get("priority") else None
+            deadline = float(row["deadline_ms"]) if row.get("deadline_ms") else None
+            if model is None and bounds and row.get("size"):
+                size = float(row["size"])
+                model = f"#{sum(1 for b in bounds if size > b)}"
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{src}: trace {path_s} line {lineno}: {exc}") from None
+        rows.append((t, model, prio, deadline))
+    return tuple(rows)
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A built-in scenario by name, or a scenario TOML file by path."""
+    if name_or_path in BUILTIN:
+        return parse_scenario(BUILTIN[name_or_path], name_or_path, f"{name_or_path} (built-in)",
+                              None)
+    path = Path(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{name_or_path}: no such scenario file and not a built-in scenario "
+                          f"({', '.join(BUILTIN)})") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{name_or_path}: {exc}") from None
+    return parse_scenario(doc, path.stem, str(path), path.parent)
+
+
+def _arrival_times(sc: Scenario, rng: np.random.Generator, duration_s: float) -> np.ndarray:
+    p = sc.params
+    if sc.process == "poisson":
+        rate = float(p["rate_hz"])
+        n = int(rng.poisson(rate * duration_s))
+        return np.sort(rng.uniform(0.0, duration_s, size=n))
+    if sc.process == "mmpp":
+        rates = [float(x) for x in p["rates_hz"]]
+        dwell = [float(x) for x in p["mean_dwell_s"]]
+        times: list[np.ndarray] = []
+        t, state = 0.0, 0
+        while t < duration_s:
+            span = min(float(rng.exponential(dwell[state])), duration_s - t)
+            n = int(rng.poisson(rates[state] * span))
+            times.append(t + rng.uniform(0.0, span, size=n))
+            t += span
+            state = 1 - state
+        return np.sort(np.concatenate(times)) if times else np.zeros(0)
+    raise AssertionError(sc.process)
+
+
+def generate(sc: Scenario, seed: int, duration_s: float | None = None) -> JobSet:
+    """The job set of ``sc`` for ``seed``; ``duration_s`` overrides the scenario's length."""
+    rng = np.random.default_rng(seed)
+    dur = sc.duration_s if duration_s is None else float(duration_s)
+    weights = np.array([c.weight for c in sc.classes], dtype=float)
+    weights /= weights.sum()
+    if sc.process == "trace":
+        scale = float(sc.params.get("time_scale", 1.0))
+        thin = float(sc.params.get("thin", 1.0))
+        rows = [r for r in sc.trace_rows if r[0] * scale < dur]
+        keep = rng.random(len(rows)) < thin
+        rows = [r for r, k in zip(rows, keep, strict=False) if k]
+        release = np.array([r[0] * scale for r in rows], dtype=float)
+        picks = rng.choice(len(sc.classes), size=len(rows), p=weights)
+        models, prios, dls = [], [], []
+        for r, k in zip(rows, picks, strict=False):
+            cls = sc.classes[k]
+            if r[1] is not None and r[1].startswith("#"):
+                cls = sc.classes[min(int(r[1][1:]), len(sc.classes) - 1)]
+            models.append(r[1] if r[1] is not None and not r[1].startswith("#") else cls.model)
+            prios.append(r[2] if r[2] is not None else cls.priority)
+            dls.append(r[3] if r[3] is not None else cls.deadline_ms)
+        for m in models:
+            if m not in MODELS:
+                raise ConfigError(f"{sc.name}: trace names unknown model {m!r}")
+        return JobSet(release_s=release, model=tuple(models),
+                      priority=np.array(prios, dtype=np.int64),
+                      deadline_s=release + np.array(dls, dtype=float) / 1000.0)
+    release = _arrival_times(sc, rng, dur)
+    picks = rng.choice(len(sc.classes), size=len(release), p=weights)
+    return JobSet(release_s=release,
+                  model=tuple(sc.classes[k].model for k in picks),
+                  priority=np.array([sc.classes[k].priority for k in picks], dtype=np.int64),
+                  deadline_s=release + np.array([sc.classes[k].deadline_ms for k in picks]) / 1000.0)
+
+
+def scenario_models(sc: Scenario) -> Sequence[str]:
+    return sorted({c.model for c in sc.classes})

@@ -1,0 +1,160 @@
+"""The simulator: gymnasium conformance, determinism, scenarios, and the engine's accounting."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import edgesched_sim
+from edgesched.device import load_profile
+from edgesched.errors import ConfigError
+from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW, BoardView
+from edgesched.policy.base import Performance, Powersave
+from edgesched_sim.engine import Engine, Outcome
+from edgesched_sim.env import EdgeDVFSEnv
+from edgesched_sim.scenarios import BUILTIN_NAMES, generate, load_scenario
+
+
+def test_registered_and_passes_env_checker() -> None:
+    env = gym.make(edgesched_sim.ENV_ID, duration_s=5.0)
+    check_env(env.unwrapped, skip_render_check=True)
+    assert env.action_space.n == N_ACTIONS
+    assert env.observation_space.shape == (OBS_DIM,)
+    env.close()
+
+
+def _trajectory(seed: int, steps: int = 300) -> list[tuple[float, ...]]:
+    env = EdgeDVFSEnv(devices=["rk3399", "exynos5422"], scenarios=["bursty", "mixed-priority"],
+                      duration_s=10.0)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(99)
+    out = [tuple(obs.tolist())]
+    for _ in range(steps):
+        obs, r, term, trunc, _ = env.step(int(rng.integers(N_ACTIONS)))
+        out.append((*obs.tolist(), r))
+        if term or trunc:
+            obs, _ = env.reset()
+    return out
+
+
+def test_same_seed_same_trajectory() -> None:
+    assert _trajectory(3) == _trajectory(3)
+    assert _trajectory(3) != _trajectory(4)
+
+
+def test_observations_stay_in_bounds_on_every_board() -> None:
+    for dev in ("rk3399", "exynos5422", "bcm2711"):
+        env = EdgeDVFSEnv(devices=[dev], scenarios=list(BUILTIN_NAMES), duration_s=5.0)
+        obs, info = env.reset(seed=1)
+        assert info["action_mask"].sum() >= len(load_profile(dev).clusters[0].opps) // 2
+        rng = np.random.default_rng(1)
+        for _ in range(400):
+            assert np.all(obs >= OBS_LOW) and np.all(obs <= OBS_HIGH)
+            obs, _, term, _, _ = env.step(int(rng.integers(N_ACTIONS)))
+            if term:
+                obs, _ = env.reset()
+
+
+def test_mask_and_decoder() -> None:
+    view = BoardView.of(load_profile("bcm2711"))
+    # single cluster: the second cluster's actions are all masked, yet decode onto cluster 0
+    assert view.mask[20:].sum() == 0
+    assert view.decode(39).cluster == 0
+    # every OPP the board has is reachable through an unmasked action (20 levels cover 100 MHz)
+    reachable = {view.decode(a) for a in np.flatnonzero(view.mask)}
+    assert {d.opp for d in reachable} == set(range(10))
+    with pytest.raises(ValueError):
+        view.decode(N_ACTIONS)
+
+
+def test_engine_energy_hand_computed() -> None:
+    """One request on an idle board: idle power over the horizon plus the busy excess."""
+    prof = load_profile("rk3399")
+    sc = load_scenario("steady-light")
+    jobs = generate(sc, seed=0, duration_s=60.0)
+    first = type(jobs)(release_s=jobs.release_s[:1], model=jobs.model[:1],
+                       priority=jobs.priority[:1], deadline_s=jobs.deadline_s[:1] + 10.0)
+    eng = Engine(prof, first, duration_s=1.0 + float(first.release_s[0]))
+    stats = eng.run(Performance())
+    from edgesched_sim.workloads import MODELS
+
+    work = MODELS[first.model[0]].work
+    big = prof.clusters[1]
+    dt_s = prof.latency_ms(work, 1, 7) / 1000.0
+    trans_s = big.transition_latency_ns * 1e-9
+    horizon = 1.0 + float(first.release_s[0])
+    expected = (prof.idle_power_uw * horizon + (big.busy_power_uw(7) - big.idle_uw) * dt_s
+                + (big.static_power_uw(7) - big.idle_uw) * trans_s) * 1e-6
+    assert stats.total_energy_j == pytest.approx(expected)
+    assert stats.energy_j[0] == pytest.approx(big.busy_power_uw(7) * dt_s * 1e-6)
+    assert stats.outcome[0] == Outcome.OK
+
+
+def test_every_request_gets_exactly_one_outcome() -> None:
+    prof = load_profile("exynos5422")
+    jobs = generate(load_scenario("steady-heavy"), seed=2, duration_s=20.0)
+    stats = Engine(prof, jobs, 20.0).run(Powersave())
+    assert np.all(stats.outcome != Outcome.PENDING)
+    ran = np.isin(stats.outcome, [Outcome.OK, Outcome.LATE])
+    assert np.all(np.isfinite(stats.finish_s[ran])) and np.all(np.isnan(stats.finish_s[~ran]))
+    # powersave on a heavy load must overflow its deadlines
+    assert (stats.outcome == Outcome.EXPIRED).any()
+
+
+def test_builtin_scenarios_and_generation_is_deterministic() -> None:
+    for name in (*BUILTIN_NAMES, "azure-conv"):
+        sc = load_scenario(name)
+        a = generate(sc, 5, 30.0)
+        b = generate(sc, 5, 30.0)
+        assert len(a) > 10
+        assert np.array_equal(a.release_s, b.release_s) and a.model == b.model
+        assert np.all(np.diff(a.release_s) >= 0)
+        assert np.all(a.deadline_s > a.release_s)
+
+
+def test_scenario_file_with_trace(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("t_s,model,priority,deadline_ms\n0.5,okay_nabu,1,20\n"
+                                    "1.0,,,\n2.5,mobilenet_v1,3,900\n")
+    (tmp_path / "s.toml").write_text(
+        'duration_s = 10.0\n[arrivals]\nprocess = "trace"\npath = "t.csv"\n'
+        '[[classes]]\nmodel = "face_detection_short_range"\npriority = 2\ndeadline_ms = 100.0\n')
+    jobs = generate(load_scenario(str(tmp_path / "s.toml")), seed=0)
+    assert jobs.model == ("okay_nabu", "face_detection_short_range", "mobilenet_v1")
+    assert jobs.priority.tolist() == [1, 2, 3]
+    assert jobs.deadline_s.tolist() == pytest.approx([0.52, 1.1, 3.4])
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('[arrivals]\nprocess = "poisson"\nrate_hz = 1\nbogus = 1\n', "classes"),
+    ('speed = 1\n[arrivals]\nprocess = "poisson"\nrate_hz = 1\n', "unknown key 'speed'"),
+    ('[arrivals]\nprocess = "uniform"\n[[classes]]\nmodel = "okay_nabu"\ndeadline_ms = 5\n',
+     "poisson, mmpp or trace"),
+    ('[arrivals]\nprocess = "poisson"\nrate_hz = 1\n[[classes]]\nmodel = "resnet"\n'
+     'deadline_ms = 5\n', "unknown model 'resnet'"),
+])
+def test_bad_scenario_files(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_scenario(str(p))
+
+
+def test_reward_penalises_misses_by_priority() -> None:
+    env = EdgeDVFSEnv(devices=["rk3399"], scenarios=["mixed-priority"], duration_s=10.0)
+
+    def episode(action: int) -> float:
+        env.reset(seed=0)
+        total, done = 0.0, False
+        while not done:
+            _, r, done, _, _ = env.step(action)
+            total += r
+        return total
+
+    slow, fast = episode(0), episode(N_ACTIONS - 1)
+    assert math.isfinite(slow) and math.isfinite(fast)
+    assert fast > slow  # the lowest little-core OPP misses the 20 ms keyword deadlines
