@@ -18,7 +18,7 @@ the utilisation decayed over the gap.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -70,7 +70,9 @@ class RunStats:
     horizon_s: float = 0.0
     board_floor_j: float = 0.0
     transitions: int = 0
-    freq_time: dict[tuple[int, int], float] = field(default_factory=dict)
+    busy_s: float = 0.0
+    mean_busy_khz: float = 0.0
+    """Time-weighted mean frequency while running requests."""
 
 
 class Engine:
@@ -99,6 +101,7 @@ class Engine:
         self.idle_uw = [cl.idle_uw for cl in profile.clusters]
         self.idle_total_uw = sum(self.idle_uw)
         self.trans_s = [cl.transition_latency_ns * 1e-9 for cl in profile.clusters]
+        self.khz = [[o.khz for o in cl.opps] for cl in profile.clusters]
         top = profile.max_speed_mhz
         self.run_scale = [[cl.speed_mhz(o) / top for o in range(len(cl.opps))]
                           for cl in profile.clusters]
@@ -130,6 +133,8 @@ class Engine:
         self.busy_avg = BusyAverage()
         self.next_tick_s = math.inf
         self.extra_j = 0.0
+        self.busy_khz_s = 0.0
+        self.busy_s = 0.0
         self.stats = RunStats(outcome=np.zeros(n, dtype=np.int8), finish_s=np.full(n, np.nan),
                               start_s=np.full(n, np.nan), cluster=np.full(n, -1, dtype=np.int8),
                               opp=np.full(n, -1, dtype=np.int16), energy_j=np.zeros(n))
@@ -255,6 +260,8 @@ class Engine:
             p = self.busy_uw[m][c][o]
             energy = p * dt * 1e-6
             self.extra_j += (p - self.idle_uw[c]) * dt * 1e-6
+            self.busy_khz_s += self.khz[c][o] * dt
+            self.busy_s += dt
             self.now = start + dt
             if self.track_pelt:
                 self.pelt[c].advance(start, 0.0)
@@ -272,6 +279,8 @@ class Engine:
                 p = self.busy_uw[m][c][o]
                 energy += p * seg * 1e-6
                 self.extra_j += (p - self.idle_uw[c]) * seg * 1e-6
+                self.busy_khz_s += self.khz[c][o] * seg
+                self.busy_s += seg
                 self.pelt[c].advance(self.now, 0.0)
                 self.now += seg
                 self.pelt[c].advance(self.now, self.run_scale[c][o])
@@ -298,6 +307,8 @@ class Engine:
     def run(self, policy: Policy, seed: int | None = None) -> RunStats:
         self.reset()
         policy.reset(self.view, seed)
+        if policy.tick_s > 0:
+            self.next_tick_s = policy.tick_s
         while True:
             head = self.next_head(policy)
             if head is None:
@@ -313,6 +324,8 @@ class Engine:
         s.idle_energy_j = self.idle_total_uw * s.horizon_s * 1e-6
         s.total_energy_j = s.idle_energy_j + self.extra_j
         s.board_floor_j = self.profile.board_floor_uw * s.horizon_s * 1e-6
+        s.busy_s = self.busy_s
+        s.mean_busy_khz = self.busy_khz_s / self.busy_s if self.busy_s > 0 else 0.0
         s.outcome[:] = self._outcome
         s.finish_s[:] = self._finish
         s.start_s[:] = self._start

@@ -6,7 +6,8 @@ Figures per policy (``energy_j`` excludes the board floor, which no policy chang
 - ``inferences``: requests that ran; ``energy_per_inference_j`` = energy_j / inferences;
 - ``deadline_miss_rate``: requests not answered in time (late, expired in the queue, shed or
   rejected) over all requests, also by priority;
-- ``p99_latency_ms``: 99th percentile of completion - arrival over the requests that ran.
+- ``p99_latency_ms``: 99th percentile of completion - arrival over the requests that ran;
+- ``mean_busy_khz``: time-weighted mean frequency while running requests (0 for the oracle).
 
 The ``oracle`` row is the Yao-Demers-Shenker floor (:mod:`edgesched_sim.oracle`) for all the
 requests with their deadlines; its ``p99_latency_ms`` is the deadline bound (it finishes every
@@ -39,6 +40,7 @@ class PolicyResult:
     miss_rate_by_priority: dict[str, float]
     p99_latency_ms: float
     board_floor_j: float = 0.0
+    mean_busy_khz: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class PolicyResult:
             "deadline_miss_rate": self.deadline_miss_rate,
             "miss_rate_by_priority": self.miss_rate_by_priority,
             "p99_latency_ms": self.p99_latency_ms,
+            "mean_busy_khz": self.mean_busy_khz,
         }
 
 
@@ -66,7 +69,7 @@ def summarise(name: str, jobs: JobSet, stats: RunStats) -> PolicyResult:
         energy_per_inference_j=float(stats.total_energy_j / inferences) if inferences else math.inf,
         deadline_miss_rate=float(missed.mean()) if n else 0.0, miss_rate_by_priority=by_prio,
         p99_latency_ms=float(np.percentile(lat_ms, 99)) if inferences else math.inf,
-        board_floor_j=float(stats.board_floor_j))
+        board_floor_j=float(stats.board_floor_j), mean_busy_khz=float(stats.mean_busy_khz))
 
 
 def oracle_result(profile: DeviceProfile, jobs: JobSet, duration_s: float) -> PolicyResult:

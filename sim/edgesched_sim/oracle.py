@@ -278,6 +278,7 @@ def _yds_component(rel: np.ndarray, dl: np.ndarray, work: np.ndarray, env: Power
     stale = np.zeros(len(w), dtype=bool)
     energy_uws = 0.0
     s_max = env.top_speed_mhz
+    s_crit = env.critical_speed_mhz
     while len(w):
         while stale.any():
             fresh_max = float(row_val[~stale].max()) if not stale.all() else -math.inf
@@ -291,6 +292,16 @@ def _yds_component(rel: np.ndarray, dl: np.ndarray, work: np.ndarray, env: Power
             # only windows squeezed to nothing by rounding are left: run them at the top speed
             total = float(w.sum())
             energy_uws += float(env.power_uw(s_max)) * total / s_max
+            break
+        if float(row_val[j]) <= s_crit:
+            # every interval left is at most critical speed, where g~ is linear: the rest costs
+            # slope0 per megacycle however YDS would split it; report it at its average speed
+            total = float(w.sum())
+            energy_uws += env.min_uj_per_mcycle * total
+            gaps = covered.claim(float(r_real.min()), float(d_real.max()))
+            length = sum(b - a for a, b in gaps)
+            if length > 0.0:
+                speeds.extend((a, b, total / length) for a, b in gaps)
             break
         t1 = float(r_c[j])
         t2 = float(row_end[j])
