@@ -51,6 +51,7 @@ POLICY_FORMAT = "edgesched-policy/1"
 ACTIVATIONS = ("tanh", "relu")
 RESERVED_KEYS = ("format", "obs_version", "obs_dim", "n_actions", "action_map", "sha256", "layers",
                  "weights")
+_ZERO = np.float32(0.0)
 _MASKED = np.float32(-1e30)
 """Logit bias of a masked action: finite (no inf * 0 in the matrix product), never chosen."""
 _FALLBACK = "the daemon falls back to the configured baseline policy"
@@ -153,7 +154,7 @@ class LearnedPolicy(StaticPolicy):
             if act is None:
                 np.tanh(h, out=h)
             else:
-                act(h, 0.0, out=h)
+                act(h, _ZERO, out=h)
         np.dot(ins[n], last, out=self._out)
         return self._out
 

@@ -17,7 +17,7 @@ feasible request by its deadline) and its misses are the requests no speed can s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,18 +111,27 @@ def evaluate(device: str | DeviceProfile, scenario: str | Scenario, policies: Se
              seed: int = 0, duration_s: float | None = None,
              queue: QueueConfig | None = None) -> dict[str, Any]:
     """Run every policy on the same job set; returns the ``edgesched eval`` JSON document."""
+    return run_policies(device, scenario, {}, policies, seed, duration_s, queue)
+
+
+def run_policies(device: str | DeviceProfile, scenario: str | Scenario,
+                 objects: Mapping[str, Policy], specs: Sequence[str], seed: int = 0,
+                 duration_s: float | None = None,
+                 queue: QueueConfig | None = None) -> dict[str, Any]:
+    """Like :func:`evaluate`, with ready policy objects (named by their keys) run first."""
     profile = device if isinstance(device, DeviceProfile) else load_profile(device)
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     dur = sc.duration_s if duration_s is None else float(duration_s)
     jobs = generate(sc, seed, dur)
     results: list[PolicyResult] = []
     engine = Engine(profile, jobs, dur, queue)
-    for spec in policies:
+    for name, policy in objects.items():
+        results.append(summarise(name, jobs, engine.run(policy, seed)))
+    for spec in specs:
         if spec == "oracle":
             results.append(oracle_result(profile, jobs, dur))
             continue
-        policy = resolve_policy(spec, profile)
-        stats = engine.run(policy, seed)
+        stats = engine.run(resolve_policy(spec, profile), seed)
         results.append(summarise(spec, jobs, stats))
     return {"device": profile.name, "scenario": sc.name, "seed": seed, "duration_s": dur,
             "jobs": len(jobs), "results": [r.to_json() for r in results],

@@ -1,0 +1,316 @@
+"""Boards the dispatcher runs on, opened from a spec string.
+
+``virtual:NAME_OR_PATH``
+    a board emulated from a device profile: a cpufreq sysfs tree the daemon owns (built with
+    :func:`edgesched.fakesysfs.from_profile` under ``runtime_dir``, kernel reactions by
+    :class:`~edgesched.fakesysfs.FakeKernel`) driven through the same :class:`Cpufreq` code as a
+    real board. The host's measured service time stands for the top OPP of the fastest cluster;
+    :meth:`VirtualBoard.settle` waits until the time the profile's latency model gives at the
+    chosen OPP (plus the cluster's transition latency after a change) has passed, and prices it
+    with the profile's power model.
+``sysfs:PROFILE``
+    a real board (or a fake root for tests): :class:`Cpufreq` on ``sysfs_root`` (``/sys`` by
+    default), inference pinned to the policy's ``related_cpus``, energy from a meter when one
+    exists (RAPL, hwmon), else from ``PROFILE``'s power model.
+``null:PROFILE``
+    :class:`NullBoard`: no frequency control, energy from the model (tests of other parts).
+
+Time accounting: ``RunCost.wall_s`` always includes the frequency transition (emulated on the
+virtual board, part of the measured run on a real one); callers do not add ``apply()``'s return
+value to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgesched.board import Board, RunCost
+from edgesched.cpufreq import Cpufreq, Mode, PolicyInfo, SysfsIO, recover
+from edgesched.device import DeviceProfile, load_profile
+from edgesched.energy import EnergyMeter, ModelMeter, detect_meter
+from edgesched.errors import (
+    ConfigError,
+    CpufreqError,
+    CpufreqModeError,
+    CpufreqPermissionError,
+    CpufreqPolicyGoneError,
+    CpufreqStateError,
+    CpufreqUnavailableError,
+    MeterError,
+)
+from edgesched.fakesysfs import FakeKernel, from_profile
+from edgesched.observation import BoardView, Decision
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+SPEC_KINDS = ("virtual", "sysfs", "null")
+
+
+def _price_model_j(profile: DeviceProfile, cluster: int, opp: int, busy_s: float) -> float:
+    return profile.clusters[cluster].busy_power_uw(opp, 1) * busy_s * 1e-6
+
+
+class NullBoard:
+    """No frequency control: remembers decisions, charges the model for the host's time."""
+
+    def __init__(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+        self.view = BoardView.of(profile)
+        self._opps = [len(c.opps) - 1 for c in profile.clusters]
+
+    def current_opps(self) -> list[int]:
+        return list(self._opps)
+
+    def apply(self, decision: Decision) -> float:
+        self._opps[decision.cluster] = decision.opp
+        return 0.0
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        del cluster
+        return ()
+
+    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+        del started_s
+        opp = self._opps[decision.cluster]
+        return RunCost(wall_s=host_s,
+                       energy_j=_price_model_j(self.profile, decision.cluster, opp, host_s))
+
+    def close(self) -> None:
+        pass
+
+
+class _CpufreqBoard:
+    """Frequency control through :class:`Cpufreq` for each cluster of a profile.
+
+    Failures never stop inference: permission, state-file and mode errors switch control off
+    (the kernel's governor keeps running; ``control_error`` says why); a vanished policy, a
+    rejected or unverified value skip that change; each distinct failure is logged once.
+    """
+
+    def __init__(self, profile: DeviceProfile, cpufreq: Cpufreq, log: logging.Logger) -> None:
+        self.profile = profile
+        self.view = BoardView.of(profile)
+        self.cpufreq = cpufreq
+        self.log = log
+        self.control_error: str | None = None
+        self._logged: set[str] = set()
+        self.policies: list[PolicyInfo] = []
+        for i, c in enumerate(profile.clusters):
+            try:
+                info = cpufreq.policy_for_cpu(c.cpus[0])
+            except CpufreqUnavailableError:
+                raise CpufreqUnavailableError(
+                    f"profile {profile.name!r} cluster {i} ({c.name}) has CPUs "
+                    f"{list(c.cpus)} but no cpufreq policy under {cpufreq.sysfs_root} lists "
+                    f"CPU {c.cpus[0]}; choose the profile of this board") from None
+            if info.cpuinfo_max_khz != c.max_khz:
+                log.warning("%s: the kernel's top frequency is %d kHz, profile %s says %d kHz; "
+                            "the profile's OPPs are snapped to the kernel's", info.name,
+                            info.cpuinfo_max_khz, profile.name, c.max_khz)
+            self.policies.append(info)
+        self._known = [self._read_opp(i) for i in range(len(profile.clusters))]
+
+    def _once(self, key: str, level: int, msg: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log.log(level, "%s", msg)
+
+    def _read_opp(self, cluster: int) -> int:
+        c = self.profile.clusters[cluster]
+        try:
+            return c.opp_index_of(self.cpufreq.cur_khz(self.policies[cluster].name))
+        except CpufreqError as exc:
+            self._once(f"read:{cluster}", logging.WARNING, str(exc))
+            return len(c.opps) - 1
+
+    def current_opps(self) -> list[int]:
+        self._known = [self._read_opp(i) for i in range(len(self.profile.clusters))]
+        return list(self._known)
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        return self.policies[cluster].related_cpus
+
+    def _set(self, decision: Decision) -> bool:
+        """Apply a decision; True if the cluster's OPP changed."""
+        ci = decision.cluster
+        if self.control_error is not None:
+            return False
+        khz = self.profile.clusters[ci].opps[decision.opp].khz
+        info = self.policies[ci]
+        try:
+            applied = self.cpufreq.set_khz(info.name, khz)
+        except (CpufreqPermissionError, CpufreqStateError, CpufreqModeError) as exc:
+            self.control_error = str(exc)
+            self.log.error("frequency control disabled, the kernel's governor stays in "
+                           "charge: %s", exc)
+            return False
+        except CpufreqPolicyGoneError as exc:
+            self._once(f"gone:{info.name}", logging.WARNING, str(exc))
+            return False
+        except CpufreqError as exc:
+            self._once(f"err:{info.name}:{exc.errno_code}:{exc.path}", logging.WARNING,
+                       f"frequency change skipped: {exc}")
+            return False
+        new = self.profile.clusters[ci].opp_index_of(applied)
+        changed = new != self._known[ci]
+        self._known[ci] = new
+        return changed
+
+    def close(self) -> None:
+        try:
+            self.cpufreq.close()
+        except CpufreqError as exc:
+            self.log.error("could not restore every cpufreq setting: %s; the state file is kept, "
+                           "run `edgesched restore`", exc)
+
+
+class VirtualBoard(_CpufreqBoard):
+    """A profile emulated on the host (see the module docstring)."""
+
+    def __init__(self, profile: DeviceProfile, *, runtime_dir: Path, clock: Clock = time.monotonic,
+                 sleep: Sleep = time.sleep, mode: Mode = "auto",
+                 log: logging.Logger | None = None) -> None:
+        log = log or logging.getLogger("edgesched.boards")
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name) or "board"
+        self.home = Path(runtime_dir) / f"virtual-{slug}"
+        if self.home.exists():
+            shutil.rmtree(self.home)  # a tree of a previous run: nothing real to restore
+        self.sysfs_root = from_profile(self.home / "sys", profile)
+        self.kernel = FakeKernel(self.sysfs_root)
+        io: SysfsIO = self.kernel
+        cpufreq = Cpufreq(self.sysfs_root, state_dir=self.home / "state", mode=mode, log=log,
+                          io=io)
+        super().__init__(profile, cpufreq, log)
+        self.clock = clock
+        self.sleep = sleep
+        self._pending_transition_s = 0.0
+
+    def apply(self, decision: Decision) -> float:
+        if not self._set(decision):
+            return 0.0
+        delay = self.profile.clusters[decision.cluster].transition_latency_ns * 1e-9
+        self._pending_transition_s += delay
+        return delay
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        """No pinning: the emulated board's CPU numbers are not the host's."""
+        del cluster
+        return ()
+
+    def emulated_s(self, cluster: int, opp: int, host_s: float) -> float:
+        """Service time at (cluster, opp) of work that took ``host_s`` on the host."""
+        if host_s <= 0.0:
+            return 0.0
+        p = self.profile
+        work = p.work_from_top_latency(host_s * 1000.0)
+        fastest = p.fastest_cluster
+        top = len(p.clusters[fastest].opps) - 1
+        return host_s * p.latency_ms(work, cluster, opp) / p.latency_ms(work, fastest, top)
+
+    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+        ci = decision.cluster
+        opp = self._known[ci]
+        run_s = self.emulated_s(ci, opp, host_s)
+        wall_s = run_s + self._pending_transition_s
+        self._pending_transition_s = 0.0
+        remaining_s = started_s + wall_s - self.clock()
+        if remaining_s > 0.0:
+            self.sleep(remaining_s)
+        return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s))
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class SysfsBoard(_CpufreqBoard):
+    """A real board (or a fake root): cpufreq control, pinning, measured or modelled energy."""
+
+    def __init__(self, profile: DeviceProfile, *, sysfs_root: Path, state_dir: Path,
+                 clock: Clock = time.monotonic, mode: Mode = "auto", dry_run: bool = False,
+                 log: logging.Logger | None = None, io: SysfsIO | None = None,
+                 meter: EnergyMeter | None = None) -> None:
+        log = log or logging.getLogger("edgesched.boards")
+        cpufreq = Cpufreq(sysfs_root, state_dir=state_dir, mode=mode, dry_run=dry_run, log=log,
+                          io=io)
+        try:
+            super().__init__(profile, cpufreq, log)
+        except BaseException:
+            cpufreq.close()
+            raise
+        self.meter: EnergyMeter | None = meter if meter is not None else detect_meter(
+            sysfs_root, clock=clock, log=log)
+        self.model = ModelMeter(profile)
+        self._mark_j: float | None = None
+        if self.meter is not None:
+            log.info("energy measured by %s", self.meter.describe())
+
+    def _meter_j(self) -> float | None:
+        if self.meter is None:
+            return None
+        try:
+            return self.meter.energy_j()
+        except MeterError as exc:
+            self.log.warning("energy meter failed, using the model from now on: %s", exc)
+            self.meter = None
+            return None
+
+    def apply(self, decision: Decision) -> float:
+        changed = self._set(decision)
+        self._mark_j = self._meter_j()
+        if not changed:
+            return 0.0
+        lat = self.policies[decision.cluster].transition_latency_ns
+        if lat is None:
+            lat = self.profile.clusters[decision.cluster].transition_latency_ns
+        return lat * 1e-9
+
+    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+        del started_s
+        mark, self._mark_j = self._mark_j, None
+        now = self._meter_j()
+        if mark is not None and now is not None:
+            return RunCost(wall_s=host_s, energy_j=max(0.0, now - mark))
+        opp = self._known[decision.cluster]
+        return RunCost(wall_s=host_s,
+                       energy_j=self.model.charge(decision.cluster, opp, host_s))
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    kind, sep, arg = spec.partition(":")
+    if not sep or kind not in SPEC_KINDS or not arg:
+        raise ConfigError(f"board spec {spec!r}: expected virtual:PROFILE, sysfs:PROFILE or "
+                          "null:PROFILE (PROFILE a built-in name or a profile file)")
+    return kind, arg
+
+
+def open_board(spec: str, *, sysfs_root: Path | None = None, state_dir: Path,
+               runtime_dir: Path, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
+               log: logging.Logger | None = None, mode: Mode = "auto",
+               dry_run: bool = False) -> Board:
+    """Open the board ``spec`` names (see the module docstring).
+
+    For ``sysfs:`` a leftover state file in ``state_dir`` (a killed daemon) is restored before
+    anything else. The virtual board keeps its tree and state under ``runtime_dir``.
+    """
+    log = log or logging.getLogger("edgesched.boards")
+    kind, arg = parse_spec(spec)
+    profile = load_profile(arg)
+    if kind == "null":
+        return NullBoard(profile)
+    if kind == "virtual":
+        return VirtualBoard(profile, runtime_dir=runtime_dir, clock=clock, sleep=sleep,
+                            mode=mode, log=log)
+    root = Path("/sys") if sysfs_root is None else Path(sysfs_root)
+    if not dry_run:
+        report = recover(root, state_dir, log=log)
+        if not report.nothing_to_do:
+            log.warning("restored cpufreq settings left by a killed run: %s",
+                        ", ".join(report.actions) or "already in place")
+    return SysfsBoard(profile, sysfs_root=root, state_dir=state_dir, clock=clock, mode=mode,
+                      dry_run=dry_run, log=log)

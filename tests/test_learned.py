@@ -1,0 +1,182 @@
+"""The learned policy runtime: file checks, forward pass against a plain numpy reference, mask."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgesched.device import load_profile
+from edgesched.errors import PolicyError, PolicyMismatchError
+from edgesched.observation import (
+    N_ACTIONS,
+    OBS_DIM,
+    OBS_HIGH,
+    OBS_LOW,
+    BoardView,
+    DecisionContext,
+    build_observation,
+)
+from edgesched.policy.base import Policy
+from edgesched.policy.learned import (
+    LearnedPolicy,
+    load_learned,
+    make_random_policy,
+    policy_paths,
+    save_learned,
+)
+
+
+def reference(npz: Path, obs: np.ndarray, activation: str) -> np.ndarray:
+    """The forward pass written the obvious way, in float64."""
+    with np.load(npz, allow_pickle=False) as f:
+        arrays = {k: f[k].astype(np.float64) for k in f.files}
+    x = obs.astype(np.float64)
+    if "obs_mean" in arrays:
+        x = np.clip((x - arrays["obs_mean"]) / arrays["obs_std"], -10.0, 10.0)
+    n = sum(1 for k in arrays if k.startswith("W"))
+    for i in range(n):
+        x = x @ arrays[f"W{i}"] + arrays[f"b{i}"]
+        if i < n - 1:
+            x = np.tanh(x) if activation == "tanh" else np.maximum(x, 0.0)
+    return x
+
+
+def context(profile_name: str = "rk3399", slack_s: float = 0.05) -> DecisionContext:
+    profile = load_profile(profile_name)
+    n = len(profile.clusters)
+    return DecisionContext(now_s=1.0, head_priority=1, head_deadline_s=1.0 + slack_s,
+                           head_work=profile.work_from_top_latency(10.0), levels=3, queue_len=2,
+                           urgent_waiting=1, backlog_ms=5.0, earliest_deadline_s=1.2,
+                           cur_opp=[0] * n, arrival_rate_hz=10.0, utilisation=0.3,
+                           util_by_cluster=[0.3] * n, busy_fraction_by_cluster=[0.3] * n)
+
+
+@pytest.mark.parametrize(("activation", "hidden"), [("tanh", (64, 64)), ("relu", (32,)),
+                                                    ("tanh", ())])
+def test_forward_pass_equals_numpy_reference(tmp_path: Path, activation: str,
+                                             hidden: tuple[int, ...]) -> None:
+    make_random_policy(tmp_path / "p", hidden=hidden, activation=activation, seed=3)
+    policy = load_learned(tmp_path / "p.npz")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        obs = rng.uniform(OBS_LOW, OBS_HIGH).astype(np.float32)
+        got = policy.forward(obs).copy()
+        assert got.shape == (N_ACTIONS,)
+        np.testing.assert_allclose(got, reference(tmp_path / "p.npz", obs, activation),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_observation_normalisation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    layers = [(rng.normal(size=(OBS_DIM, 16)), rng.normal(size=16)),
+              (rng.normal(size=(16, N_ACTIONS)), rng.normal(size=N_ACTIONS))]
+    mean, std = rng.normal(size=OBS_DIM), rng.uniform(0.1, 2.0, OBS_DIM)
+    save_learned(tmp_path / "n", layers, {"devices": ["rk3399"], "algo": "ppo", "seed": 1},
+                 obs_norm=(mean, std))
+    policy = load_learned(tmp_path / "n.json")
+    obs = rng.uniform(OBS_LOW, OBS_HIGH).astype(np.float32)
+    np.testing.assert_allclose(policy.forward(obs), reference(tmp_path / "n.npz", obs, "tanh"),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_decide_takes_the_best_unmasked_action(tmp_path: Path) -> None:
+    view = BoardView.of(load_profile("bcm2711"))  # one cluster: actions 20..39 are masked
+    masked = np.flatnonzero(view.mask == 0)
+    allowed = np.flatnonzero(view.mask)
+    bias = np.zeros(N_ACTIONS)
+    bias[masked[-1]] = 100.0  # the largest logit belongs to a masked action
+    bias[allowed[3]] = 50.0
+    layers = [(np.zeros((OBS_DIM, N_ACTIONS)), bias)]
+    save_learned(tmp_path / "m", layers, {"devices": ["bcm2711"], "algo": "test", "seed": 0})
+    policy = load_learned(tmp_path / "m", device_name="bcm2711")
+    assert isinstance(policy, Policy)
+    policy.reset(view)
+    assert int(np.argmax(policy.forward(np.zeros(OBS_DIM, np.float32)))) == masked[-1]
+    decision = policy.decide(view, context("bcm2711"))
+    assert decision == view.decode(int(allowed[3]))
+    assert policy.name == "learned:m" and policy.trained_on == ("bcm2711",)
+
+
+def test_decide_matches_reference_on_real_observations(tmp_path: Path) -> None:
+    make_random_policy(tmp_path / "r", seed=7)
+    policy = load_learned(tmp_path / "r")
+    for name in ("rk3399", "bcm2711"):
+        view = BoardView.of(load_profile(name))
+        for slack_s in (0.001, 0.02, 0.5):
+            ctx = context(name, slack_s)
+            logits = reference(tmp_path / "r.npz", build_observation(view, ctx), "tanh")
+            logits[view.mask == 0] = -np.inf
+            assert policy.decide(view, ctx) == view.decode(int(np.argmax(logits)))
+
+
+@pytest.mark.parametrize(("key", "value", "what"), [
+    ("obs_version", 999, "obs_version is 999"),
+    ("action_map", "cluster*10+level", "action_map is 'cluster*10+level'"),
+    ("n_actions", 7, "n_actions is 7"),
+    ("obs_dim", 3, "obs_dim is 3"),
+])
+def test_manifest_mismatch_is_refused(tmp_path: Path, key: str, value: object, what: str) -> None:
+    man = make_random_policy(tmp_path / "p")
+    doc = json.loads(man.read_text())
+    doc[key] = value
+    man.write_text(json.dumps(doc))
+    with pytest.raises(PolicyMismatchError) as info:
+        load_learned(man)
+    assert what in str(info.value) and "falls back to the configured baseline" in str(info.value)
+
+
+def test_sha_mismatch_is_refused(tmp_path: Path) -> None:
+    make_random_policy(tmp_path / "a", seed=1)
+    make_random_policy(tmp_path / "b", seed=2)
+    policy_paths(tmp_path / "a")[0].write_bytes(policy_paths(tmp_path / "b")[0].read_bytes())
+    with pytest.raises(PolicyError, match="do not match the sha256"):
+        load_learned(tmp_path / "a")
+
+
+def test_pickles_are_never_loaded(tmp_path: Path) -> None:
+    man = make_random_policy(tmp_path / "p")
+    npz = policy_paths(tmp_path / "p")[0]
+    np.savez(npz, W0=np.array([{"evil": 1}], dtype=object), b0=np.zeros(1))
+    doc = json.loads(man.read_text())
+    doc["sha256"] = hashlib.sha256(npz.read_bytes()).hexdigest()
+    man.write_text(json.dumps(doc))
+    with pytest.raises(PolicyError, match="cannot load policy weights"):
+        load_learned(man)
+
+
+def test_malformed_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="not found"):
+        load_learned(tmp_path / "missing")
+    man = make_random_policy(tmp_path / "p")
+    doc = json.loads(man.read_text())
+    doc["activation"] = "gelu"
+    man.write_text(json.dumps(doc))
+    with pytest.raises(PolicyError, match="activation 'gelu'"):
+        load_learned(man)
+    man.write_text("{")
+    with pytest.raises(PolicyError, match="not valid JSON"):
+        load_learned(man)
+
+
+def test_wrong_shapes_are_refused() -> None:
+    with pytest.raises(PolicyError, match="transpose torch weights"):
+        LearnedPolicy([(np.zeros((N_ACTIONS, OBS_DIM)), np.zeros(OBS_DIM))], activation="tanh")
+    with pytest.raises(PolicyMismatchError, match="actions"):
+        LearnedPolicy([(np.zeros((OBS_DIM, 5)), np.zeros(5))], activation="tanh")
+
+
+def test_save_learned_writes_the_manifest(tmp_path: Path) -> None:
+    man = make_random_policy(tmp_path / "sub" / "p", devices=("rk3399", "bcm2711"), seed=5)
+    doc = json.loads(man.read_text())
+    for key in ("format", "obs_version", "obs_dim", "n_actions", "action_map", "activation",
+                "devices", "algo", "seed", "sha256"):
+        assert key in doc
+    assert doc["format"] == "edgesched-policy/1" and doc["devices"] == ["rk3399", "bcm2711"]
+    with pytest.raises(ValueError, match="may not set obs_version"):
+        save_learned(tmp_path / "x", [], {"obs_version": 2})
+    with pytest.raises(ValueError, match="'algo'"):
+        save_learned(tmp_path / "x", [], {"devices": [], "seed": 0})
