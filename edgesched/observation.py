@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edgesched.device import DeviceProfile, Work
+from edgesched.device import Cluster, DeviceProfile, Work
 
 OBS_VERSION = 1
 MAX_CLUSTERS = 2
@@ -46,9 +46,12 @@ CLUSTER_FEATURES = (
     "cur_freq",           # current frequency / cluster top frequency
     "required_freq",      # frequency needed to meet the head's deadline here / top, /1.5, <=1
     "transition",         # tanh(transition latency / head service time at top speed)
+    "efficient_freq",     # frequency of the least energy per cycle on this cluster / top
+    "cost_ratio",         # least energy per cycle anywhere on the board / least on this cluster
 )
 OBS_DIM = len(GLOBAL_FEATURES) + MAX_CLUSTERS * len(CLUSTER_FEATURES)
-OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0] + [0, 0, 0, 0, 0] * MAX_CLUSTERS, dtype=np.float32)
+OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0] + [0] * len(CLUSTER_FEATURES) * MAX_CLUSTERS,
+                   dtype=np.float32)
 OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 
 
@@ -57,6 +60,19 @@ class Decision(NamedTuple):
 
     cluster: int
     opp: int
+
+
+_ABSENT = (0.0,) * len(CLUSTER_FEATURES)
+
+
+def _energy_per_cycle(c: Cluster, opp: int) -> float:
+    """Busy power (one CPU) over reference speed: energy per reference cycle, up to a constant."""
+    return c.busy_power_uw(opp) / c.speed_mhz(opp)
+
+
+def _efficient_opp(c: Cluster) -> int:
+    """The OPP with the least energy per cycle (the energy-efficient critical speed)."""
+    return min(range(len(c.opps)), key=lambda o: _energy_per_cycle(c, o))
 
 
 @dataclass(frozen=True)
@@ -74,12 +90,15 @@ class BoardView:
     mem_scale: float
     freq_frac: tuple[tuple[float, ...], ...]
     decoded: tuple[Decision, ...]
+    efficient_frac: tuple[float, ...]
+    cost_ratio: tuple[float, ...]
     work_cache: dict[Work, tuple[float, float, tuple[float, ...]]] = field(
         default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, profile: DeviceProfile) -> BoardView:
         n = len(profile.clusters)
+        best = min(_energy_per_cycle(c, _efficient_opp(c)) for c in profile.clusters)
         level_to_opp: list[tuple[int, ...]] = []
         mask = np.zeros(N_ACTIONS, dtype=np.int8)
         for ci in range(MAX_CLUSTERS):
@@ -103,7 +122,10 @@ class BoardView:
             freq_frac=tuple(tuple(o.khz / c.max_khz for o in c.opps) for c in profile.clusters),
             decoded=tuple(Decision(a // LEVELS if a // LEVELS < n else 0,
                                    level_to_opp[a // LEVELS][a % LEVELS])
-                          for a in range(N_ACTIONS)))
+                          for a in range(N_ACTIONS)),
+            efficient_frac=tuple(c.opps[_efficient_opp(c)].khz / c.max_khz
+                                 for c in profile.clusters),
+            cost_ratio=tuple(best / _energy_per_cycle(c, _efficient_opp(c)) for c in profile.clusters))
 
     def decode(self, action: int) -> Decision:
         """Action index to (cluster, OPP index); total over 0..N_ACTIONS-1."""
@@ -202,7 +224,7 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
     room_ms = slack_ms - mem_ms
     for ci in range(MAX_CLUSTERS):
         if ci >= view.n_clusters:
-            feats.extend((0.0, 0.0, 0.0, 0.0, 0.0))
+            feats.extend(_ABSENT)
             continue
         if not finite_slack:
             required = 0.0
@@ -213,5 +235,6 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
             if required > 1.0:
                 required = 1.0
         feats.extend((1.0, view.capacity[ci], view.freq_frac[ci][cur_opp[ci]], required,
-                      tanh(view.transition_s[ci] * 1000.0 / top_ms)))
+                      tanh(view.transition_s[ci] * 1000.0 / top_ms), view.efficient_frac[ci],
+                      view.cost_ratio[ci]))
     return np.array(feats, dtype=np.float32)

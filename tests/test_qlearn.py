@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgesched.errors import PolicyMismatchError
-from edgesched.observation import N_ACTIONS
+from edgesched.observation import N_ACTIONS, OBS_DIM
 from edgesched.policy.qlearn import N_STATES, load_qtable, save_qtable, state_of
 from edgesched_sim.evaluate import evaluate
 from edgesched_sim.qlearn import train_qtable
@@ -41,5 +41,5 @@ def test_mismatched_or_changed_table_refused(tmp_path: Path) -> None:
 
 
 def test_state_buckets_cover_range() -> None:
-    assert state_of(np.zeros(19, dtype=np.float32)) == 0
-    assert state_of(np.ones(19, dtype=np.float32)) == N_STATES - 1
+    assert state_of(np.zeros(OBS_DIM, dtype=np.float32)) == 0
+    assert state_of(np.ones(OBS_DIM, dtype=np.float32)) == N_STATES - 1

@@ -16,6 +16,8 @@ import numpy as np
 
 from edgesched.errors import PolicyError, PolicyMismatchError
 from edgesched.observation import (
+    CLUSTER_FEATURES,
+    GLOBAL_FEATURES,
     N_ACTIONS,
     OBS_VERSION,
     BoardView,
@@ -28,14 +30,15 @@ from edgesched.policy.base import StaticPolicy
 
 QTABLE_FORMAT = "edgesched-qtable/1"
 
+_REQ0 = len(GLOBAL_FEATURES) + CLUSTER_FEATURES.index("required_freq")
 # (observation index, bucket edges): slack, priority, queue length, required freq of cluster 0/1
 BUCKETS: tuple[tuple[int, tuple[float, ...]], ...] = (
     (2, (0.0, 0.25, 0.5, 0.75, 0.9)),   # head_slack
     (1, (0.25, 0.75)),                   # head_priority
     (0, (0.2, 0.5)),                     # queue_len
     (4, (0.1, 0.4)),                     # backlog
-    (12, (0.25, 0.5, 0.75)),             # required_freq, cluster 0
-    (17, (0.25, 0.5, 0.75)),             # required_freq, cluster 1
+    (_REQ0, (0.25, 0.5, 0.75)),          # required_freq, cluster 0
+    (_REQ0 + len(CLUSTER_FEATURES), (0.25, 0.5, 0.75)),  # required_freq, cluster 1
 )
 N_STATES = int(np.prod([len(edges) + 1 for _, edges in BUCKETS]))
 

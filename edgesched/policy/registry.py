@@ -87,4 +87,29 @@ register("powersave", _plain("powersave", Powersave))
 register("ondemand", _plain("ondemand", Ondemand))
 register("conservative", _plain("conservative", Conservative))
 register("schedutil", _plain("schedutil", Schedutil))
-# --- extension point: "qlearn" and "learned:PATH" are registered by their own modules ---
+
+
+def _make_learned(spec: str) -> Policy:
+    from edgesched.policy.learned import load_learned
+
+    path = spec.split(":", 1)[1] if ":" in spec else ""
+    if not path:
+        raise PolicyError("learned needs a policy file: learned:PATH (NAME.npz with NAME.json); "
+                          f"valid specs: {', '.join(valid_specs())}")
+    return load_learned(path)
+
+
+def _make_qlearn(spec: str) -> Policy:
+    from edgesched.policy.qlearn import load_qtable
+
+    path = spec.split(":", 1)[1] if ":" in spec else ""
+    if not path:
+        raise PolicyError("qlearn needs a trained table here: qlearn:PATH (`edgesched eval` "
+                          "also accepts a bare qlearn and trains one in the simulator); "
+                          f"valid specs: {', '.join(valid_specs())}")
+    return load_qtable(path)
+
+
+# numpy-only policy files, imported when first asked for
+register("learned", _make_learned, usage="learned:PATH")
+register("qlearn", _make_qlearn, usage="qlearn:PATH")

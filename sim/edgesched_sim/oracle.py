@@ -62,11 +62,21 @@ Conventions for windows:
   infeasible instance no schedule meets every deadline, so the bound claim is vacuous there.
 - Jobs without compute (``compute_mcycles == 0``) add only their memory part.
 
-The YDS solver splits the jobs into connected components of the union of their windows and, per
-component, keeps for every job the densest interval starting at its (compressed) release. After
-the densest interval ``I`` is removed and the timeline compressed, only rows whose best interval
-met ``I`` change (every other interval's density can only fall: a new interval equals an old one
-minus ``I``, and ``I`` was the densest), so only those are recomputed, with numpy.
+The YDS solver splits the jobs into connected components of the union of their windows (windows
+that only touch fall into separate components) and, per component, keeps for every job the
+densest interval starting at its (compressed) release, one numpy row per start. After the
+densest interval ``I = [t1, t2]`` is removed and the timeline compressed, a row whose best
+interval missed ``I`` keeps its value exactly; a row whose best interval met ``I`` keeps it as
+an upper bound (a new interval is an old one of the same start minus ``I``, and ``I`` was the
+densest, so densities never rise) and is recomputed only once that bound reaches the current
+maximum; a row whose start fell inside ``I`` now starts at ``t1`` and is recomputed at once.
+Once the densest interval left is at most the critical speed, the rest of the component costs
+``slope0`` per megacycle whatever YDS would do, so the solver stops there.
+
+Cost: job sets of thousands of requests with the simulator's deadlines (tens of ms to seconds)
+take well under a second. The worst case is O(n^3): thousands of windows nested inside each
+other whose YDS speeds all differ and all lie above the critical speed (3,000 such levels take
+minutes). Simulator workloads do not look like that.
 """
 
 from __future__ import annotations
@@ -116,9 +126,12 @@ class Floor:
     infeasible_jobs: int
     """Jobs whose window cannot hold their compute even at the board's top speed."""
     speeds: list[tuple[float, float, float]]
-    """YDS speed profile in real time: disjoint ``(start_s, end_s, speed_mhz)`` pieces, speed in
-    reference megacycles per second including the thread count (``speed_mhz * threads``). A
-    critical interval interrupted by denser earlier ones appears as several pieces."""
+    """YDS speed profile in real time: disjoint ``(start_s, end_s, speed_mhz)`` pieces, sorted,
+    speed in reference megacycles per second including the thread count (``speed_mhz * threads``).
+    A critical interval interrupted by denser earlier ones appears as several pieces. What is
+    left of a component once its densest interval is at most the critical speed is listed at its
+    average speed (YDS's finer split there does not change the energy and is not computed).
+    Jobs without a deadline get no piece."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""edgesched train: train a policy in the simulator with stable-baselines3 (needs the train extra)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "train", help="train a learned policy in the simulator (pip install 'edgesched[train]')",
+        description="Train with stable-baselines3 and write NAME.npz + NAME.json (numpy weights "
+        "and a manifest). Several --device values (or 'all') train one generic policy with "
+        "domain randomisation.")
+    p.add_argument("--device", action="append", required=True, metavar="NAME_OR_PATH",
+                   help="device profile (repeat, or 'all' for every shipped profile)")
+    p.add_argument("--scenario", action="append", metavar="NAME_OR_PATH",
+                   help="scenario (repeat; default: the built-in ones)")
+    p.add_argument("--algo", choices=("ppo", "maskable-ppo", "dqn"), default="ppo")
+    p.add_argument("--timesteps", type=int, default=300_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-envs", type=int, default=4, help="vectorised environments")
+    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                   help="evaluate against schedutil every STEPS timesteps")
+    p.add_argument("--tensorboard", metavar="DIR", help="TensorBoard log dir (if installed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report", action="store_true",
+                   help="after training, evaluate over the built-in scenarios x 5 seeds against "
+                   "every baseline and write NAME.eval.json and NAME.eval.png")
+    p.add_argument("--out", required=True, help="output path without suffix, e.g. policies/rk3399")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from edgesched_sim.train import TrainConfig, expand_devices, train
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        from edgesched.errors import EdgeschedError
+
+        raise EdgeschedError(f"training needs the train extra ({exc.name} is missing): "
+                             "pip install 'edgesched[train]'") from None
+    from edgesched_sim.scenarios import BUILTIN_NAMES
+
+    cfg = TrainConfig(devices=expand_devices(args.device),
+                      scenarios=args.scenario or list(BUILTIN_NAMES), algo=args.algo,
+                      timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,
+                      eval_every=args.eval_every)
+    manifest = train(cfg, args.out, progress=not args.no_progress,
+                     tensorboard_log=args.tensorboard)
+    print(f"wrote {manifest} and its weights")
+    if args.report:
+        from edgesched_sim.report import write_report
+
+        path = write_report(args.out, cfg.devices)
+        print(f"wrote {path}")
+    return 0

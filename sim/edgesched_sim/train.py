@@ -1,0 +1,214 @@
+"""Training learned policies with stable-baselines3 in the simulator, and exporting them to numpy.
+
+Needs the ``train`` extra (``pip install 'edgesched[train]'``); nothing here is imported by the
+daemon. A trained policy is written as ``NAME.npz`` + ``NAME.json`` through
+:func:`edgesched.policy.learned.save_learned` (weights and a manifest, never a pickle).
+
+Several ``--device`` values (or ``--device all``) give domain randomisation: each episode picks a
+board and a scenario, so one ``generic`` policy runs on any profile.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesched.device import builtin_profiles, load_profile
+from edgesched.observation import N_ACTIONS, OBS_DIM
+from edgesched.policy.learned import LearnedPolicy, load_learned, save_learned
+from edgesched_sim.env import EdgeDVFSEnv, RewardConfig
+from edgesched_sim.scenarios import BUILTIN_NAMES
+
+ALGOS = ("ppo", "maskable-ppo", "dqn")
+
+
+@dataclass
+class TrainConfig:
+    devices: list[str]
+    scenarios: list[str] = field(default_factory=lambda: list(BUILTIN_NAMES))
+    algo: str = "ppo"
+    timesteps: int = 300_000
+    seed: int = 0
+    n_envs: int = 4
+    episode_s: float = 30.0
+    hidden: tuple[int, ...] = (64, 64)
+    learning_rate: float = 3e-4
+    n_steps: int = 1024
+    batch_size: int = 256
+    gamma: float = 0.95
+    ent_coef: float = 0.01
+    miss_weight: dict[int, float] = field(default_factory=lambda: {1: 20.0, 2: 5.0, 3: 1.0})
+    energy_weight: float = 1.0
+    eval_every: int = 0
+    """Evaluate against schedutil every this many steps (0: never during training)."""
+
+
+def expand_devices(devices: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for d in devices:
+        out.extend(builtin_profiles() if d == "all" else [d])
+    return out
+
+
+def _make_env(cfg: TrainConfig) -> EdgeDVFSEnv:
+    return EdgeDVFSEnv(devices=cfg.devices, scenarios=cfg.scenarios, duration_s=cfg.episode_s,
+                       reward=RewardConfig(energy_weight=cfg.energy_weight,
+                                           miss_weight=dict(cfg.miss_weight)))
+
+
+def export_layers(model: Any, algo: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """(W, b) layers with W as (inputs, outputs), and the activation, from an SB3 model."""
+    import torch
+
+    linears: list[torch.nn.Linear] = []
+    if algo in ("ppo", "maskable-ppo"):
+        pol = model.policy
+        linears = [m for m in pol.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+        linears.append(pol.action_net)
+        act = pol.mlp_extractor.policy_net[1]
+    else:
+        net = model.q_net.q_net
+        linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+        act = net[1]
+    activation = "tanh" if isinstance(act, torch.nn.Tanh) else "relu"
+    layers = [(lin.weight.detach().cpu().numpy().T.copy(), lin.bias.detach().cpu().numpy().copy())
+              for lin in linears]
+    return layers, activation
+
+
+def _build_model(cfg: TrainConfig, venv: Any, tensorboard_log: str | None) -> Any:
+    import torch
+
+    if cfg.algo == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO("MlpPolicy", venv, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
+                   batch_size=cfg.batch_size, gamma=cfg.gamma, ent_coef=cfg.ent_coef,
+                   policy_kwargs={"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
+                                  "activation_fn": torch.nn.Tanh},
+                   seed=cfg.seed, verbose=0, device="cpu", tensorboard_log=tensorboard_log)
+    if cfg.algo == "maskable-ppo":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO("MlpPolicy", venv, learning_rate=cfg.learning_rate,
+                           n_steps=cfg.n_steps, batch_size=cfg.batch_size, gamma=cfg.gamma,
+                           ent_coef=cfg.ent_coef,
+                           policy_kwargs={"net_arch": {"pi": list(cfg.hidden),
+                                                       "vf": list(cfg.hidden)},
+                                          "activation_fn": torch.nn.Tanh},
+                           seed=cfg.seed, verbose=0, device="cpu",
+                           tensorboard_log=tensorboard_log)
+    if cfg.algo == "dqn":
+        from stable_baselines3 import DQN
+
+        return DQN("MlpPolicy", venv, learning_rate=cfg.learning_rate, gamma=cfg.gamma,
+                   buffer_size=100_000, learning_starts=5_000, batch_size=cfg.batch_size,
+                   train_freq=4, target_update_interval=2_000, exploration_fraction=0.3,
+                   policy_kwargs={"net_arch": list(cfg.hidden)}, seed=cfg.seed, verbose=0,
+                   device="cpu", tensorboard_log=tensorboard_log)
+    raise ValueError(f"unknown algo {cfg.algo!r}; expected one of {', '.join(ALGOS)}")
+
+
+def _policy_from_model(model: Any, algo: str) -> LearnedPolicy:
+    layers, activation = export_layers(model, algo)
+    return LearnedPolicy(layers, activation=activation, name="learned:training")
+
+
+def quick_eval(policy: LearnedPolicy, devices: Sequence[str], scenarios: Sequence[str],
+               seeds: Sequence[int], duration_s: float) -> dict[str, float]:
+    """Energy per inference vs schedutil and priority-1 miss rates, averaged over the grid."""
+    from edgesched_sim.evaluate import run_policies
+
+    ratios, p1_l, p1_s = [], [], []
+    for dev in devices:
+        for sc in scenarios:
+            for seed in seeds:
+                doc = run_policies(dev, sc, {"learned": policy}, ["schedutil"], seed, duration_s)
+                r = {x["policy"]: x for x in doc["results"]}
+                ratios.append(r["learned"]["energy_per_inference_j"]
+                              / r["schedutil"]["energy_per_inference_j"])
+                p1_l.append(r["learned"]["miss_rate_by_priority"].get("1", 0.0))
+                p1_s.append(r["schedutil"]["miss_rate_by_priority"].get("1", 0.0))
+    return {"energy_vs_schedutil": float(np.mean(ratios)), "p1_miss": float(np.mean(p1_l)),
+            "p1_miss_schedutil": float(np.mean(p1_s))}
+
+
+def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
+          tensorboard_log: str | None = None, log: Any = print) -> Path:
+    """Train, export and write the policy file; returns the manifest path."""
+    import stable_baselines3
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    torch.set_num_threads(1)
+    torch.manual_seed(cfg.seed)
+    for d in cfg.devices:
+        load_profile(d)  # fail early with the profile's own message
+    venv = DummyVecEnv([lambda: _make_env(cfg) for _ in range(cfg.n_envs)])
+    venv.seed(cfg.seed)
+    if tensorboard_log:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            log("tensorboard is not installed; training without TensorBoard logs")
+            tensorboard_log = None
+    model = _build_model(cfg, venv, tensorboard_log)
+    history: list[dict[str, float]] = []
+
+    class _Eval(BaseCallback):
+        def _on_step(self) -> bool:
+            if cfg.eval_every and self.num_timesteps % cfg.eval_every < cfg.n_envs:
+                res = quick_eval(_policy_from_model(model, cfg.algo), cfg.devices[:3],
+                                 cfg.scenarios, [101], 20.0)
+                res["timesteps"] = float(self.num_timesteps)
+                history.append(res)
+                log(f"[{self.num_timesteps}] energy vs schedutil {res['energy_vs_schedutil']:.3f}, "
+                    f"p1 miss {res['p1_miss'] * 100:.2f}% (schedutil "
+                    f"{res['p1_miss_schedutil'] * 100:.2f}%)")
+            return True
+
+    use_bar = progress
+    if use_bar:
+        try:
+            import rich  # noqa: F401
+            import tqdm  # noqa: F401
+        except ImportError:
+            use_bar = False
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=cfg.timesteps, callback=_Eval(), progress_bar=use_bar)
+    train_s = time.perf_counter() - t0
+    layers, activation = export_layers(model, cfg.algo)
+    cfg_doc = asdict(cfg)
+    cfg_doc["miss_weight"] = {str(k): v for k, v in cfg.miss_weight.items()}
+    extra = {
+        "activation": activation, "devices": cfg.devices, "scenarios": cfg.scenarios,
+        "algo": cfg.algo, "seed": cfg.seed, "training": cfg_doc, "train_seconds": train_s,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                     "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__},
+        "history": history,
+    }
+    return save_learned(out, layers, extra)
+
+
+def attach_report(policy_path: str | Path, report: dict[str, Any]) -> None:
+    """Store evaluation figures in the report file beside the policy (NAME.eval.json)."""
+    p = Path(policy_path).with_suffix("")
+    Path(f"{p}.eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+
+
+def numpy_actions(path: str | Path, observations: np.ndarray) -> np.ndarray:
+    """Greedy actions of a policy file on a batch of observations (no masking)."""
+    pol = load_learned(path)
+    return np.array([int(np.argmax(pol.forward(o))) for o in observations])
+
+
+__all__ = ["ALGOS", "N_ACTIONS", "OBS_DIM", "TrainConfig", "expand_devices", "export_layers",
+           "numpy_actions", "quick_eval", "train"]
