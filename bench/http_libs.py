@@ -1,0 +1,204 @@
+"""HTTP server libraries for the daemon, measured on the same job: prints one JSON object.
+
+Each server runs in its own process on a unix socket with uvloop (when installed) and answers
+``POST /v2/models/m/infer`` the way the daemon's thin transport does: read the body, parse it as
+JSON, answer a small JSON document. Clients use ``http.client`` with keep-alive connections.
+
+- ``aiohttp`` (the daemon's choice): ``web.Application`` with one handler.
+- ``uvicorn`` (httptools parser) with a bare ASGI callable: the usual fast alternative.
+
+Figures per library: ``p50_us``/``p99_us`` of one client sending requests one at a time, and
+``throughput_rps`` with ``--clients`` client processes.
+
+Usage: python bench/http_libs.py [--requests 3000] [--seconds 4] [--clients 8]
+(needs ``pip install uvicorn httptools`` for the alternative)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesched.client import UnixHTTPConnection
+
+BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 120], "datatype": "INT8",
+                               "data": [0] * 120}], "parameters": {"priority": 1}}).encode()
+PATH = "/v2/models/m/infer"
+
+
+def _answer(doc: dict[str, Any]) -> bytes:
+    return json.dumps({"model_name": "m", "outputs": [{"name": "y", "shape": [1, 1],
+                                                       "datatype": "UINT8", "data": [len(doc)]}]},
+                      separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------------------ servers
+def serve_aiohttp(sock_path: str) -> None:
+    from aiohttp import web
+
+    async def infer(request: web.Request) -> web.Response:
+        doc = json.loads(await request.read())
+        return web.Response(body=_answer(doc), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post(PATH, infer)
+    web.run_app(app, path=sock_path, print=None, access_log=None)
+
+
+def serve_uvicorn(sock_path: str) -> None:
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks: list[bytes] = []
+        while True:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body = _answer(json.loads(b"".join(chunks)))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, uds=sock_path, log_level="warning", access_log=False, http="httptools",
+                loop="uvloop" if _has("uvloop") else "asyncio", lifespan="off")
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+SERVERS = {"aiohttp": serve_aiohttp, "uvicorn": serve_uvicorn}
+
+
+# ------------------------------------------------------------------------------ clients
+def _round_trip(conn: UnixHTTPConnection) -> None:
+    conn.request("POST", PATH, body=BODY, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}")
+
+
+def _latency(sock: str, n: int) -> list[float]:
+    conn = UnixHTTPConnection(sock)
+    out: list[float] = []
+    for i in range(n + 100):
+        t0 = time.perf_counter()
+        _round_trip(conn)
+        if i >= 100:
+            out.append(time.perf_counter() - t0)
+    conn.close()
+    return out
+
+
+def _client(sock: str, seconds: float, barrier: Any, q: Any) -> None:
+    conn = UnixHTTPConnection(sock)
+    done = 0
+    for _ in range(50):  # connect and warm up
+        _round_trip(conn)
+    barrier.wait()  # every client starts together
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        _round_trip(conn)
+        done += 1
+    conn.close()
+    q.put(done)
+
+
+def _throughput(sock: str, clients: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    barrier = ctx.Barrier(clients)
+    procs = [ctx.Process(target=_client, args=(sock, seconds, barrier, q))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+def _wait_socket(sock: str, proc: subprocess.Popen[bytes]) -> None:
+    limit = time.monotonic() + 30
+    while time.monotonic() < limit and proc.poll() is None:
+        if os.path.exists(sock):
+            try:
+                conn = UnixHTTPConnection(sock, timeout=5)
+                _round_trip(conn)
+                conn.close()
+                return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise SystemExit(f"server did not start (exit {proc.poll()})")
+
+
+def measure(lib: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="edgesched-http-") as tmp:
+        sock = str(Path(tmp) / "s.sock")
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", lib, "--socket", sock],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_socket(sock, proc)
+            lat = np.asarray(_latency(sock, args.requests)) * 1e6
+            rps = _throughput(sock, args.clients, args.seconds)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {"p50_us": round(float(np.percentile(lat, 50)), 1),
+            "p99_us": round(float(np.percentile(lat, 99)), 1), "throughput_rps": round(rps, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--libs", default="aiohttp,uvicorn")
+    ap.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
+    ap.add_argument("--socket", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        if _has("uvloop"):
+            import uvloop
+
+            uvloop.install()
+        SERVERS[args.serve](args.socket)
+        return 0
+    out: dict[str, Any] = {"clients": args.clients, "cpus": os.cpu_count(),
+                           "uvloop": _has("uvloop"), "results": {}}
+    for lib in args.libs.split(","):
+        if lib == "uvicorn" and not (_has("uvicorn") and _has("httptools")):
+            out["results"][lib] = {"skipped": "pip install uvicorn httptools"}
+            continue
+        out["results"][lib] = measure(lib, args)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Serving overhead of the daemon: prints one JSON object.
+
+- ``p50_us``/``p99_us``: end-to-end latency of face_detection_short_range over the unix socket
+  (bundled client, binary tensors, one request at a time).
+- ``bare_p50_us``: the same model's set_tensor + invoke + get_tensor in this process, same run.
+- ``overhead_p50_us``: the difference of the two medians.
+- ``throughput_rps``: answered requests per second for the smallest model (okay_nabu) with
+  ``--clients`` concurrent clients (separate processes, each one keep-alive connection).
+
+Usage: python bench/serve_overhead.py [--requests 2000] [--seconds 5] [--clients 8]
+       [--board none] [--policy schedutil]
+The daemon runs with --board none by default: the virtual board would add emulated service time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesched.client import Client
+from edgesched.server.runner import load_model, shipped_models_dir
+
+FACE = "face_detection_short_range"
+NABU = "okay_nabu"
+NABU_IN = "serving_default_input_audio:0"
+
+
+def _percentile_us(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1e6, q))
+
+
+def _start(home: Path, board: str, policy: str) -> tuple[subprocess.Popen[bytes], str]:
+    sock = str(home / "bench.sock")
+    cfg = home / "config.toml"
+    cfg.write_text("[queue]\nmax_count = 1024\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesched", "serve", "--config", str(cfg), "--socket", sock,
+         "--board", board, "--policy", policy, "--runtime-dir", str(home / "run"),
+         "--state-dir", str(home / "state"), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    limit = time.monotonic() + 60
+    while time.monotonic() < limit:
+        if os.path.exists(sock):
+            try:
+                with Client(sock, timeout_s=5) as c:
+                    if c.ready():
+                        return proc, sock
+            except Exception:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the daemon did not become ready")
+
+
+def _latency(sock: str, n: int) -> list[float]:
+    x = np.random.default_rng(0).random((1, 128, 128, 3), dtype=np.float32)
+    out: list[float] = []
+    with Client(sock) as c:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            c.infer(FACE, {"input": x})
+            if i >= 20:
+                out.append(time.perf_counter() - t0)
+    return out
+
+
+def _bare(n: int) -> list[float]:
+    model = load_model(shipped_models_dir() / f"{FACE}.tflite", warmup_runs=20, measure_runs=1)
+    x = {"input": np.random.default_rng(0).random((1, 128, 128, 3), dtype=np.float32)}
+    out: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        model.run(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _client_proc(sock: str, seconds: float, barrier: Any, q: Any) -> None:
+    x = {NABU_IN: np.zeros((1, 3, 40), np.int8)}
+    done = 0
+    with Client(sock) as c:
+        for _ in range(20):  # connect and warm up
+            c.infer(NABU, x)
+        barrier.wait()  # every client starts together
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            c.infer(NABU, x)
+            done += 1
+    q.put(done)
+
+
+def _throughput(sock: str, clients: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    barrier = ctx.Barrier(clients)
+    procs = [ctx.Process(target=_client_proc, args=(sock, seconds, barrier, q))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(q.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--board", default="none")
+    ap.add_argument("--policy", default="schedutil")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:
+        proc, sock = _start(Path(tmp), args.board, args.policy)
+        try:
+            lat = _latency(sock, args.requests)
+            bare = _bare(args.requests)
+            rps = _throughput(sock, args.clients, args.seconds)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    p50 = _percentile_us(lat, 50)
+    bare_p50 = _percentile_us(bare, 50)
+    print(json.dumps({
+        "model": FACE, "p50_us": round(p50, 1), "p99_us": round(_percentile_us(lat, 99), 1),
+        "bare_p50_us": round(bare_p50, 1), "overhead_p50_us": round(p50 - bare_p50, 1),
+        "throughput_rps": round(rps, 1), "throughput_model": NABU, "clients": args.clients,
+        "board": args.board, "policy": args.policy, "cpus": os.cpu_count(),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""``edgesched serve``: run the inference daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the inference daemon in the foreground",
+        description="Serve TFLite models over the Open Inference Protocol (KServe v2 REST) on a "
+                    "unix socket, queue requests by priority and deadline, and set the CPU "
+                    "frequency with a policy. Flags override the config file.")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML config file (default /etc/edgesched/config.toml; a missing "
+                        "default file is fine, a missing explicit one is an error)")
+    p.add_argument("--socket", help="unix socket path (default /run/edgesched/edgesched.sock)")
+    p.add_argument("--http-port", type=int, help="also listen on 127.0.0.1:PORT (0: off)")
+    p.add_argument("--models", help="folder of .tflite models (default: the shipped examples)")
+    p.add_argument("--board", help="virtual:NAME_OR_PATH | sysfs:PROFILE | none "
+                                    "(default virtual:rk3399)")
+    p.add_argument("--policy", help="policy spec (default schedutil)")
+    p.add_argument("--sysfs-root", help="root of the sysfs tree (default /sys)")
+    p.add_argument("--state-dir", help="where saved cpufreq settings live "
+                                       "(default /var/lib/edgesched)")
+    p.add_argument("--runtime-dir", help="runtime files (default /run/edgesched)")
+    p.add_argument("--num-threads", type=int, help="interpreter threads per model")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgesched.server.app import serve
+    from edgesched.server.config import load_config, with_overrides
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="edgesched: %(levelname)s %(message)s")
+    cfg = with_overrides(load_config(args.config), {
+        "server.socket": args.socket,
+        "server.http_port": args.http_port,
+        "models.dir": args.models,
+        "models.num_threads": args.num_threads,
+        "board.spec": args.board,
+        "policy.spec": args.policy,
+        "board.sysfs_root": args.sysfs_root,
+        "board.state_dir": args.state_dir,
+        "board.runtime_dir": args.runtime_dir,
+    })
+    return serve(cfg)

@@ -1,0 +1,223 @@
+"""Admission: decode and validate an infer request against the model before it takes queue space.
+
+Decoding follows the Open Inference Protocol (KServe v2) REST form, with Triton's binary tensor
+data extension (``Inference-Header-Content-Length``, ``binary_data_size``, ``binary_data`` /
+``binary_data_output``) and schedule-policy parameters (``priority``: 1 is the highest, 0 the
+default; ``timeout``: microseconds). Every failure raises :class:`AdmissionError` with the HTTP
+status to answer and a reason that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgesched.errors import AdmissionError
+from edgesched.server.runner import LoadedModel, TensorSpec
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded, validated infer request."""
+
+    model: str
+    request_id: str
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[tuple[str, bool], ...]
+    """Output names to return, each with whether to return it as binary data."""
+    priority: int
+    """Resolved class, 1 (highest) .. levels."""
+    timeout_us: int | None
+    size_bytes: int
+
+
+def _bad(reason: str) -> AdmissionError:
+    return AdmissionError(400, reason)
+
+
+def _int_param(params: Mapping[str, Any], key: str) -> int | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise _bad(f"parameter {key!r} must be an integer, got {value!r}")
+    if value < 0:
+        raise _bad(f"parameter {key!r} must be >= 0, got {value!r}")
+    return int(value)
+
+
+def _json_tensor(spec: TensorSpec, data: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError):
+        raise _bad(f"input {spec.name!r}: 'data' is not a rectangular array of numbers") from None
+    want = spec.dtype
+    if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and want.kind in "biu"):
+        raise _bad(f"input {spec.name!r}: 'data' must hold {spec.datatype} values, got "
+                   f"{arr.dtype.kind!r}-kind values")
+    n = spec.count
+    if arr.size != n:
+        raise _bad(f"input {spec.name!r}: 'data' has {arr.size} elements, shape "
+                   f"{list(spec.shape)} needs {n}")
+    if want.kind in "iu" and arr.size:
+        info = np.iinfo(want)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise _bad(f"input {spec.name!r}: values {lo}..{hi} do not fit {spec.datatype}")
+    return arr.astype(want, copy=False).reshape(spec.shape)
+
+
+def _binary_tensor(spec: TensorSpec, blob: memoryview, offset: int, size: int) -> np.ndarray:
+    if size != spec.size_bytes:
+        raise _bad(f"input {spec.name!r}: binary_data_size {size} bytes, shape "
+                   f"{list(spec.shape)} of {spec.datatype} needs {spec.size_bytes}")
+    if offset + size > len(blob):
+        raise _bad(f"input {spec.name!r}: binary data ends at byte {offset + size} but only "
+                   f"{len(blob)} bytes follow the JSON header")
+    return np.frombuffer(blob[offset:offset + size], dtype=spec.dtype).reshape(spec.shape)
+
+
+def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, levels: int,
+                default_priority: int) -> InferRequest:
+    """Decode ``body`` (JSON, or JSON header + binary tensors when ``header_length`` is given)."""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise _bad(f"Inference-Header-Content-Length {header_length} outside 1..{len(body)} "
+                       "(the body length)")
+        head, blob = body[:header_length], memoryview(body)[header_length:]
+    else:
+        head, blob = body, memoryview(b"")
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(f"malformed JSON request body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _bad("the request body must be a JSON object")
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise _bad(f"'id' must be a string, got {request_id!r}")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _bad("'parameters' must be an object")
+
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("'inputs' must be a non-empty list")
+    specs = model.input_by_name
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in raw_inputs:
+        if not isinstance(item, dict):
+            raise _bad("each entry of 'inputs' must be an object")
+        name = item.get("name")
+        spec = specs.get(name) if isinstance(name, str) else None
+        if spec is None or not isinstance(name, str):
+            raise _bad(f"model {model.name!r} has no input {name!r} (inputs: "
+                       f"{', '.join(specs)})")
+        if name in inputs:
+            raise _bad(f"input {name!r} given twice")
+        datatype = item.get("datatype")
+        if datatype != spec.datatype:
+            raise _bad(f"input {name!r}: datatype {datatype!r} does not match the model's "
+                       f"{spec.datatype}")
+        shape = item.get("shape")
+        if (not isinstance(shape, list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+                or tuple(shape) != spec.shape):
+            raise _bad(f"input {name!r}: shape {shape!r} does not match the model's "
+                       f"{list(spec.shape)}")
+        tparams = item.get("parameters") or {}
+        if not isinstance(tparams, dict):
+            raise _bad(f"input {name!r}: 'parameters' must be an object")
+        size = tparams.get("binary_data_size")
+        if size is not None:
+            if header_length is None:
+                raise _bad(f"input {name!r}: binary_data_size given but the request has no "
+                           "Inference-Header-Content-Length header")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise _bad(f"input {name!r}: binary_data_size must be an integer >= 0")
+            inputs[name] = _binary_tensor(spec, blob, offset, size)
+            offset += size
+        elif "data" in item:
+            inputs[name] = _json_tensor(spec, item["data"])
+        else:
+            raise _bad(f"input {name!r}: neither 'data' nor binary_data_size given")
+    if offset != len(blob):
+        raise _bad(f"{len(blob) - offset} bytes of binary data after the JSON header are not "
+                   "claimed by any input's binary_data_size")
+    missing = [n for n in specs if n not in inputs]
+    if missing:
+        raise _bad(f"missing input(s) {', '.join(map(repr, missing))} of model {model.name!r}")
+
+    binary_all = params.get("binary_data_output", False)
+    if not isinstance(binary_all, bool):
+        raise _bad("parameter 'binary_data_output' must be true or false")
+    out_names = model.output_by_name
+    raw_outputs = doc.get("outputs")
+    outputs: list[tuple[str, bool]] = []
+    if raw_outputs is None:
+        outputs = [(t.name, binary_all) for t in model.outputs]
+    else:
+        if not isinstance(raw_outputs, list):
+            raise _bad("'outputs' must be a list")
+        for item in raw_outputs:
+            oname = item.get("name") if isinstance(item, dict) else None
+            if oname not in out_names:
+                raise _bad(f"model {model.name!r} has no output {oname!r} (outputs: "
+                           f"{', '.join(t.name for t in model.outputs)})")
+            oparams = item.get("parameters") or {}
+            binary = oparams.get("binary_data", binary_all) if isinstance(oparams, dict) else None
+            if not isinstance(binary, bool):
+                raise _bad(f"output {oname!r}: 'binary_data' must be true or false")
+            outputs.append((str(oname), binary))
+
+    priority = _int_param(params, "priority") or 0
+    if priority > levels:
+        raise _bad(f"priority {priority} outside 0..{levels} (1 is the highest, 0 the default)")
+    timeout_us = _int_param(params, "timeout") or None
+    return InferRequest(model=model.name, request_id=request_id, inputs=inputs,
+                        outputs=tuple(outputs), priority=priority or default_priority,
+                        timeout_us=timeout_us, size_bytes=len(body))
+
+
+def check_deadline(req: InferRequest, service_s: float, margin: float, status: int) -> None:
+    """Refuse a request whose timeout is shorter than the model's service time at top speed."""
+    if req.timeout_us is None:
+        return
+    need_us = service_s * 1e6 * margin
+    if req.timeout_us < need_us:
+        raise AdmissionError(status, f"deadline cannot be met: timeout {req.timeout_us} us is "
+                             f"shorter than model {req.model!r}'s service time at the highest "
+                             f"frequency, about {math.ceil(need_us)} us")
+
+
+def encode_response(model: LoadedModel, request_id: str, results: Mapping[str, np.ndarray],
+                    outputs: tuple[tuple[str, bool], ...], parameters: Mapping[str, Any],
+                    ) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    specs = model.output_by_name
+    out_docs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, binary in outputs:
+        arr = results[name]
+        doc: dict[str, Any] = {"name": name, "datatype": specs[name].datatype,
+                               "shape": list(arr.shape)}
+        if binary:
+            raw = np.ascontiguousarray(arr).tobytes()
+            doc["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            doc["data"] = arr.ravel().tolist()
+        out_docs.append(doc)
+    head = json.dumps({"model_name": model.name, "model_version": "1", "id": request_id,
+                       "parameters": dict(parameters), "outputs": out_docs},
+                      separators=(",", ":")).encode()
+    if not blobs:
+        return head, None
+    return b"".join([head, *blobs]), len(head)

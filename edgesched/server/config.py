@@ -1,0 +1,247 @@
+"""The daemon's configuration: one frozen, typed object loaded from TOML and validated at load.
+
+Every table and key of the file maps to a field below; an unknown table or key is an error that
+names it. Command-line flags override the file through :func:`with_overrides`. The shipped
+``edgesched/data/config.example.toml`` documents every option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgesched.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/edgesched/config.toml")
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    socket: str = "/run/edgesched/edgesched.sock"
+    socket_mode: int = 0o660
+    socket_group: str = ""
+    http_port: int = 0
+    http_host: str = "127.0.0.1"
+    max_body_bytes: int = 16 << 20
+    shutdown_timeout_s: float = 5.0
+    retry_after_s: float = 1.0
+    queue_full_status: int = 429
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    dir: str = ""
+    num_threads: int = 1
+    warmup_runs: int = 3
+    measure_runs: int = 11
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    levels: int = 3
+    default_priority: int = 2
+    max_count: int = 256
+    max_bytes: int = 64 << 20
+    aging_s: float = 1.0
+    shed_lower: bool = True
+
+
+@dataclass(frozen=True)
+class AdmissionSection:
+    reject_infeasible_deadline: bool = True
+    infeasible_status: int = 400
+    deadline_margin: float = 1.0
+
+
+@dataclass(frozen=True)
+class BoardSection:
+    spec: str = "virtual:rk3399"
+    sysfs_root: str = "/sys"
+    state_dir: str = "/var/lib/edgesched"
+    runtime_dir: str = "/run/edgesched"
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    spec: str = "schedutil"
+
+
+@dataclass(frozen=True)
+class EnergySection:
+    grid_gco2e_per_kwh: float = 400.0
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection = field(default_factory=ServerSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    queue: QueueSection = field(default_factory=QueueSection)
+    admission: AdmissionSection = field(default_factory=AdmissionSection)
+    board: BoardSection = field(default_factory=BoardSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    energy: EnergySection = field(default_factory=EnergySection)
+    source: str = field(default="<defaults>", compare=False)
+
+
+def _check_value(src: str, key: str, value: Any, kind: Any) -> Any:
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{src}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: {key}: expected an integer, got {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: {key}: expected true or false, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{src}: {key}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported config type {kind!r}")  # pragma: no cover
+
+
+def _section(cls: type, table: Any, src: str, name: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{src}: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{src}: unknown key {name}.{key!r} (known keys in [{name}]: "
+                              f"{', '.join(sorted(known))})")
+        values[key] = _check_value(src, f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> Config:
+    src = cfg.source
+    s, m, q, a = cfg.server, cfg.models, cfg.queue, cfg.admission
+
+    def bad(key: str, expected: str, value: Any) -> ConfigError:
+        return ConfigError(f"{src}: {key}: expected {expected}, got {value!r}")
+
+    if not s.socket:
+        raise bad("server.socket", "a socket path", s.socket)
+    if not 0 <= s.socket_mode <= 0o777:
+        raise bad("server.socket_mode", "a permission mode such as 0o660", s.socket_mode)
+    if not 0 <= s.http_port <= 65535:
+        raise bad("server.http_port", "0 (off) or a TCP port 1..65535", s.http_port)
+    if s.http_host not in ("127.0.0.1", "::1", "localhost"):
+        raise bad("server.http_host", "a loopback address (127.0.0.1, ::1 or localhost)",
+                  s.http_host)
+    if s.max_body_bytes < 1024:
+        raise bad("server.max_body_bytes", "at least 1024", s.max_body_bytes)
+    if not (s.shutdown_timeout_s >= 0 and math.isfinite(s.shutdown_timeout_s)):
+        raise bad("server.shutdown_timeout_s", "a finite number of seconds >= 0",
+                  s.shutdown_timeout_s)
+    if not s.retry_after_s >= 0:
+        raise bad("server.retry_after_s", "seconds >= 0", s.retry_after_s)
+    if s.queue_full_status not in (429, 503):
+        raise bad("server.queue_full_status", "429 or 503", s.queue_full_status)
+    if m.num_threads < 1:
+        raise bad("models.num_threads", "an integer >= 1", m.num_threads)
+    if m.warmup_runs < 0:
+        raise bad("models.warmup_runs", "an integer >= 0", m.warmup_runs)
+    if m.measure_runs < 1:
+        raise bad("models.measure_runs", "an integer >= 1", m.measure_runs)
+    if not 1 <= q.levels <= 16:
+        raise bad("queue.levels", "an integer in 1..16", q.levels)
+    if not 1 <= q.default_priority <= q.levels:
+        raise bad("queue.default_priority", f"an integer in 1..{q.levels}", q.default_priority)
+    if q.max_count < 1:
+        raise bad("queue.max_count", "an integer >= 1", q.max_count)
+    if q.max_bytes < 1:
+        raise bad("queue.max_bytes", "an integer >= 1", q.max_bytes)
+    if not q.aging_s > 0:
+        raise bad("queue.aging_s", "seconds > 0 (inf disables aging)", q.aging_s)
+    if a.infeasible_status not in (400, 429):
+        raise bad("admission.infeasible_status", "400 or 429", a.infeasible_status)
+    if not (a.deadline_margin > 0 and math.isfinite(a.deadline_margin)):
+        raise bad("admission.deadline_margin", "a finite factor > 0", a.deadline_margin)
+    if not cfg.board.spec:
+        raise bad("board.spec", "virtual:NAME_OR_PATH, sysfs:PROFILE or none", cfg.board.spec)
+    if not cfg.policy.spec:
+        raise bad("policy.spec", "a policy spec such as schedutil", cfg.policy.spec)
+    if not (cfg.energy.grid_gco2e_per_kwh >= 0 and math.isfinite(cfg.energy.grid_gco2e_per_kwh)):
+        raise bad("energy.grid_gco2e_per_kwh", "a finite number >= 0",
+                  cfg.energy.grid_gco2e_per_kwh)
+    return cfg
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config) if f.name != "source"
+}
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    """Validate a decoded TOML document (errors name ``source`` and the key)."""
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(f"{source}: unknown table [{name}] (known tables: "
+                              f"{', '.join(_SECTIONS)})")
+        sections[name] = _section(cls, table, source, name)
+    return _validate(Config(**sections, source=source))
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load ``path``; ``None`` means the default path, which may be missing (defaults apply)."""
+    explicit = path is not None
+    p = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{p}: config file not found") from None
+        return _validate(Config())
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse_config(data, str(p))
+
+
+def with_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``{"section.key": value}`` overrides (None values are skipped)."""
+    changed: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        name, _, key = dotted.partition(".")
+        section = getattr(cfg, name)
+        hints = typing.get_type_hints(type(section))
+        if key not in hints:
+            raise ConfigError(f"unknown override {dotted!r}")
+        changed.setdefault(name, {})[key] = _check_value("command line", dotted, value, hints[key])
+    replaced = {name: dataclasses.replace(getattr(cfg, name), **kv) for name, kv in changed.items()}
+    return _validate(dataclasses.replace(cfg, **replaced))
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain data (for the status endpoint and logs)."""
+    out = dataclasses.asdict(cfg)
+    out.pop("source", None)
+    return out
+
+
+__all__ = ["DEFAULT_CONFIG_PATH", "Config", "config_to_dict", "load_config", "parse_config",
+           "with_overrides"]

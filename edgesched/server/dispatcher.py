@@ -1,0 +1,365 @@
+"""The dispatcher: one thread that takes the next request from the shared RequestQueue, asks the
+policy for a cluster and OPP, applies it on the board, runs the model and answers.
+
+It also drives the policy's periodic ``tick`` (governors that re-evaluate every ``tick_s``) from
+the same loop, keeps PELT utilisation and busy windows per cluster, and accounts energy. Waiting
+is on a condition variable with a timeout, so a new request wakes it at once.
+
+Every entry that enters the queue leaves with exactly one answer: a result, an error, "deadline
+missed" (504), "shed" (503) or "shutting down" (503).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgesched.board import Board
+from edgesched.device import Work
+from edgesched.errors import AdmissionError, QueueFullError
+from edgesched.observation import Decision, DecisionContext
+from edgesched.policy.base import Policy
+from edgesched.queue import Entry, RequestQueue
+from edgesched.server.admission import InferRequest
+from edgesched.server.metrics import Metrics
+from edgesched.server.runner import LoadedModel
+from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter
+
+log = logging.getLogger("edgesched.server")
+
+QUIESCENT_UTIL = 1e-3
+"""Below this PELT utilisation on every cluster, with nothing queued and a tick that changed no
+OPP, periodic ticks pause until the next request (an idle daemon does not wake every tick_s)."""
+
+
+@dataclass
+class Outcome:
+    """What a request's submitter gets back (exactly once)."""
+
+    status: int
+    outcome: str
+    """ok | late | deadline_missed | shed | shutting_down | error"""
+    reason: str = ""
+    results: dict[str, np.ndarray] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Job:
+    req: InferRequest
+    model: LoadedModel
+    deadline_s: float
+    answer: Callable[[Outcome], None]
+    """Delivers the outcome; must be safe to call from any thread."""
+
+
+class Dispatcher:
+    """The single consumer of the request queue."""
+
+    def __init__(self, board: Board, policy: Policy, queue: RequestQueue, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic, pin_threads: bool = True,
+                 idle_wait_s: float = 1.0, queue_full_status: int = 429,
+                 retry_after_s: float = 1.0) -> None:
+        self.board = board
+        self.policy = policy
+        self.queue = queue
+        self.metrics = metrics
+        self.clock = clock
+        self.view = board.view
+        self.idle_wait_s = idle_wait_s
+        self.queue_full_status = queue_full_status
+        self.retry_after_s = retry_after_s
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._drain_until_s = math.inf
+        self._ids = 0
+        now = clock()
+        n = self.view.n_clusters
+        self._pelt = [PeltTracker(now) for _ in range(n)]
+        self._board_busy = BusyAverage(now_s=now)
+        self._busy = [BusyWindow(now) for _ in range(n)]
+        self._rate = RateMeter(now_s=now)
+        self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
+        self._quiescent = False
+        self._cur_opps = list(board.current_opps())
+        self._allowed_cpus: set[int] = set()
+        if pin_threads and hasattr(os, "sched_getaffinity"):
+            self._allowed_cpus = set(os.sched_getaffinity(0))
+        self._pinned: frozenset[int] = frozenset()
+        self.heartbeat_s = now
+        self.served = 0
+        self._work: dict[str, Work] = {}
+
+    # ----------------------------------------------------------------------------- submit side
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` (from any thread); raises AdmissionError when it cannot be queued."""
+        shed: list[Entry]
+        with self._cond:
+            if self._closing:
+                raise AdmissionError(503, "shutting down: the daemon no longer accepts requests")
+            now = self.clock()
+            self._ids += 1
+            entry = Entry(request_id=self._ids, priority=job.req.priority,
+                          deadline_s=job.deadline_s, size_bytes=job.req.size_bytes,
+                          service_ms=job.model.service_s * 1000.0, payload=job)
+            try:
+                shed = self.queue.push(entry, now)
+            except QueueFullError as exc:
+                raise AdmissionError(self.queue_full_status, exc.reason,
+                                     retry_after_s=self.retry_after_s) from None
+            self._rate.event(now)
+            if self._quiescent:
+                self._quiescent = False
+                self._next_tick_s = now + self.policy.tick_s
+            self._cond.notify()
+        for victim in shed:
+            self._finish(victim, Outcome(503, "shed", "shed: displaced from a full queue by a "
+                                         "higher-priority request; retry later"))
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edgesched-dispatcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, drain_s: float) -> None:
+        """Stop accepting; serve what is queued for up to ``drain_s``, then answer the rest."""
+        with self._cond:
+            self._closing = True
+            self._drain_until_s = self.clock() + drain_s
+            self._cond.notify()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ----------------------------------------------------------------------------- introspection
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            now = self.clock()
+            return {
+                "queue_len": len(self.queue),
+                "queue_bytes": self.queue.bytes,
+                "queue_by_priority": self.queue.count_by_priority(),
+                "backlog_ms": self.queue.backlog_ms,
+                "arrival_rate_hz": self._rate.rate_hz(now),
+                "cur_opps": list(self._cur_opps),
+                "util_by_cluster": [p.util for p in self._pelt],
+                "closing": self._closing,
+                "served": self.served,
+            }
+
+    # ----------------------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("dispatcher crashed; answering every queued request")
+            with self._cond:
+                self._closing = True
+                left = self.queue.drain()
+            for e in left:
+                self._finish(e, Outcome(500, "error", "internal error: the dispatcher stopped"))
+            raise
+
+    def _loop(self) -> None:
+        while True:
+            expired: list[Entry] = []
+            leftovers: list[Entry] = []
+            entry: Entry | None = None
+            stop = False
+            with self._cond:
+                now = self.clock()
+                self.heartbeat_s = now
+                if self._closing and now >= self._drain_until_s:
+                    leftovers = self.queue.drain()
+                    stop = True
+                else:
+                    expired = self.queue.pop_expired(now)
+                    entry = self.queue.pop(now)
+                    if entry is None and not expired:
+                        if self._closing:
+                            stop = True
+                        else:
+                            wait = min(self.idle_wait_s, self._next_tick_s - now)
+                            if wait > 0:
+                                self._cond.wait(wait)
+            for e in expired:
+                job: Job = e.payload
+                late_ms = (self.clock() - e.deadline_s) * 1000.0
+                self._finish(e, Outcome(504, "deadline_missed", f"deadline missed: the request's "
+                                        f"deadline passed {late_ms:.1f} ms ago while it was queued "
+                                        f"(timeout {job.req.timeout_us} us)"))
+            for e in leftovers:
+                self._finish(e, Outcome(503, "shutting_down", "shutting down: the daemon stopped "
+                                        "before this request could run; retry later"))
+            if stop:
+                return
+            if entry is not None:
+                self._serve(entry)
+            if self.policy.tick_s > 0 and self.clock() >= self._next_tick_s:
+                self._tick()
+
+    def _context(self, entry: Entry, job: Job, now: float) -> DecisionContext:
+        work = self._work.get(job.model.name)
+        if work is None:  # the service time is fixed at start-up: one Work per model
+            work = self.board.profile.work_from_top_latency(job.model.service_s * 1000.0)
+            self._work[job.model.name] = work
+        with self._cond:
+            queue_len = len(self.queue)
+            urgent = self.queue.count_at_most(entry.cls + 1)
+            backlog_ms = self.queue.backlog_ms
+            earliest = min(self.queue.earliest_deadline_s(), entry.deadline_s)
+            rate = self._rate.rate_hz(now)
+        utils = [p.advance(now, 0.0) for p in self._pelt]
+        busy = [self._busy_fraction(c, now) for c in range(self.view.n_clusters)]
+        return DecisionContext(
+            now_s=now, head_priority=entry.priority, head_deadline_s=entry.deadline_s,
+            head_work=work, levels=self.queue.levels, queue_len=queue_len,
+            urgent_waiting=urgent, backlog_ms=backlog_ms, earliest_deadline_s=earliest,
+            cur_opp=list(self._cur_opps), arrival_rate_hz=rate,
+            utilisation=self._board_busy.advance(now, False), util_by_cluster=utils,
+            busy_fraction_by_cluster=busy)
+
+    def _busy_fraction(self, cluster: int, now: float) -> float:
+        """Busy fraction of the current window, without starting a new one."""
+        w = self._busy[cluster]
+        span = now - w.start_s
+        return min(1.0, w.busy_s / span) if span > 0 else 0.0
+
+    def _fallback_decision(self) -> Decision:
+        ci = self.board.profile.fastest_cluster
+        return Decision(ci, len(self.board.profile.clusters[ci].opps) - 1)
+
+    def _apply(self, decision: Decision) -> None:
+        self.board.apply(decision)
+        self._cur_opps = list(self.board.current_opps())
+
+    def _pin(self, cluster: int) -> None:
+        if not self._allowed_cpus:
+            return
+        cpus = frozenset(self.board.cpus_for(cluster)) & self._allowed_cpus
+        target = cpus or frozenset(self._allowed_cpus)
+        if target == self._pinned:
+            return
+        try:
+            os.sched_setaffinity(0, target)
+            self._pinned = target
+        except OSError as exc:
+            log.warning("cannot pin the inference thread to CPUs %s (%s); not pinning",
+                        sorted(target), exc.strerror)
+            self._allowed_cpus = set()
+
+    def _serve(self, entry: Entry) -> None:
+        job: Job = entry.payload
+        now = self.clock()
+        ctx = self._context(entry, job, now)
+        try:
+            decision = self.policy.decide(self.view, ctx)
+        except Exception:
+            log.exception("policy %s failed to decide; running at the top OPP", self.policy.name)
+            decision = self._fallback_decision()
+        try:
+            self._apply(decision)
+        except Exception:
+            log.exception("board failed to apply %s", decision)
+        self._pin(decision.cluster)
+        started_s = self.clock()
+        t0 = time.perf_counter()
+        try:
+            results = job.model.run(job.req.inputs)
+        except Exception as exc:  # the interpreter's errors are not typed
+            host_s = time.perf_counter() - t0
+            log.warning("model %s failed: %s", job.model.name, exc)
+            self._finish(entry, Outcome(500, "error", f"inference failed: {exc}"))
+            return
+        host_s = time.perf_counter() - t0
+        cost = self.board.settle(decision, host_s, started_s)
+        end_s = self.clock()
+        self._account(decision, started_s, end_s, cost.wall_s)
+        job.model.record(host_s)
+        self.served += 1
+        opp = self.board.profile.clusters[decision.cluster].opps[decision.opp]
+        params = {
+            "queue_wait_us": round((now - entry.enqueued_s) * 1e6),
+            "service_us": round(cost.wall_s * 1e6),
+            "host_us": round(host_s * 1e6),
+            "freq_khz": opp.khz,
+            "opp": decision.opp,
+            "cluster": decision.cluster,
+            "cluster_name": self.board.profile.clusters[decision.cluster].name,
+            "energy_j": cost.energy_j,
+            "priority": job.req.priority,
+        }
+        late = end_s > entry.deadline_s
+        self._finish(entry, Outcome(200, "late" if late else "ok", results=results,
+                                    parameters=params), energy_j=cost.energy_j)
+
+    def _account(self, decision: Decision, started_s: float, end_s: float, wall_s: float) -> None:
+        c = decision.cluster
+        cl = self.board.profile.clusters[c]
+        scale = cl.opps[decision.opp].khz / cl.max_khz * self.board.profile.capacity(c) / 1024.0
+        for i, p in enumerate(self._pelt):
+            if i == c:
+                p.advance(started_s, 0.0)
+                p.advance(end_s, scale)
+            else:
+                p.advance(end_s, 0.0)
+        self._board_busy.advance(started_s, False)
+        self._board_busy.advance(end_s, True)
+        self._busy[c].add_busy(wall_s)
+
+    def _tick(self) -> None:
+        now = self.clock()
+        settled = True
+        for c in range(self.view.n_clusters):
+            util = self._pelt[c].advance(now, 0.0)
+            busy = self._busy[c].sample(now)
+            settled = settled and util < QUIESCENT_UTIL and busy == 0.0
+            try:
+                opp = self.policy.tick(self.view, now, c, self._cur_opps[c], util, busy)
+                if opp != self._cur_opps[c]:
+                    settled = False
+                    self._apply(Decision(c, opp))
+            except Exception:
+                log.exception("policy %s failed to tick cluster %d", self.policy.name, c)
+        with self._cond:
+            if settled and not len(self.queue):
+                self._quiescent = True
+                self._next_tick_s = math.inf
+                return
+        self._next_tick_s += self.policy.tick_s
+        if self._next_tick_s <= now:
+            self._next_tick_s = now + self.policy.tick_s
+
+    def _finish(self, entry: Entry, out: Outcome, energy_j: float = 0.0) -> None:
+        job: Job = entry.payload
+        self.metrics.count(job.req.model, job.req.priority, out.outcome, energy_j=energy_j)
+        try:
+            job.answer(out)
+        except Exception:  # the answer path must never take the loop down
+            log.exception("cannot deliver the answer of request %r", job.req.request_id)
+
+
+def drain_remaining(dispatcher: Dispatcher) -> None:
+    """Answer anything still queued (used if the thread could not finish in time)."""
+    with dispatcher._cond:
+        left = dispatcher.queue.drain()
+    for e in left:
+        with contextlib.suppress(Exception):
+            dispatcher._finish(e, Outcome(503, "shutting_down", "shutting down"))

@@ -1,0 +1,96 @@
+"""An OpenAPI 3.1 description of the daemon's HTTP API, served at ``GET /v2/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgesched import __version__
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Error"}}}}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "model name (the .tflite file stem)"}
+
+
+def _get(summary: str, schema: dict[str, Any] | None = None, *, params: bool = False,
+         content_type: str = "application/json") -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "ok"}
+    if schema is not None:
+        ok["content"] = {content_type: {"schema": schema}}
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, "404": _ERROR}}
+    if params:
+        op["parameters"] = [_NAME]
+    return {"get": op}
+
+
+def openapi() -> dict[str, Any]:
+    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"enum": ["BOOL", "UINT8", "INT8", "INT16", "UINT16", "INT32", "UINT32",
+                              "INT64", "UINT64", "FP16", "FP32", "FP64"]},
+        "data": {"description": "row-major values, flat or nested"},
+        "parameters": {"type": "object", "properties": {
+            "binary_data_size": {"type": "integer",
+                                 "description": "bytes of this tensor after the JSON header"},
+            "binary_data": {"type": "boolean"}}}}}
+    infer_request = {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {
+            "priority": {"type": "integer", "minimum": 0,
+                         "description": "1 is the highest; 0 means the default class"},
+            "timeout": {"type": "integer", "minimum": 0,
+                        "description": "deadline in microseconds from arrival"},
+            "binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
+    infer_response = {"type": "object", "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "description": "queue_wait_us, service_us, host_us, "
+                       "freq_khz, opp, cluster, cluster_name, energy_j, priority, outcome"},
+        "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}}}
+    infer_errors = {str(code): {**_ERROR, "description": text} for code, text in (
+        (400, "invalid request, or a deadline that cannot be met"),
+        (404, "unknown model"), (413, "body too large"),
+        (429, "queue full (Retry-After)"),
+        (503, "shed by a higher-priority request, or shutting down (Retry-After)"),
+        (504, "deadline passed while queued"))}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "edgesched", "version": __version__,
+                 "description": "Open Inference Protocol (KServe v2 REST) with Triton's binary "
+                                "tensor data and schedule-policy extensions."},
+        "paths": {
+            "/v2/health/live": _get("the daemon is running"),
+            "/v2/health/ready": _get("models are loaded and the dispatcher runs"),
+            "/v2": _get("server metadata"),
+            "/v2/models/{name}": _get("model metadata", params=True),
+            "/v2/models/{name}/ready": _get("model readiness", params=True),
+            "/v2/models/{name}/infer": {"post": {
+                "summary": "run the model (queued by priority and deadline)",
+                "parameters": [_NAME, {
+                    "name": "Inference-Header-Content-Length", "in": "header",
+                    "schema": {"type": "integer"},
+                    "description": "length of the JSON header when binary tensors follow"}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Infer"}},
+                    "application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}}},
+                "responses": {"200": {"description": "the result", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Result"}},
+                    "application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}}},
+                              **infer_errors}}},
+            "/v2/status": _get("queue, models, policy, board, frequencies, energy"),
+            "/metrics": _get("Prometheus text format", {"type": "string"},
+                             content_type="text/plain"),
+            "/v2/openapi.json": _get("this document"),
+        },
+        "components": {"schemas": {
+            "Tensor": tensor, "Infer": infer_request, "Result": infer_response,
+            "Error": {"type": "object", "required": ["error"], "properties": {
+                "error": {"type": "string"}, "outcome": {"type": "string"},
+                "id": {"type": "string"}}}}},
+    }

@@ -1,0 +1,146 @@
+"""Shared fixtures: start the real daemon (``python -m edgesched serve``) on a socket in tmp."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgesched.client import Client
+from edgesched.errors import ClientError
+from edgesched.server.runner import shipped_models_dir
+
+MODELS_DIR = shipped_models_dir()
+START_LIMIT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, tables: Mapping[str, Mapping[str, Any]]) -> Path:
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: str
+    home: Path
+    port: int | None = None
+    stderr_path: Path = field(default_factory=Path)
+
+    def client(self, **kw: Any) -> Client:
+        return Client(self.socket, **kw)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_LIMIT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
+            if os.path.exists(self.socket):
+                with contextlib.suppress(ClientError), Client(self.socket, timeout_s=5) as c:
+                    if c.ready():
+                        return
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon not ready after {START_LIMIT_S} s:\n{self.stderr()}")
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def daemon_command(sock: str, home: Path, config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "edgesched", "serve", "--config", str(config),
+            "--socket", sock, "--runtime-dir", str(home / "run"),
+            "--state-dir", str(home / "state"), *extra]
+
+
+StartDaemon = Callable[..., Daemon]
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
+    """Factory: ``start_daemon(config={...}, args=[...], wait=True, http=False)``."""
+    started: list[Daemon] = []
+
+    def start(config: Mapping[str, Mapping[str, Any]] | None = None,
+              args: tuple[str, ...] = (), wait: bool = True, http: bool = False,
+              home: Path | None = None, env: Mapping[str, str] | None = None,
+              pass_fds: tuple[int, ...] = (), command: list[str] | None = None) -> Daemon:
+        return _start(home or tmp_path / f"d{len(started)}", started, config, args, wait,
+                      http, env, pass_fds, command)
+
+    yield start
+    for d in started:
+        d.terminate()
+
+
+def _start(home: Path, started: list[Daemon], config: Mapping[str, Mapping[str, Any]] | None,
+           args: tuple[str, ...], wait: bool, http: bool, env: Mapping[str, str] | None,
+           pass_fds: tuple[int, ...], command: list[str] | None) -> Daemon:
+    home.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, dict[str, Any]] = {"models": {"warmup_runs": 1, "measure_runs": 3}}
+    for name, table in (config or {}).items():
+        tables.setdefault(name, {}).update(table)
+    port = None
+    if http:
+        port = free_port()
+        tables.setdefault("server", {})["http_port"] = port
+    cfg = write_config(home / "config.toml", tables)
+    sock = str(home / "s.sock")
+    cmd = command or daemon_command(sock, home, cfg, "--board", "none", *args)
+    err_path = home / "stderr.log"
+    full_env = {**os.environ, **(env or {})}
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=full_env,
+                                pass_fds=pass_fds)
+    d = Daemon(proc=proc, socket=sock, home=home, port=port, stderr_path=err_path)
+    started.append(d)
+    if wait:
+        d.wait_ready()
+    return d
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for a whole module: board none, TCP port on, 4 MB body limit."""
+    home = tmp_path_factory.mktemp("daemon")
+    started: list[Daemon] = []
+    d = _start(home, started, {"server": {"max_body_bytes": 4 << 20}}, (), True, True, None,
+               (), None)
+    yield d
+    assert d.terminate() == 0

@@ -1,0 +1,73 @@
+"""The daemon's config: one frozen typed object, validated at load, unknown keys named."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from edgesched.errors import ConfigError
+from edgesched.server.config import Config, load_config, parse_config, with_overrides
+
+
+def test_defaults_and_frozen() -> None:
+    cfg = Config()
+    assert cfg.server.socket == "/run/edgesched/edgesched.sock"
+    assert cfg.server.socket_mode == 0o660 and cfg.server.http_port == 0
+    assert cfg.board.spec == "virtual:rk3399" and cfg.policy.spec == "schedutil"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.server.socket = "x"  # type: ignore[misc]
+
+
+def test_load_and_override(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[server]\nsocket = "/tmp/a.sock"\nsocket_mode = 0o640\n'
+                 "[queue]\nmax_count = 4\naging_s = inf\n[energy]\ngrid_gco2e_per_kwh = 50\n")
+    cfg = load_config(p)
+    assert cfg.server.socket == "/tmp/a.sock" and cfg.server.socket_mode == 0o640
+    assert cfg.queue.max_count == 4 and cfg.energy.grid_gco2e_per_kwh == 50.0
+    cfg2 = with_overrides(cfg, {"server.socket": "/tmp/b.sock", "server.http_port": None,
+                                "policy.spec": "powersave"})
+    assert cfg2.server.socket == "/tmp/b.sock" and cfg2.server.socket_mode == 0o640
+    assert cfg2.policy.spec == "powersave" and cfg.policy.spec == "schedutil"
+
+
+@pytest.mark.parametrize(("doc", "needle"), [
+    ({"server": {"sokcet": "x"}}, "unknown key server.'sokcet'"),
+    ({"nope": {}}, "unknown table [nope]"),
+    ({"server": {"http_port": "80"}}, "server.http_port: expected an integer"),
+    ({"server": {"http_port": 70000}}, "server.http_port"),
+    ({"server": {"http_host": "0.0.0.0"}}, "loopback"),
+    ({"queue": {"levels": 3, "default_priority": 4}}, "queue.default_priority"),
+    ({"queue": {"shed_lower": 1}}, "expected true or false"),
+    ({"server": "x"}, "[server] must be a table"),
+])
+def test_invalid(doc: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, "t.toml")
+    assert needle in str(err.value) and "t.toml" in str(err.value)
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_shipped_example_is_valid_and_documents_every_option() -> None:
+    text = (resources.files("edgesched") / "data" / "config.example.toml").read_text()
+    import tomllib
+
+    doc = tomllib.loads(text)
+    cfg = parse_config(doc, "config.example.toml")
+    assert cfg == Config(source="x")
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            assert f.name in doc[section.name], f"{section.name}.{f.name} not documented"

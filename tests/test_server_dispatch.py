@@ -1,0 +1,253 @@
+"""The dispatcher in-process with a real model, a gated test board and an injected clock:
+queue full, shedding, deadline missed, drain on close and policy ticks, deterministically."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from conftest import MODELS_DIR
+
+from edgesched.board import RunCost
+from edgesched.device import load_profile
+from edgesched.errors import AdmissionError
+from edgesched.observation import BoardView, Decision, DecisionContext
+from edgesched.policy.base import Performance
+from edgesched.queue import RequestQueue
+from edgesched.server.admission import InferRequest
+from edgesched.server.dispatcher import Dispatcher, Job, Outcome
+from edgesched.server.metrics import Metrics
+from edgesched.server.runner import LoadedModel, load_model
+
+NABU_IN = "serving_default_input_audio:0"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class GatedBoard:
+    """A board whose ``settle`` blocks until the test opens the gate (one run at a time)."""
+
+    def __init__(self) -> None:
+        self.profile = load_profile("rk3399")
+        self.view = BoardView.of(self.profile)
+        self.opps = [0 for _ in self.profile.clusters]
+        self.applied: list[Decision] = []
+        self.running = threading.Event()
+        self.gate = threading.Semaphore(0)
+        self.closed = False
+
+    def current_opps(self) -> list[int]:
+        return list(self.opps)
+
+    def apply(self, decision: Decision) -> float:
+        self.applied.append(decision)
+        self.opps[decision.cluster] = decision.opp
+        return 0.0
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        return ()
+
+    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+        self.running.set()
+        assert self.gate.acquire(timeout=30)
+        self.running.clear()
+        return RunCost(wall_s=0.002, energy_j=0.5)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class TickingPolicy(Performance):
+    name = "ticking"
+    tick_s = 0.01
+
+    def __init__(self) -> None:
+        self.ticks: list[tuple[int, float, float]] = []
+        self.contexts: list[DecisionContext] = []
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        self.contexts.append(ctx)
+        return super().decide(view, ctx)
+
+    def tick(self, view: BoardView, now_s: float, cluster: int, cur_opp: int, util: float,
+             busy_fraction: float) -> int:
+        self.ticks.append((cluster, util, busy_fraction))
+        return 1
+
+
+@pytest.fixture(scope="module")
+def nabu() -> LoadedModel:
+    return load_model(MODELS_DIR / "okay_nabu.tflite", warmup_runs=0, measure_runs=1)
+
+
+class Rig:
+    def __init__(self, model: LoadedModel, max_count: int, policy: Performance | None = None,
+                 ) -> None:
+        self.model = model
+        self.clock = FakeClock()
+        self.board = GatedBoard()
+        self.metrics = Metrics(grid_gco2e_per_kwh=500.0)
+        self.policy = policy or Performance()
+        self.dispatcher = Dispatcher(self.board, self.policy,
+                                     RequestQueue(levels=3, max_count=max_count),
+                                     self.metrics, clock=self.clock, pin_threads=False,
+                                     idle_wait_s=0.01)
+        self.answers: dict[str, Outcome] = {}
+        self.answered = threading.Condition()
+
+    def submit(self, rid: str, priority: int = 2, deadline_s: float = float("inf")) -> None:
+        req = InferRequest(model=self.model.name, request_id=rid,
+                           inputs={NABU_IN: np.zeros((1, 3, 40), np.int8)},
+                           outputs=(("StatefulPartitionedCall:0", True),), priority=priority,
+                           timeout_us=None, size_bytes=200)
+
+        def answer(out: Outcome) -> None:
+            with self.answered:
+                assert rid not in self.answers, "answered twice"
+                self.answers[rid] = out
+                self.answered.notify_all()
+
+        self.dispatcher.submit(Job(req=req, model=self.model, deadline_s=deadline_s,
+                                   answer=answer))
+
+    def wait_for(self, *rids: str) -> None:
+        with self.answered:
+            assert self.answered.wait_for(lambda: all(r in self.answers for r in rids), 30)
+
+    def block_on_first(self) -> None:
+        """Submit 'a' and wait until it is running (held in settle)."""
+        self.submit("a")
+        assert self.board.running.wait(30)
+
+
+@pytest.fixture
+def rig(nabu: LoadedModel) -> Iterator[Rig]:
+    r = Rig(nabu, max_count=2)
+    r.dispatcher.start()
+    yield r
+    r.dispatcher.close(0.0)
+    for _ in range(8):
+        r.board.gate.release()
+    assert r.dispatcher.join(30)
+
+
+def test_queue_full_then_shed(rig: Rig) -> None:
+    rig.block_on_first()
+    rig.submit("b", priority=3)
+    rig.submit("c", priority=3)
+    with pytest.raises(AdmissionError) as err:
+        rig.submit("d", priority=3)
+    assert err.value.status == 429 and err.value.retry_after_s is not None
+    rig.submit("e", priority=1)  # displaces the lowest class with the latest deadline
+    rig.wait_for("c")
+    assert rig.answers["c"].status == 503 and rig.answers["c"].outcome == "shed"
+    for _ in range(3):
+        rig.board.gate.release()
+    rig.wait_for("a", "b", "e")
+    assert [rig.answers[r].status for r in "abe"] == [200, 200, 200]
+    assert rig.answers["a"].parameters["energy_j"] == 0.5
+    assert rig.metrics.energy_j_total == pytest.approx(1.5)
+
+
+def test_deadline_passed_while_queued_is_answered_504(rig: Rig) -> None:
+    rig.block_on_first()
+    rig.submit("b", priority=1, deadline_s=rig.clock.now_s + 0.5)
+    rig.submit("c", priority=2, deadline_s=rig.clock.now_s + 5.0)
+    rig.clock.now_s += 1.0
+    rig.board.gate.release()
+    rig.wait_for("a", "b")
+    assert rig.answers["b"].status == 504 and rig.answers["b"].outcome == "deadline_missed"
+    assert "deadline missed" in rig.answers["b"].reason
+    # 'c' was taken in the same pass that found 'b' expired, so it is running now; it ends
+    # after its deadline: answered with the result, outcome 'late', counted as a miss
+    rig.clock.now_s += 10.0
+    rig.board.gate.release()
+    rig.wait_for("c")
+    assert rig.answers["c"].status == 200 and rig.answers["c"].outcome == "late"
+    assert rig.metrics.deadline_misses["okay_nabu"] == 2
+
+
+def test_close_drains_with_503_and_refuses_new_work(rig: Rig) -> None:
+    rig.block_on_first()
+    rig.submit("b")
+    rig.submit("c", priority=1)
+    rig.dispatcher.close(0.0)
+    with pytest.raises(AdmissionError) as err:
+        rig.submit("d")
+    assert err.value.status == 503
+    rig.board.gate.release()
+    rig.wait_for("a", "b", "c")
+    assert rig.answers["a"].status == 200  # the running inference finishes
+    assert {rig.answers["b"].outcome, rig.answers["c"].outcome} == {"shutting_down"}
+    assert rig.dispatcher.join(30)
+
+
+def test_context_and_ticks(nabu: LoadedModel) -> None:
+    policy = TickingPolicy()
+    r = Rig(nabu, max_count=8, policy=policy)
+    r.dispatcher.start()
+    try:
+        r.block_on_first()
+        r.submit("b", priority=1)
+        r.clock.now_s += 0.05
+        r.board.gate.release()
+        r.board.gate.release()
+        r.wait_for("a", "b")
+        r.clock.now_s += 0.05
+        with r.answered:  # the loop wakes every idle_wait_s and ticks when due
+            assert r.answered.wait_for(lambda: len(policy.ticks) >= 2, 30)
+    finally:
+        r.dispatcher.close(0.0)
+        assert r.dispatcher.join(30)
+    ctx = policy.contexts[1]
+    assert ctx.head_priority == 1 and ctx.queue_len == 0
+    assert len(ctx.util_by_cluster) == len(ctx.busy_fraction_by_cluster) == 2
+    assert ctx.arrival_rate_hz > 0 and ctx.head_work.compute_mcycles > 0
+    assert {c for c, _, _ in policy.ticks} == {0, 1}
+    assert Decision(0, 1) in r.board.applied
+
+
+class SteadyPolicy(TickingPolicy):
+    """Ticks that never change the OPP."""
+
+    def tick(self, view: BoardView, now_s: float, cluster: int, cur_opp: int, util: float,
+             busy_fraction: float) -> int:
+        self.ticks.append((cluster, util, busy_fraction))
+        return cur_opp
+
+
+def _until(cond: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_ticks_pause_when_idle_and_resume_on_a_request(nabu: LoadedModel) -> None:
+    policy = SteadyPolicy()
+    r = Rig(nabu, max_count=8, policy=policy)
+    r.dispatcher.start()
+    try:
+        r.clock.now_s += 1.0
+        _until(lambda: r.dispatcher._quiescent)
+        n = len(policy.ticks)
+        assert n >= 2  # one tick per cluster, then nothing more to do
+        r.submit("a")
+        r.board.gate.release()
+        r.wait_for("a")
+        assert not r.dispatcher._quiescent or len(policy.ticks) > n
+        r.clock.now_s += 0.05
+        _until(lambda: len(policy.ticks) > n)
+    finally:
+        r.dispatcher.close(0.0)
+        assert r.dispatcher.join(30)

@@ -1,0 +1,216 @@
+"""Integration: the daemon's lifecycle and overload behaviour, each on its own real process."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import MODELS_DIR, START_LIMIT_S, Daemon, daemon_command, write_config
+
+from edgesched.client import Client, encode_infer
+from edgesched.errors import ClientError
+
+HAND = "hand_landmark_lite"
+NABU = "okay_nabu"
+NABU_IN = "serving_default_input_audio:0"
+HAND_X = np.zeros((1, 224, 224, 3), np.float32)
+
+
+def _one_request(sock: str, priority: int) -> tuple[int, str, dict[str, str]]:
+    """(status, outcome, headers) of one hand_landmark request on a fresh connection."""
+    body, headers = encode_infer({"input_1": HAND_X}, priority=priority)
+    with Client(sock) as c:
+        try:
+            status, msg, data = c.request("POST", f"/v2/models/{HAND}/infer", body, headers)
+        except ClientError as exc:
+            return exc.status, "connection", {}
+    if status == 200:
+        head = data[: int(msg["Inference-Header-Content-Length"])]
+        return status, json.loads(head)["parameters"]["outcome"], dict(msg.items())
+    return status, json.loads(data).get("outcome", ""), dict(msg.items())
+
+
+def test_burst_fills_the_queue_and_every_request_is_answered(
+        start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(config={"queue": {"max_count": 2}, "server": {"retry_after_s": 2.0}})
+    n = 48
+    priorities = [3] * (n // 2) + [1] * (n // 2)
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda p: _one_request(d.socket, p), priorities))
+    codes = Counter(status for status, _, _ in results)
+    assert sum(codes.values()) == n
+    assert set(codes) <= {200, 429, 503}, codes
+    assert codes[429] >= 1, codes
+    for status, outcome, headers in results:
+        if status == 429:
+            assert headers["Retry-After"] == "2"
+        if status == 503:
+            assert outcome == "shed" and headers["Retry-After"] == "2"
+    with d.client() as c:
+        totals = c.status()["requests"]
+    answered = sum(totals["by_outcome"].values())
+    assert answered == n == totals["received"]
+
+
+def test_sigterm_answers_every_request_in_flight(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(config={"server": {"shutdown_timeout_s": 0.0}})
+    n = 16
+    results: list[tuple[int, str, dict[str, str]]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        r = _one_request(d.socket, 2)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    # every request reached a handler (admitted or answered) before the signal
+    with d.client() as c:
+        limit = time.monotonic() + START_LIMIT_S
+        while c.status()["requests"]["received"] < n and time.monotonic() < limit:
+            time.sleep(0.005)
+        c.close()
+    d.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert d.proc.wait(30) == 0
+    assert len(results) == n
+    for status, outcome, _ in results:
+        assert (status, outcome) in {(200, "ok"), (503, "shutting_down")}, (status, outcome)
+    assert not os.path.exists(d.socket)
+    assert "stopping" in d.stderr()
+
+
+def test_socket_activation_and_sd_notify(tmp_path: Path, start_daemon: Callable[..., Daemon],
+                                         ) -> None:
+    home = tmp_path / "act"
+    home.mkdir()
+    sock_path = str(home / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(16)
+    notify_path = str(home / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(START_LIMIT_S)
+    cfg = write_config(home / "config.toml", {"models": {"warmup_runs": 0, "measure_runs": 1}})
+    serve = daemon_command(str(home / "unused.sock"), home, cfg, "--board", "none")
+    # a tiny exec wrapper puts the socket at fd 3 and sets LISTEN_PID to the daemon's own pid
+    wrapper = [sys.executable, "-c",
+               "import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); "
+               "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+               "os.execv(sys.argv[2], sys.argv[2:])", str(listener.fileno()), *serve]
+    try:
+        d = start_daemon(home=home, command=wrapper, wait=False, pass_fds=(listener.fileno(),),
+                         env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"})
+        d.socket = sock_path
+        messages: list[str] = []
+        while not any("WATCHDOG=1" in m for m in messages):
+            messages.append(notify.recv(4096).decode())
+        assert messages[0].startswith("READY=1")
+        listener.close()
+        with d.client() as c:
+            assert c.ready()
+            res = c.infer(NABU, {NABU_IN: np.zeros((1, 3, 40), np.int8)})
+            assert res.parameters["outcome"] == "ok"
+        assert not os.path.exists(home / "unused.sock")
+        assert d.terminate() == 0
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(notify.recv(4096).decode())
+    finally:
+        notify.close()
+        listener.close()
+
+
+def test_socket_mode_and_group(start_daemon: Callable[..., Daemon]) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    d = start_daemon(config={"server": {"socket_group": group}})
+    st = os.stat(d.socket)
+    assert st.st_mode & 0o777 == 0o660 and st.st_gid == os.getgid()
+    d2 = start_daemon(config={"server": {"socket_group": "no-such-group-xyz"}}, wait=False)
+    assert d2.proc.wait(START_LIMIT_S) == 2
+    assert "no group named 'no-such-group-xyz'" in d2.stderr()
+
+
+def test_corrupt_model_is_reported_and_skipped(tmp_path: Path,
+                                               start_daemon: Callable[..., Daemon]) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(MODELS_DIR / f"{NABU}.tflite", models)
+    (models / "broken.tflite").write_bytes(b"this is not a flatbuffer" * 10)
+    d = start_daemon(args=("--models", str(models)))
+    with d.client() as c:
+        status = c.status()
+        assert list(status["models"]) == [NABU]
+        assert any("broken.tflite" in e for e in status["model_errors"])
+        assert c.infer(NABU, {NABU_IN: np.zeros((1, 3, 40), np.int8)}).outputs
+        with pytest.raises(ClientError) as err:
+            c.model_metadata("broken")
+        assert err.value.status == 404
+    assert str(models / "broken.tflite") in d.stderr()
+
+
+@pytest.mark.parametrize(("tables", "needle"), [
+    ({"server": {"sockett": "x"}}, "unknown key server.'sockett'"),
+    ({"queue": {"max_count": "many"}}, "queue.max_count: expected an integer"),
+    ({"bogus": {"a": 1}}, "unknown table [bogus]"),
+])
+def test_bad_config_exits_with_a_message(start_daemon: Callable[..., Daemon],
+                                         tables: dict[str, dict[str, object]],
+                                         needle: str) -> None:
+    d = start_daemon(config=tables, wait=False)
+    assert d.proc.wait(START_LIMIT_S) == 2
+    assert needle in d.stderr()
+
+
+def test_missing_explicit_config_is_an_error(tmp_path: Path,
+                                             start_daemon: Callable[..., Daemon]) -> None:
+    cmd = daemon_command(str(tmp_path / "s.sock"), tmp_path, tmp_path / "missing.toml")
+    d = start_daemon(command=cmd, wait=False)
+    assert d.proc.wait(START_LIMIT_S) == 2
+    assert "missing.toml: config file not found" in d.stderr()
+
+
+def test_daemon_imports_no_torch_or_gymnasium(tmp_path: Path,
+                                              start_daemon: Callable[..., Daemon]) -> None:
+    cfg = write_config(tmp_path / "c.toml", {"models": {"warmup_runs": 0, "measure_runs": 1}})
+    cmd = daemon_command(str(tmp_path / "s.sock"), tmp_path, cfg, "--board", "none")
+    cmd.insert(1, "-Ximporttime")  # the real daemon lists every module it imports on stderr
+    d = start_daemon(command=cmd, home=tmp_path)
+    with d.client() as c:
+        c.infer(NABU, {NABU_IN: np.zeros((1, 3, 40), np.int8)})
+    assert d.terminate() == 0
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in d.stderr().splitlines() if line.startswith("import time:")}
+    assert "aiohttp" in imported and "edgesched" in imported
+    assert not imported & {"torch", "gymnasium", "stable_baselines3"}
+
+
+def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(args=("--board", "virtual:rk3399", "--policy", "powersave"))
+    with d.client() as c:
+        res = c.infer(HAND, {"input_1": HAND_X}, priority=1)
+        status = c.status()
+        metrics = c.metrics()
+    p = res.parameters
+    assert p["cluster_name"] == "big" and p["opp"] == 0 and p["freq_khz"] == 408_000
+    assert p["service_us"] > p["host_us"]  # 408 MHz emulated: slower than the host
+    assert status["board"]["spec"] == "virtual:rk3399" and status["policy"]["name"] == "powersave"
+    assert 'edgesched_cpu_frequency_khz{cluster="big"} 408000' in metrics
+    assert d.terminate() == 0
+    assert not list((d.home / "run").glob("virtual-*"))
