@@ -60,7 +60,8 @@ def expand_devices(devices: Sequence[str]) -> list[str]:
 def _make_env(cfg: TrainConfig) -> EdgeDVFSEnv:
     return EdgeDVFSEnv(devices=cfg.devices, scenarios=cfg.scenarios, duration_s=cfg.episode_s,
                        reward=RewardConfig(energy_weight=cfg.energy_weight,
-                                           miss_weight=dict(cfg.miss_weight)))
+                                           miss_weight={int(k): float(v) for k, v in
+                                                        cfg.miss_weight.items()}))
 
 
 def export_layers(model: Any, algo: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
