@@ -148,6 +148,7 @@ class _CpufreqBoard:
             self.control_error = str(exc)
             self.log.error("frequency control disabled, the kernel's governor stays in "
                            "charge: %s", exc)
+            self._give_back()
             return False
         except CpufreqPolicyGoneError as exc:
             self._once(f"gone:{info.name}", logging.WARNING, str(exc))
@@ -160,6 +161,15 @@ class _CpufreqBoard:
         changed = new != self._known[ci]
         self._known[ci] = new
         return changed
+
+    def _give_back(self) -> None:
+        """Undo what the lease changed before control was disabled (a governor switched to
+        userspace would otherwise hold the CPU at one frequency until the daemon exits)."""
+        try:
+            self.cpufreq.restore()
+        except CpufreqError as exc:
+            self.log.error("could not give back every cpufreq setting: %s; the state file is "
+                           "kept, run `edgesched restore`", exc)
 
     def close(self) -> None:
         try:

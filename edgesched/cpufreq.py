@@ -87,6 +87,11 @@ class PlainSysfsIO:
             return f.read()
 
     def write_text(self, path: Path, value: str) -> None:
+        # sysfs refuses a write to a file without write bits with EACCES even for root
+        # (kernfs_fop_open, KERNFS_ROOT_EXTRA_OPEN_PERM_CHECK); a plain file would let root
+        # write, so a fake root's read-only files are refused here as the kernel would
+        if not os.stat(path).st_mode & 0o222:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         # no O_CREAT: a vanished policy directory gives ENOENT, as sysfs does
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
         try:

@@ -64,8 +64,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--clients", type=int, default=6, help="client threads")
     p.add_argument("--rate-hz", type=float, default=80.0,
                    help="offered load, requests per second over all clients")
-    p.add_argument("--policies", default="performance,powersave,schedutil",
-                   help="comma-separated policy specs, one run each (same workload and seed)")
+    p.add_argument("--policies", default=None,
+                   help="comma-separated policy specs, one run each (same workload and seed); "
+                   "default performance,powersave,schedutil plus the learned policy for the "
+                   "board when policies/NAME.npz is found")
     p.add_argument("--board", default="virtual:rk3399")
     p.add_argument("--models", default=None, help="models folder (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
@@ -232,7 +234,20 @@ def run_one(policy: str, args: argparse.Namespace) -> dict[str, Any]:
             "daemon_requests": status["requests"]}
 
 
+def default_policies(board: str, root: Path) -> str:
+    """The baselines, plus ``learned:policies/NAME.npz`` for a virtual board when it exists."""
+    specs = "performance,powersave,schedutil"
+    name = board.split(":", 1)[1] if board.startswith("virtual:") else ""
+    for candidate in (name, "generic"):
+        path = root / "policies" / f"{candidate}.npz"
+        if candidate and path.is_file():
+            return f"{specs},learned:{path}"
+    return specs
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.policies is None:
+        args.policies = default_policies(args.board, Path.cwd())
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies or args.clients < 1 or args.duration_s <= 0 or args.rate_hz <= 0:
         print("edgesched demo: need a policy, clients >= 1, duration and rate > 0",

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgesched.server.config import Config
+
+log = logging.getLogger("edgesched.serve")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -30,6 +35,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--num-threads", type=int, help="interpreter threads per model")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    # where the start-up check for other frequency daemons looks (tests point them at fakes)
+    p.add_argument("--proc-root", type=Path, default=Path("/proc"), help=argparse.SUPPRESS)
+    p.add_argument("--host-root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -50,4 +58,25 @@ def run(args: argparse.Namespace) -> int:
         "board.state_dir": args.state_dir,
         "board.runtime_dir": args.runtime_dir,
     })
+    warn_about_frequency_daemons(cfg, args.proc_root, args.host_root)
     return serve(cfg)
+
+
+def warn_about_frequency_daemons(cfg: Config, proc_root: Path, host_root: Path) -> list[str]:
+    """Log a warning for each other program that sets CPU frequencies (only for a ``sysfs:``
+    board: the others change nothing real). Runs before the board is opened, so before
+    edgesched changes anything; returns the warnings."""
+    from edgesched.cpufreq import state_path
+    from edgesched.freqdaemons import detect_frequency_daemons
+
+    if cfg.board.spec.partition(":")[0] != "sysfs":
+        return []
+    sysfs_root: Path | None = Path(cfg.board.sysfs_root)
+    if state_path(Path(cfg.board.state_dir)).exists():
+        # a killed run's clamp leaves policies pinned; they are restored when the board opens
+        # and must not be reported as someone else's
+        sysfs_root = None
+    warnings = detect_frequency_daemons(proc_root, root=host_root, sysfs_root=sysfs_root)
+    for warning in warnings:
+        log.warning("another program sets CPU frequencies: %s", warning)
+    return warnings
