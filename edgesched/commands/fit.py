@@ -1,0 +1,50 @@
+"""``edgesched fit``: fit a device profile to a measurements CSV (no board needed).
+
+For measurements from an external meter or a published table, in the CSV shape ``edgesched
+calibrate --csv`` writes (columns cluster, freq_khz, model, latency_ms, busy_power_w,
+idle_power_w; see ``edgesched/fit.py``). With ``--holdout`` a fraction of each (cluster, model)
+group's rows is left out of the fit and predicted, and the prediction error is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "fit", help="fit a device profile to a measurements CSV",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--measurements", type=Path, required=True, metavar="CSV",
+                   help="measurements (cluster, freq_khz, model, latency_ms, busy_power_w, "
+                        "idle_power_w)")
+    p.add_argument("--base", required=True, metavar="PROFILE",
+                   help="built-in name or profile file: clusters, device-tree voltages and "
+                        "whatever the measurements do not cover")
+    p.add_argument("--out", type=Path, required=True, metavar="PROFILE",
+                   help="where to write the fitted profile (JSON)")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of rows to hold out and predict (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out draw (default 0)")
+    p.add_argument("--name", help="name of the fitted profile (default: the --out file stem)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgesched.device import load_profile
+    from edgesched.fit import fit_profile, format_summary, read_measurements, split_holdout
+
+    base = load_profile(args.base)
+    rows = read_measurements(args.measurements)
+    train, held = split_holdout(rows, args.holdout, args.seed)
+    result = fit_profile(train, base, name=args.name or args.out.stem,
+                         source=str(args.measurements), holdout=held,
+                         meta={"holdout_fraction": args.holdout, "seed": args.seed})
+    args.out.write_text(json.dumps(result.document(), indent=1) + "\n", encoding="utf-8")
+    print(format_summary(result))
+    print(f"wrote {args.out}")
+    return 0
