@@ -17,7 +17,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--scenario", action="append", metavar="NAME_OR_PATH",
                    help="scenario (repeat; default: the built-in ones)")
     p.add_argument("--algo", choices=("ppo", "maskable-ppo", "dqn"), default="ppo")
-    p.add_argument("--timesteps", type=int, default=300_000)
+    p.add_argument("--timesteps", type=int, default=600_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-envs", type=int, default=4, help="vectorised environments")
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",

@@ -36,8 +36,17 @@ class InferRequest:
     size_bytes: int
 
 
+MAX_PARAM = 2**64 - 1
+"""Largest ``priority``/``timeout`` accepted (Triton's are unsigned 64-bit)."""
+
+
 def _bad(reason: str) -> AdmissionError:
     return AdmissionError(400, reason)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _int_param(params: Mapping[str, Any], key: str) -> int | None:
@@ -46,16 +55,27 @@ def _int_param(params: Mapping[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not value.is_integer()):
-        raise _bad(f"parameter {key!r} must be an integer, got {value!r}")
+        raise _bad(f"parameter {key!r} must be an integer, got {_short(value)}")
     if value < 0:
-        raise _bad(f"parameter {key!r} must be >= 0, got {value!r}")
+        raise _bad(f"parameter {key!r} must be >= 0, got {_short(value)}")
+    if value > MAX_PARAM:
+        raise _bad(f"parameter {key!r} must be <= 2**64-1, got {_short(value)}")
     return int(value)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (use finite numbers)")
+
+
+def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        raise _bad(f"input {spec.name!r}: NaN or infinite values are not accepted")
 
 
 def _json_tensor(spec: TensorSpec, data: Any) -> np.ndarray:
     try:
         arr = np.asarray(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise _bad(f"input {spec.name!r}: 'data' is not a rectangular array of numbers") from None
     want = spec.dtype
     if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and want.kind in "biu"):
@@ -70,7 +90,10 @@ def _json_tensor(spec: TensorSpec, data: Any) -> np.ndarray:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < info.min or hi > info.max:
             raise _bad(f"input {spec.name!r}: values {lo}..{hi} do not fit {spec.datatype}")
-    return arr.astype(want, copy=False).reshape(spec.shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(want, copy=False).reshape(spec.shape)
+    _check_finite(spec, out)
+    return out
 
 
 def _binary_tensor(spec: TensorSpec, blob: memoryview, offset: int, size: int) -> np.ndarray:
@@ -80,7 +103,9 @@ def _binary_tensor(spec: TensorSpec, blob: memoryview, offset: int, size: int) -
     if offset + size > len(blob):
         raise _bad(f"input {spec.name!r}: binary data ends at byte {offset + size} but only "
                    f"{len(blob)} bytes follow the JSON header")
-    return np.frombuffer(blob[offset:offset + size], dtype=spec.dtype).reshape(spec.shape)
+    arr = np.frombuffer(blob[offset:offset + size], dtype=spec.dtype).reshape(spec.shape)
+    _check_finite(spec, arr)
+    return arr
 
 
 def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, levels: int,
@@ -94,14 +119,16 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
     else:
         head, blob = body, memoryview(b"")
     try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(head, parse_constant=_no_constant)
+    except RecursionError:
+        raise _bad("malformed JSON request body: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, over-long integers
         raise _bad(f"malformed JSON request body: {exc}") from None
     if not isinstance(doc, dict):
         raise _bad("the request body must be a JSON object")
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
-        raise _bad(f"'id' must be a string, got {request_id!r}")
+        raise _bad(f"'id' must be a string, got {_short(request_id)}")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise _bad("'parameters' must be an object")
@@ -118,19 +145,19 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
         name = item.get("name")
         spec = specs.get(name) if isinstance(name, str) else None
         if spec is None or not isinstance(name, str):
-            raise _bad(f"model {model.name!r} has no input {name!r} (inputs: "
+            raise _bad(f"model {model.name!r} has no input {_short(name)} (inputs: "
                        f"{', '.join(specs)})")
         if name in inputs:
             raise _bad(f"input {name!r} given twice")
         datatype = item.get("datatype")
         if datatype != spec.datatype:
-            raise _bad(f"input {name!r}: datatype {datatype!r} does not match the model's "
+            raise _bad(f"input {name!r}: datatype {_short(datatype)} does not match the model's "
                        f"{spec.datatype}")
         shape = item.get("shape")
         if (not isinstance(shape, list)
                 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
                 or tuple(shape) != spec.shape):
-            raise _bad(f"input {name!r}: shape {shape!r} does not match the model's "
+            raise _bad(f"input {name!r}: shape {_short(shape)} does not match the model's "
                        f"{list(spec.shape)}")
         tparams = item.get("parameters") or {}
         if not isinstance(tparams, dict):
@@ -169,7 +196,7 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
         for item in raw_outputs:
             oname = item.get("name") if isinstance(item, dict) else None
             if oname not in out_names:
-                raise _bad(f"model {model.name!r} has no output {oname!r} (outputs: "
+                raise _bad(f"model {model.name!r} has no output {_short(oname)} (outputs: "
                            f"{', '.join(t.name for t in model.outputs)})")
             oparams = item.get("parameters") or {}
             binary = oparams.get("binary_data", binary_all) if isinstance(oparams, dict) else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import grp
 import json
 import logging
@@ -27,10 +28,11 @@ from aiohttp import web
 
 from edgesched import __version__
 from edgesched.board import Board
-from edgesched.errors import AdmissionError, ConfigError, ModelError
+from edgesched.errors import AdmissionError, ConfigError, EdgeschedError, ModelError
 from edgesched.policy.base import Policy
 from edgesched.queue import RequestQueue
 from edgesched.server import systemd
+from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of, system_identity
 from edgesched.server.admission import check_deadline, encode_response, parse_infer
 from edgesched.server.config import Config, config_to_dict
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
@@ -43,6 +45,7 @@ log = logging.getLogger("edgesched.server")
 SERVER_NAME = "edgesched"
 EXTENSIONS = ("binary_tensor_data", "schedule_policy")
 HEADER_LENGTH = "Inference-Header-Content-Length"
+ADMIN_BODY_LIMIT = 64 << 10
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ServerState:
     model_errors: list[str] = field(default_factory=list)
     ready: bool = True
     mailbox: Mailbox | None = None
+    gate: AdminGate = field(default_factory=AdminGate)
+    models_dir: Path | None = None
+    admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 STATE: web.AppKey[ServerState] = web.AppKey("edgesched_state", ServerState)
@@ -272,6 +278,198 @@ async def openapi_doc(request: web.Request) -> web.Response:
     return web.json_response(openapi())
 
 
+async def not_found(request: web.Request) -> web.Response:
+    """The last route: a JSON 404 (or 405 with Allow) that says where to look."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource:
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    where = f"{request.method} {request.rel_url.path}"
+    if allowed:
+        return _error(405, f"method not allowed: {where}; allowed: {', '.join(sorted(allowed))}",
+                      headers={"Allow": ", ".join(sorted(allowed))})
+    return _error(404, f"no endpoint {where}; the API is described at GET /v2/openapi.json")
+
+
+# --------------------------------------------------------------------------------- admin
+def _admin_verdict(request: web.Request) -> Verdict:
+    st = request.app[STATE]
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    verdict = st.gate.check(peer_of(sock))
+    log.info("admin %s %s by %s: %s", request.method, request.rel_url.path, verdict.who,
+             "allowed" if verdict.allowed else "refused")
+    return verdict
+
+
+async def _admin_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of an admin request (an empty body is an empty object)."""
+    if request.content_length is not None and request.content_length > ADMIN_BODY_LIMIT:
+        raise AdmissionError(413, f"admin request body over {ADMIN_BODY_LIMIT} bytes")
+    raw = b""
+    while len(raw) <= ADMIN_BODY_LIMIT:
+        chunk = await request.content.read(ADMIN_BODY_LIMIT + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    if len(raw) > ADMIN_BODY_LIMIT:
+        raise AdmissionError(413, f"admin request body over {ADMIN_BODY_LIMIT} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise AdmissionError(400, f"malformed JSON request body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise AdmissionError(400, "the request body must be a JSON object")
+    return doc
+
+
+def _policy_spec_over_http(spec: str, policy_dir: str) -> str:
+    """``spec`` with any policy file resolved inside ``policy.dir``; refuses paths that leave it."""
+    if "\x00" in spec or not spec.strip():
+        raise AdmissionError(400, f"invalid policy spec {spec!r}")
+    kind, sep, arg = spec.partition(":")
+    if not sep:
+        return spec
+    if kind not in ("learned", "qlearn"):
+        raise AdmissionError(400, f"policy {kind!r} takes no argument (got {spec!r})")
+    if not policy_dir:
+        raise AdmissionError(403, "loading policy files over HTTP is off: set policy.dir to the "
+                             "folder of trusted policy files")
+    base = Path(policy_dir).resolve()
+    target = (base / arg).resolve()
+    if not target.is_relative_to(base):
+        raise AdmissionError(403, f"policy file {arg!r} is outside policy.dir ({base}); only "
+                             "files in that folder can be loaded over HTTP")
+    return f"{kind}:{target}"
+
+
+async def admin_policy(request: web.Request) -> web.Response:
+    """POST /v2/admin/policy {"policy": SPEC}: switch the policy on the dispatcher thread."""
+    st = request.app[STATE]
+    verdict = _admin_verdict(request)
+    if not verdict.allowed:
+        return _error(403, verdict.reason)
+    try:
+        doc = await _admin_body(request)
+        spec = doc.get("policy")
+        if not isinstance(spec, str):
+            raise AdmissionError(400, "body must be {\"policy\": SPEC} with SPEC a string such "
+                                 "as \"schedutil\"")
+        unknown = sorted(set(doc) - {"policy"})
+        if unknown:
+            raise AdmissionError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                                 "expected only 'policy'")
+        resolved = _policy_spec_over_http(spec, st.config.policy.dir)
+        from edgesched.policy.registry import make_policy
+
+        loop = asyncio.get_running_loop()
+        try:
+            policy: Policy = await loop.run_in_executor(None, make_policy, resolved)
+        except EdgeschedError as exc:
+            raise AdmissionError(400, f"cannot use policy {spec!r}: {exc}") from None
+        disp = st.dispatcher
+        async with st.admin_lock:
+            old = st.policy.name
+            try:
+                await asyncio.wrap_future(disp.call(lambda: disp.set_policy(policy)))
+            except AdmissionError:
+                raise
+            except Exception as exc:  # reset() refusing the board (mismatch), or similar
+                raise AdmissionError(400, f"policy {spec!r} cannot run on this board: "
+                                     f"{exc}") from None
+            st.policy = policy
+            st.config = dataclasses.replace(
+                st.config, policy=dataclasses.replace(st.config.policy, spec=spec))
+    except AdmissionError as exc:
+        return _admission_response(exc)
+    log.warning("policy switched from %s to %s by %s", old, policy.name, verdict.who)
+    return web.json_response({"policy": policy.name, "spec": spec, "previous": old,
+                              "tick_s": policy.tick_s})
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """POST /v2/admin/models/reload: load the models folder again (no path comes from the request)."""
+    st = request.app[STATE]
+    verdict = _admin_verdict(request)
+    if not verdict.allowed:
+        return _error(403, verdict.reason)
+    try:
+        doc = await _admin_body(request)
+        if doc:
+            raise AdmissionError(400, "models/reload takes no parameters: it reloads the "
+                                 "configured models folder (models.dir)")
+    except AdmissionError as exc:
+        return _admission_response(exc)
+    folder = st.models_dir or _resolve_models_dir(st.config)
+    m = st.config.models
+    loop = asyncio.get_running_loop()
+    async with st.admin_lock:
+        try:
+            models, errors = await loop.run_in_executor(
+                None, load_models, folder, m.num_threads, m.warmup_runs, m.measure_runs)
+        except ModelError as exc:
+            return _error(409, f"reload failed, the loaded models stay: {exc}")
+        if not models:
+            return _error(409, f"{folder}: no loadable .tflite model; the {len(st.models)} "
+                          "loaded model(s) stay", model_errors=errors)
+        disp = st.dispatcher
+        try:
+            await asyncio.wrap_future(disp.call(disp.models_changed))
+        except AdmissionError as exc:
+            return _admission_response(exc)
+        before = set(st.models)
+        st.models = models
+        st.model_errors = errors
+    log.warning("models reloaded from %s by %s: %s", folder, verdict.who, ", ".join(models))
+    return web.json_response({"models": sorted(models), "added": sorted(set(models) - before),
+                              "removed": sorted(before - set(models)),
+                              "model_errors": errors})
+
+
+def _restore_board(board: Board) -> list[str] | None:
+    """Put the cpufreq settings found at start back; None when the board changes nothing."""
+    restore = getattr(board, "restore", None)
+    if not callable(restore):
+        cpufreq = getattr(board, "cpufreq", None)
+        restore = getattr(cpufreq, "restore", None)
+        if not callable(restore):
+            return None
+    report = restore()
+    return list(getattr(report, "actions", []) or [])
+
+
+async def admin_restore(request: web.Request) -> web.Response:
+    """POST /v2/admin/restore: restore the original cpufreq settings (on the dispatcher thread)."""
+    st = request.app[STATE]
+    verdict = _admin_verdict(request)
+    if not verdict.allowed:
+        return _error(403, verdict.reason)
+    try:
+        doc = await _admin_body(request)
+        if doc:
+            raise AdmissionError(400, "restore takes no parameters")
+        disp = st.dispatcher
+        async with st.admin_lock:
+            actions = await asyncio.wrap_future(disp.call(lambda: _restore_board(st.board)))
+    except AdmissionError as exc:
+        return _admission_response(exc)
+    except EdgeschedError as exc:
+        log.error("admin restore failed: %s", exc)
+        return _error(500, f"restore failed: {exc}; the state file is kept, run "
+                      "`edgesched restore`")
+    log.warning("cpufreq settings restored by %s", verdict.who)
+    if actions is None:
+        return web.json_response({"restored": False, "actions": [],
+                                  "reason": "this board changes no cpufreq setting"})
+    return web.json_response({"restored": True, "actions": actions,
+                              "note": "the policy sets frequencies again at the next request"})
+
+
 def build_app(state: ServerState) -> web.Application:
     # the body limit is enforced in the handler (JSON 413); aiohttp's own is a backstop
     app = web.Application(client_max_size=state.config.server.max_body_bytes + 1)
@@ -291,6 +489,10 @@ def build_app(state: ServerState) -> web.Application:
     r.add_get("/v2/status", status)
     r.add_get("/status", status)
     r.add_get("/v2/openapi.json", openapi_doc)
+    r.add_post("/v2/admin/policy", admin_policy)
+    r.add_post("/v2/admin/models/reload", admin_reload)
+    r.add_post("/v2/admin/restore", admin_restore)
+    r.add_route("*", "/{tail:.*}", not_found)  # last: JSON 404/405 for everything else
     return app
 
 
@@ -349,8 +551,13 @@ def _resolve_models_dir(cfg: Config) -> Path:
     return Path(cfg.models.dir) if cfg.models.dir else shipped_models_dir()
 
 
-async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit status."""
+async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
+                     identity_lookup: IdentityLookup = system_identity) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status.
+
+    ``identity_lookup`` maps a unix peer's uid/gid to a user and its groups for the admin
+    endpoints (tests inject one; the default asks the user database).
+    """
     from edgesched.server.boardspec import make_policy, open_board_spec
 
     loop = asyncio.get_running_loop()
@@ -388,7 +595,15 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic) -
         dispatcher.start()
         state = ServerState(config=cfg, models=models, dispatcher=dispatcher, metrics=meter,
                             board=board, policy=policy, clock=clock, started_s=clock(),
-                            model_errors=errors)
+                            model_errors=errors, models_dir=models_dir,
+                            gate=AdminGate(cfg.server.admin_group, cfg.server.admin_over_tcp,
+                                           identity_lookup))
+        if cfg.server.admin_group:
+            try:
+                grp.getgrnam(cfg.server.admin_group)
+            except KeyError:
+                log.warning("server.admin_group: no group named %r; only root may call the "
+                            "admin endpoints", cfg.server.admin_group)
         runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                                shutdown_timeout=cfg.server.shutdown_timeout_s + 2.0)
         await runner.setup()

@@ -37,6 +37,8 @@ class ServerSection:
     shutdown_timeout_s: float = 5.0
     retry_after_s: float = 1.0
     queue_full_status: int = 429
+    admin_group: str = ""
+    admin_over_tcp: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class BoardSection:
 @dataclass(frozen=True)
 class PolicySection:
     spec: str = "schedutil"
+    dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,10 @@ def _check_value(src: str, key: str, value: Any, kind: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{src}: {key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{src}: {key}: number {value} is too large") from None
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{src}: {key}: expected an integer, got {value!r}")
@@ -215,8 +221,8 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{p}: cannot read the config file ({exc.strerror})") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, bad UTF-8, over-long integers
+        raise ConfigError(f"{p}: not valid TOML ({exc or type(exc).__name__})") from None
     return parse_config(data, str(p))
 
 

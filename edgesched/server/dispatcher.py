@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,7 @@ class Dispatcher:
         self.heartbeat_s = now
         self.served = 0
         self._work: dict[str, Work] = {}
+        self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
 
     # ----------------------------------------------------------------------------- submit side
     def submit(self, job: Job) -> None:
@@ -125,6 +127,52 @@ class Dispatcher:
         for victim in shed:
             self._finish(victim, Outcome(503, "shed", "shed: displaced from a full queue by a "
                                          "higher-priority request; retry later"))
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the dispatcher thread between two requests (from any thread).
+
+        The way to change what the loop owns (the policy, the board's settings) without racing
+        a running inference. The future fails with AdmissionError(503) once the daemon stops.
+        """
+        fut: Future[Any] = Future()
+        with self._cond:
+            if self._closing or not self.alive():
+                fut.set_exception(AdmissionError(503, "shutting down: the dispatcher no longer "
+                                                 "takes commands"))
+                return fut
+            self._calls.append((fn, fut))
+            self._cond.notify()
+        return fut
+
+    def set_policy(self, policy: Policy) -> None:
+        """Switch to ``policy`` (call through :meth:`call`: on the dispatcher thread only)."""
+        policy.reset(self.view)
+        now = self.clock()
+        self.policy = policy
+        self._quiescent = False
+        self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
+
+    def models_changed(self) -> None:
+        """Forget per-model work estimates (call through :meth:`call` after a reload)."""
+        self._work.clear()
+
+    def _run_calls(self) -> None:
+        with self._cond:
+            calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the caller, never kills the loop
+                fut.set_exception(exc)
+
+    def _fail_calls(self) -> None:
+        with self._cond:
+            calls, self._calls = self._calls, []
+        for _, fut in calls:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(AdmissionError(503, "shutting down: the command was not run"))
 
     # ----------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -168,7 +216,9 @@ class Dispatcher:
     def _run(self) -> None:
         try:
             self._loop()
+            self._fail_calls()
         except BaseException:
+            self._fail_calls()
             log.exception("dispatcher crashed; answering every queued request")
             with self._cond:
                 self._closing = True
@@ -192,7 +242,7 @@ class Dispatcher:
                 else:
                     expired = self.queue.pop_expired(now)
                     entry = self.queue.pop(now)
-                    if entry is None and not expired:
+                    if entry is None and not expired and not self._calls:
                         if self._closing:
                             stop = True
                         else:
@@ -210,6 +260,8 @@ class Dispatcher:
                                         "before this request could run; retry later"))
             if stop:
                 return
+            if self._calls:
+                self._run_calls()
             if entry is not None:
                 self._serve(entry)
             if self.policy.tick_s > 0 and self.clock() >= self._next_tick_s:

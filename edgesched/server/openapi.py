@@ -23,6 +23,23 @@ def _get(summary: str, schema: dict[str, Any] | None = None, *, params: bool = F
     return {"get": op}
 
 
+def _admin(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary + ". Root or server.admin_group members only (SO_PEERCRED of the "
+                             "unix socket peer); TCP peers are refused unless "
+                             "server.admin_over_tcp.",
+        "responses": {"200": {"description": "done", "content": {"application/json": {
+            "schema": {"type": "object"}}}},
+                      "400": {**_ERROR, "description": "invalid request"},
+                      "403": {**_ERROR, "description": "the peer may not change the daemon"},
+                      "409": {**_ERROR, "description": "reload failed; loaded models stay"},
+                      "413": {**_ERROR, "description": "body too large"}}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": body}}}
+    return {"post": op}
+
+
 def openapi() -> dict[str, Any]:
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"},
@@ -87,6 +104,15 @@ def openapi() -> dict[str, Any]:
             "/metrics": _get("Prometheus text format", {"type": "string"},
                              content_type="text/plain"),
             "/v2/openapi.json": _get("this document"),
+            "/v2/admin/policy": _admin(
+                "switch the scheduling policy (between two requests, on the dispatcher thread)",
+                {"type": "object", "required": ["policy"], "additionalProperties": False,
+                 "properties": {"policy": {"type": "string", "description":
+                                           "performance, powersave, ondemand, conservative, "
+                                           "schedutil, learned:NAME or qlearn:NAME (NAME "
+                                           "inside policy.dir)"}}}),
+            "/v2/admin/models/reload": _admin("load the configured models folder again"),
+            "/v2/admin/restore": _admin("restore the cpufreq settings found at start"),
         },
         "components": {"schemas": {
             "Tensor": tensor, "Infer": infer_request, "Result": infer_response,

@@ -41,7 +41,7 @@ class RewardConfig:
     """Weights of the reward; miss weights by priority (1 = highest)."""
 
     energy_weight: float = 1.0
-    miss_weight: Mapping[int, float] = field(default_factory=lambda: {1: 20.0, 2: 5.0, 3: 1.0})
+    miss_weight: Mapping[int, float] = field(default_factory=lambda: {1: 50.0, 2: 2.0, 3: 0.5})
 
 
 class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):

@@ -34,7 +34,7 @@ class TrainConfig:
     devices: list[str]
     scenarios: list[str] = field(default_factory=lambda: list(BUILTIN_NAMES))
     algo: str = "ppo"
-    timesteps: int = 300_000
+    timesteps: int = 600_000
     seed: int = 0
     n_envs: int = 4
     episode_s: float = 30.0
@@ -42,9 +42,9 @@ class TrainConfig:
     learning_rate: float = 3e-4
     n_steps: int = 1024
     batch_size: int = 256
-    gamma: float = 0.95
+    gamma: float = 0.9
     ent_coef: float = 0.01
-    miss_weight: dict[int, float] = field(default_factory=lambda: {1: 20.0, 2: 5.0, 3: 1.0})
+    miss_weight: dict[int, float] = field(default_factory=lambda: {1: 50.0, 2: 2.0, 3: 0.5})
     energy_weight: float = 1.0
     eval_every: int = 0
     """Evaluate against schedutil every this many steps (0: never during training)."""
