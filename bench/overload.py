@@ -1,0 +1,318 @@
+"""Overload: 10x the sustainable request rate with mixed priorities against a real daemon.
+
+Starts ``edgesched serve`` on the virtual board (unix socket in a temporary folder; nothing leaves
+this host), measures the sustainable rate (closed loop, a few clients), then sends an open-loop
+burst at ``--factor`` times that rate for ``--seconds`` and afterwards probes until latency is
+back to normal. Prints one JSON object:
+
+- ``p1_miss_rate``: priority-1 burst requests not answered "ok" in time (late, deadline missed,
+  shed, refused or lost) over all priority-1 burst requests;
+- ``accepted``: requests the daemon queued (everything not refused at admission);
+- ``answered`` (200), ``shed`` (503 shed), ``deadline_missed`` (504), ``rejected`` (refused before
+  queueing: 429 queue full, 400 infeasible deadline, or ``connect_refused``: the socket's listen
+  backlog was full, so the request never reached the daemon), ``lost`` (no HTTP answer; the
+  daemon's ``received`` counter shows whether such a request ever reached its handler);
+- ``exactly_one_outcome``: every request the daemon received got exactly one outcome: the
+  daemon's own counters (received, per outcome) agree with the client's (``metrics_agree``);
+- ``server_errors``: 5xx answers other than 503 "shed" and 504 "deadline missed";
+- ``peak_rss_mb``: peak resident memory of the daemon process (psutil, sampled every 50 ms);
+- ``recovery_s``: seconds from the end of the burst until the median of 5 sequential probes is
+  within 1.5x of the pre-burst median latency (null if not within ``--recovery-limit-s``).
+
+Usage: python bench/overload.py [--seconds 30] [--factor 10] [--board virtual:rk3399]
+       [--no-deadlines]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import psutil
+
+from edgesched.client import Client, encode_infer
+
+NABU = "okay_nabu"
+NABU_IN = "serving_default_input_audio:0"
+FACE = "face_detection_short_range"
+PRIORITY_MIX = ((1, 0.2), (2, 0.3), (3, 0.5))
+
+
+def start_daemon(home: Path, board: str, policy: str) -> tuple[subprocess.Popen[bytes], str]:
+    sock = str(home / "overload.sock")
+    cfg = home / "config.toml"
+    cfg.write_text("[models]\nwarmup_runs = 2\nmeasure_runs = 5\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesched", "serve", "--config", str(cfg), "--socket", sock,
+         "--board", board, "--policy", policy, "--runtime-dir", str(home / "run"),
+         "--state-dir", str(home / "state"), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    limit = time.monotonic() + 60
+    while time.monotonic() < limit:
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited with {proc.returncode}")
+        if os.path.exists(sock):
+            try:
+                with Client(sock, timeout_s=5) as c:
+                    if c.ready():
+                        return proc, sock
+            except Exception:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the daemon did not become ready")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.every_s = every_s
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            self.stop.wait(self.every_s)
+
+
+def _bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
+    face = np.random.default_rng(0).random((1, 128, 128, 3), dtype=np.float32)
+    return {NABU: encode_infer({NABU_IN: np.zeros((1, 3, 40), np.int8)}),
+            FACE: encode_infer({"input": face})}
+
+
+def _with_params(model: str, priority: int, timeout_us: int | None) -> tuple[bytes, dict[str, str]]:
+    x = ({NABU_IN: np.zeros((1, 3, 40), np.int8)} if model == NABU else
+         {"input": np.random.default_rng(priority).random((1, 128, 128, 3), dtype=np.float32)})
+    return encode_infer(x, priority=priority, timeout_us=timeout_us)
+
+
+def _latency_p50_s(sock: str, n: int) -> float:
+    body, headers = _bodies()[NABU]
+    out: list[float] = []
+    with Client(sock, timeout_s=30) as c:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.request("POST", f"/v2/models/{NABU}/infer", body, headers)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def _sustainable_rps(sock: str, seconds: float, clients: int, face_share: float) -> float:
+    """Closed loop with ``clients`` threads over the same model mix as the burst."""
+    counts = [0] * clients
+    stop_at = time.perf_counter() + seconds
+    bodies = _bodies()
+
+    def run(i: int) -> None:
+        rng = random.Random(i)
+        with Client(sock, timeout_s=30) as c:
+            while time.perf_counter() < stop_at:
+                model = FACE if rng.random() < face_share else NABU
+                body, headers = bodies[model]
+                c.request("POST", f"/v2/models/{model}/infer", body, headers)
+                counts[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+async def _burst(sock: str, rate: float, seconds: float, face_share: float, deadlines: bool,
+                 service_s: dict[str, float], seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    n = max(1, int(rate * seconds))
+    plan: list[tuple[float, str, int, int | None]] = []
+    for i in range(n):
+        model = FACE if rng.random() < face_share else NABU
+        r = rng.random()
+        acc = 0.0
+        prio = 3
+        for p, share in PRIORITY_MIX:
+            acc += share
+            if r < acc:
+                prio = p
+                break
+        timeout_us = None
+        if deadlines and prio == 1:
+            timeout_us = int(service_s[model] * 1e6 * 20) + 20_000
+        plan.append((i / rate, model, prio, timeout_us))
+    payloads = {(m, p, t): _with_params(m, p, t) for _, m, p, t in plan}
+    results: list[dict[str, Any]] = []
+    connector = aiohttp.UnixConnector(path=sock, limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(model: str, prio: int, timeout_us: int | None) -> None:
+            body, headers = payloads[(model, prio, timeout_us)]
+            rec: dict[str, Any] = {"priority": prio, "model": model, "status": None,
+                                   "outcome": "lost"}
+            try:
+                async with session.post(f"http://localhost/v2/models/{model}/infer", data=body,
+                                        headers=headers) as resp:
+                    data = await resp.read()
+                    rec["status"] = resp.status
+                    if resp.status == 200:
+                        hl = resp.headers.get("Inference-Header-Content-Length")
+                        head = data[:int(hl)] if hl else data
+                        rec["outcome"] = json.loads(head)["parameters"]["outcome"]
+                    else:
+                        try:
+                            rec["outcome"] = json.loads(data).get("outcome") or "refused"
+                        except ValueError:
+                            rec["outcome"] = "refused"
+            except aiohttp.ClientConnectorError as exc:  # backlog full: never reached the daemon
+                rec["outcome"] = "connect_refused"
+                rec["error"] = str(exc.os_error)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                rec["error"] = f"{type(exc).__name__}: {exc}"
+            results.append(rec)
+
+        tasks: list[asyncio.Task[None]] = []
+        t0 = time.perf_counter()
+        for at, model, prio, timeout_us in plan:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(model, prio, timeout_us)))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def _recovery_s(sock: str, baseline_s: float, limit_s: float) -> tuple[float | None, int]:
+    """Seconds until latency is back to normal (None: not within ``limit_s``), and probes sent."""
+    body, headers = _bodies()[NABU]
+    t_end = time.perf_counter()
+    window: list[float] = []
+    sent = 0
+    with Client(sock, timeout_s=60) as c:
+        while time.perf_counter() - t_end < limit_s:
+            t0 = time.perf_counter()
+            c.request("POST", f"/v2/models/{NABU}/infer", body, headers)
+            sent += 1
+            window = [*window[-4:], time.perf_counter() - t0]
+            if len(window) == 5 and statistics.median(window) <= 1.5 * baseline_s:
+                return round(time.perf_counter() - t_end, 3), sent
+            time.sleep(0.02)
+    return None, sent
+
+
+def _daemon_totals(sock: str) -> dict[str, int]:
+    with Client(sock, timeout_s=30) as c:
+        doc = c.status()["requests"]
+    return {"received": int(doc["received"]),
+            **{k: int(v) for k, v in doc["by_outcome"].items()}}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="edgesched-overload-") as tmp:
+        proc, sock = start_daemon(Path(tmp), args.board, args.policy)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            baseline_s = _latency_p50_s(sock, 100)
+            sustainable = _sustainable_rps(sock, args.calibrate_s, args.clients, args.face_share)
+            with Client(sock, timeout_s=30) as c:
+                models = c.status()["models"]
+            service_s = {m: models[m]["service_us_startup"] / 1e6 for m in (NABU, FACE)}
+            before = _daemon_totals(sock)
+            rate = min(sustainable * args.factor, args.max_requests / args.seconds)
+            results = asyncio.run(_burst(sock, rate, args.seconds, args.face_share,
+                                         not args.no_deadlines, service_s, args.seed))
+            recovery, probes = _recovery_s(sock, baseline_s, args.recovery_limit_s)
+            after = _daemon_totals(sock)
+        finally:
+            sampler.stop.set()
+            sampler.join(5)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    status = Counter(r["status"] for r in results)
+    outcome = Counter(r["outcome"] for r in results)
+    answered = sum(1 for r in results if r["status"] == 200)
+    shed = sum(1 for r in results if r["status"] == 503 and r["outcome"] == "shed")
+    missed = sum(1 for r in results if r["status"] == 504 and r["outcome"] == "deadline_missed")
+    errors_500 = sum(1 for r in results if r["status"] == 500)
+    rejected = sum(1 for r in results if r["status"] in (400, 429) or (
+        r["status"] == 503 and r["outcome"] not in ("shed",)))
+    connect_refused = sum(1 for r in results if r["outcome"] == "connect_refused")
+    rejected += connect_refused
+    lost = sum(1 for r in results if r["status"] is None) - connect_refused
+    accepted = answered + shed + missed + errors_500
+    server_errors = sum(1 for r in results if r["status"] is not None and r["status"] >= 500
+                        and not (r["status"] == 503 and r["outcome"] == "shed")
+                        and not (r["status"] == 504 and r["outcome"] == "deadline_missed"))
+    # the daemon's own count of queue outcomes during the burst (less the recovery probes)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    daemon_received = delta.pop("received", 0) - probes
+    daemon_queued = sum(v for k, v in delta.items() if k != "rejected") - probes
+    http_rejected = sum(1 for r in results if r["status"] in (400, 429))
+    metrics_agree = (daemon_queued == accepted and delta.get("rejected", 0) == http_rejected
+                     and daemon_received == accepted + http_rejected)
+    p1 = [r for r in results if r["priority"] == 1]
+    p1_miss = sum(1 for r in p1 if r["outcome"] != "ok")
+    return {
+        "p1_miss_rate": round(p1_miss / len(p1), 4) if p1 else 0.0,
+        "accepted": accepted, "answered": answered, "shed": shed, "deadline_missed": missed,
+        "rejected": rejected, "connect_refused": connect_refused, "lost": lost, "sent": len(results),
+        "exactly_one_outcome": metrics_agree and accepted + rejected + lost == len(results),
+        "daemon_received": daemon_received,
+        "metrics_agree": metrics_agree, "server_errors": server_errors,
+        "peak_rss_mb": round(sampler.peak / 2**20, 1),
+        "recovery_s": recovery,
+        "sustainable_rps": round(sustainable, 1), "burst_rps": round(rate, 1),
+        "factor": args.factor, "seconds": args.seconds, "baseline_p50_ms":
+            round(baseline_s * 1e3, 3),
+        "status_counts": {str(k): v for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))},
+        "outcome_counts": dict(outcome),
+        "lost_errors": dict(Counter(r.get("error", "") for r in results
+                                    if r["status"] is None).most_common(3)),
+        "board": args.board, "policy": args.policy,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=30.0, help="length of the burst")
+    ap.add_argument("--factor", type=float, default=10.0, help="burst rate / sustainable rate")
+    ap.add_argument("--calibrate-s", type=float, default=3.0)
+    ap.add_argument("--clients", type=int, default=4, help="closed-loop clients for calibration")
+    ap.add_argument("--face-share", type=float, default=0.2)
+    ap.add_argument("--board", default="virtual:rk3399")
+    ap.add_argument("--policy", default="schedutil")
+    ap.add_argument("--no-deadlines", action="store_true",
+                    help="send no timeouts (then no 504 can happen)")
+    ap.add_argument("--recovery-limit-s", type=float, default=30.0)
+    ap.add_argument("--max-requests", type=int, default=200_000,
+                    help="cap on burst requests (the rate is lowered to fit)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    doc = run(args)
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

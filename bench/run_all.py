@@ -1,0 +1,222 @@
+"""Run every bench and gather the figures: writes DIR/results.json and PNG plots.
+
+Each bench runs as a subprocess and prints one JSON object (sim_speed, serve_overhead,
+decision_time, overload, fuzz). Also measured here: the idle daemon's RSS and CPU over
+``--idle-s`` seconds (virtual board, schedutil). Energy per board comes from
+``policies/<board>.eval.json`` when present, else from ``edgesched eval`` (schedutil vs oracle;
+``vs_schedutil`` of a learned policy is then null, with the reason).
+
+Usage: python bench/run_all.py --out DIR [--idle-s 60] [--quick] [--boards rk3399,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edgesched.client import Client
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def run_json(args: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run a bench; its last stdout line is its JSON (an "error" key when it failed)."""
+    cmd = [sys.executable, *args]
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=timeout_s, cwd=ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s} s: {' '.join(args)}"}
+    lines = [ln for ln in out.stdout.decode(errors="replace").splitlines() if ln.strip()]
+    if out.returncode != 0 or not lines:
+        return {"error": f"exit {out.returncode}: {out.stderr.decode(errors='replace')[-800:]}"}
+    try:
+        doc = dict(json.loads(lines[-1]))
+    except ValueError:
+        return {"error": f"not JSON: {lines[-1][:200]}"}
+    doc["_seconds"] = round(time.monotonic() - t0, 1)
+    return doc
+
+
+def idle_daemon(seconds: float) -> dict[str, Any]:
+    """RSS and CPU of an idle daemon (virtual board, schedutil) over ``seconds``."""
+    with tempfile.TemporaryDirectory(prefix="edgesched-idle-") as tmp:
+        home = Path(tmp)
+        sock = str(home / "idle.sock")
+        (home / "c.toml").write_text("")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgesched", "serve", "--socket", sock, "--board",
+             "virtual:rk3399", "--runtime-dir", str(home / "run"), "--state-dir",
+             str(home / "state"), "--log-level", "warning", "--config", str(home / "c.toml")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            limit = time.monotonic() + 60
+            while time.monotonic() < limit:
+                if proc.poll() is not None:
+                    return {"error": f"daemon exited with {proc.returncode}"}
+                try:
+                    with Client(sock, timeout_s=5) as c:
+                        if c.ready():
+                            break
+                except Exception:
+                    time.sleep(0.05)
+            p = psutil.Process(proc.pid)
+            time.sleep(min(2.0, seconds))  # let start-up work settle
+            cpu0 = p.cpu_times()
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            cpu1 = p.cpu_times()
+            wall = time.monotonic() - t0
+            used = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+            return {"rss_mb": round(p.memory_info().rss / 2**20, 1),
+                    "idle_cpu_pct": round(100.0 * used / wall, 3), "idle_s": round(wall, 1)}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+
+def energy_for(board: str, scenario: str, duration_s: float | None) -> dict[str, Any]:
+    report = ROOT / "policies" / f"{board}.eval.json"
+    if report.exists():
+        try:
+            doc = json.loads(report.read_text())
+            dev = doc.get("devices", {}).get(board, doc)
+            row = dev.get("summary", {}).get("learned", dev.get("summary", dev))
+            return {"vs_schedutil": row.get("vs_schedutil"), "vs_oracle": row.get("vs_oracle"),
+                    "source": str(report.relative_to(ROOT))}
+        except (OSError, ValueError, AttributeError) as exc:
+            return {"vs_schedutil": None, "vs_oracle": None, "reason": f"{report}: {exc}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval.json"
+        cmd = [sys.executable, "-m", "edgesched", "eval", "--device", board, "--scenario",
+               scenario, "--policy", "schedutil", "--policy", "oracle", "--json", str(out)]
+        if duration_s is not None:
+            cmd += ["--duration-s", str(duration_s)]
+        res = subprocess.run(cmd, capture_output=True, timeout=1800, cwd=ROOT, check=False)
+        if res.returncode != 0 or not out.exists():
+            return {"vs_schedutil": None, "vs_oracle": None,
+                    "reason": f"edgesched eval failed: {res.stderr.decode()[-400:]}"}
+        doc = json.loads(out.read_text())
+    rows = {r["policy"]: r for r in doc["results"]}
+    sched = rows["schedutil"]["energy_per_inference_j"]
+    floor = rows["oracle"]["energy_per_inference_j"]
+    return {"vs_schedutil": None, "vs_oracle": None,
+            "schedutil_vs_oracle": round(sched / floor, 4) if floor else None,
+            "reason": f"no policies/{board}.eval.json (no learned policy evaluated yet); "
+                      f"edgesched eval on {scenario}: schedutil uses {sched / floor:.3f}x the "
+                      "oracle's energy per inference" if floor else "oracle energy is 0",
+            "scenario": scenario}
+
+
+def plots(out: Path, results: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    ov = results.get("raw", {}).get("overload", {})
+    counts = {k: ov.get(k) for k in ("answered", "shed", "rejected")}
+    if all(isinstance(v, int) for v in counts.values()):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.bar(list(counts), [counts[k] for k in counts], color=["tab:green", "tab:orange",
+                                                                  "tab:red"])
+        ax.set_ylabel("requests")
+        ax.set_title(f"overload: {ov.get('factor')}x for {ov.get('seconds')} s; "
+                     f"p1 miss {ov.get('p1_miss_rate')}")
+        fig.tight_layout()
+        fig.savefig(out / "overload.png", dpi=100)
+        plt.close(fig)
+        written.append("overload.png")
+    serve = {k: results.get(k) for k in ("overhead_p50_us", "overhead_p99_us", "decision_us")}
+    if all(isinstance(v, (int, float)) for v in serve.values()):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.bar(list(serve), [float(v) for v in serve.values()])  # type: ignore[arg-type]
+        ax.set_ylabel("microseconds")
+        ax.set_title("daemon overhead and policy decision time")
+        fig.tight_layout()
+        fig.savefig(out / "overhead.png", dpi=100)
+        plt.close(fig)
+        written.append("overhead.png")
+    energy = {b: e.get("vs_oracle") or e.get("schedutil_vs_oracle")
+              for b, e in results.get("energy", {}).items()}
+    energy = {b: v for b, v in energy.items() if isinstance(v, (int, float))}
+    if energy:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.bar(list(energy), list(energy.values()))
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylabel("energy per inference / oracle")
+        ax.set_title("energy against the offline floor")
+        fig.tight_layout()
+        fig.savefig(out / "energy.png", dpi=100)
+        plt.close(fig)
+        written.append("energy.png")
+    return written
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--idle-s", type=float, default=60.0)
+    ap.add_argument("--quick", action="store_true",
+                    help="small budgets everywhere (minutes, not the full figures)")
+    ap.add_argument("--overload-s", type=float, default=None)
+    ap.add_argument("--boards", default="rk3399,bcm2711,exynos5422")
+    ap.add_argument("--scenario", default="mixed-priority")
+    args = ap.parse_args()
+    q = args.quick
+    args.out.mkdir(parents=True, exist_ok=True)
+    overload_s = args.overload_s if args.overload_s is not None else (3.0 if q else 30.0)
+    raw: dict[str, dict[str, Any]] = {}
+    raw["sim_speed"] = run_json([str(BENCH / "sim_speed.py"), "--steps",
+                                 "20000" if q else "200000"], 1800)
+    raw["serve_overhead"] = run_json([str(BENCH / "serve_overhead.py"), "--requests",
+                                      "300" if q else "2000", "--seconds", "2" if q else "5"],
+                                     1800)
+    raw["decision_time"] = run_json([str(BENCH / "decision_time.py"), "--n",
+                                     "2000" if q else "20000"], 600)
+    raw["overload"] = run_json([str(BENCH / "overload.py"), "--seconds", str(overload_s),
+                                "--calibrate-s", "1" if q else "3"], 1800)
+    raw["fuzz"] = run_json([str(BENCH / "fuzz.py"), "--examples", "20" if q else "200",
+                            "--framing", "200" if q else "2000", "--seconds",
+                            "60" if q else "600"], 1800)
+    idle = idle_daemon(args.idle_s)
+    so, dt, ov, fz = raw["serve_overhead"], raw["decision_time"], raw["overload"], raw["fuzz"]
+    results: dict[str, Any] = {
+        "overhead_p50_us": so.get("overhead_p50_us"),
+        "overhead_p99_us": (round(so["p99_us"] - so["bare_p50_us"], 1)
+                            if "p99_us" in so and "bare_p50_us" in so else None),
+        "throughput_rps": so.get("throughput_rps"),
+        "decision_us": dt.get("decision_us_p50"),
+        "rss_mb": idle.get("rss_mb"),
+        "idle_cpu_pct": idle.get("idle_cpu_pct"),
+        "sim_steps_per_s": raw["sim_speed"].get("steps_per_s"),
+        "overload": {k: ov.get(k) for k in ("p1_miss_rate", "accepted", "answered", "shed",
+                                             "peak_rss_mb")},
+        "fuzz": {k: fz.get(k) for k in ("cases", "crashes", "server_errors")},
+        "energy": {b: energy_for(b, args.scenario, 60.0 if q else None)
+                   for b in args.boards.split(",") if b},
+        "run": {"quick": q, "idle_s": args.idle_s, "overload_s": overload_s,
+                "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "raw": {**raw, "idle": idle},
+    }
+    results["plots"] = plots(args.out, results)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n",
+                                           encoding="utf-8")
+    print(json.dumps({k: v for k, v in results.items() if k != "raw"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
