@@ -79,6 +79,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a policy file is readable by the service
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
