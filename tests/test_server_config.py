@@ -71,3 +71,22 @@ def test_shipped_example_is_valid_and_documents_every_option() -> None:
             continue
         for f in dataclasses.fields(getattr(Config(), section.name)):
             assert f.name in doc[section.name], f"{section.name}.{f.name} not documented"
+
+
+def test_learned_policy_that_does_not_fit_falls_back(tmp_path: Path, caplog) -> None:
+    """A mismatched policy file is refused with a reason and the configured baseline runs."""
+    import json
+    import logging
+
+    from edgesched.policy.governors import Conservative
+    from edgesched.policy.learned import make_random_policy
+    from edgesched.server.boardspec import make_policy
+
+    manifest = make_random_policy(tmp_path / "p")
+    doc = json.loads(manifest.read_text())
+    doc["obs_version"] = 0
+    manifest.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        policy = make_policy(f"learned:{tmp_path / 'p.npz'}", "conservative")
+    assert isinstance(policy, Conservative)
+    assert "obs_version" in caplog.text and "falling back to conservative" in caplog.text

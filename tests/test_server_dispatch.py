@@ -13,6 +13,7 @@ from conftest import MODELS_DIR
 
 from edgesched.board import RunCost
 from edgesched.device import load_profile
+from edgesched.energy import CarbonAccount
 from edgesched.errors import AdmissionError
 from edgesched.observation import BoardView, Decision, DecisionContext
 from edgesched.policy.base import Performance
@@ -95,7 +96,7 @@ class Rig:
         self.model = model
         self.clock = FakeClock()
         self.board = GatedBoard()
-        self.metrics = Metrics(grid_gco2e_per_kwh=500.0)
+        self.metrics = Metrics(CarbonAccount(500.0))
         self.policy = policy or Performance()
         self.dispatcher = Dispatcher(self.board, self.policy,
                                      RequestQueue(levels=3, max_count=max_count),

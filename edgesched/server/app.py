@@ -28,6 +28,7 @@ from aiohttp import web
 
 from edgesched import __version__
 from edgesched.board import Board
+from edgesched.energy import CarbonAccount
 from edgesched.errors import AdmissionError, ConfigError, EdgeschedError, ModelError
 from edgesched.policy.base import Policy
 from edgesched.queue import RequestQueue
@@ -269,6 +270,7 @@ async def status(request: web.Request) -> web.Response:
         "energy_j_total": totals["energy_j"],
         "co2e_g_total": totals["co2e_g"],
         "grid_gco2e_per_kwh": st.config.energy.grid_gco2e_per_kwh,
+        "renewable_fraction": st.config.energy.renewable_fraction,
         "config": config_to_dict(st.config),
     }
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
@@ -583,12 +585,13 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     runner: web.AppRunner | None = None
     dispatcher: Dispatcher | None = None
     try:
-        policy = make_policy(cfg.policy.spec)
+        policy = make_policy(cfg.policy.spec, cfg.policy.fallback)
         policy.reset(board.view)
         q = cfg.queue
         queue = RequestQueue(levels=q.levels, max_count=q.max_count, max_bytes=q.max_bytes,
                              aging_s=q.aging_s, shed_lower=q.shed_lower)
-        meter = Metrics(cfg.energy.grid_gco2e_per_kwh)
+        meter = Metrics(CarbonAccount(cfg.energy.grid_gco2e_per_kwh,
+                                      cfg.energy.renewable_fraction))
         dispatcher = Dispatcher(board, policy, queue, meter, clock=clock,
                                 queue_full_status=cfg.server.queue_full_status,
                                 retry_after_s=cfg.server.retry_after_s)

@@ -16,7 +16,7 @@ from edgesched.board import Board, RunCost
 from edgesched.device import DeviceProfile, load_profile
 from edgesched.errors import ConfigError, PolicyError
 from edgesched.observation import BoardView, Decision
-from edgesched.policy.base import Performance, Policy, Powersave
+from edgesched.policy.base import Policy
 
 log = logging.getLogger("edgesched.server")
 
@@ -86,22 +86,12 @@ def open_board_spec(spec: str, *, sysfs_root: Path, state_dir: Path, runtime_dir
                              sleep=sleep, log=log)
 
 
-def make_policy(spec: str) -> Policy:
-    """The policy for ``spec``; the two static ones work without the registry."""
+def make_policy(spec: str, fallback: str = "schedutil") -> Policy:
+    """The policy for ``spec``; one that cannot be used is reported and ``fallback`` runs."""
+    from edgesched.policy.registry import make_policy as registry_policy
+
     try:
-        registry = importlib.import_module("edgesched.policy.registry")
-    except ModuleNotFoundError as exc:
-        if exc.name != "edgesched.policy.registry":
-            raise
-        if spec == "performance":
-            return Performance()
-        if spec == "powersave":
-            return Powersave()
-        log.warning("policy registry not installed: using 'performance' instead of %r", spec)
-        return Performance()
-    try:
-        policy: Policy = registry.make_policy(spec)
+        return registry_policy(spec)
     except PolicyError as exc:
-        log.warning("%s; falling back to schedutil", exc)
-        policy = registry.make_policy("schedutil")
-    return policy
+        log.warning("%s; falling back to %s", exc, fallback)
+        return registry_policy(fallback)

@@ -77,12 +77,14 @@ class BoardSection:
 @dataclass(frozen=True)
 class PolicySection:
     spec: str = "schedutil"
+    fallback: str = "schedutil"
     dir: str = ""
 
 
 @dataclass(frozen=True)
 class EnergySection:
     grid_gco2e_per_kwh: float = 400.0
+    renewable_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,11 @@ def _validate(cfg: Config) -> Config:
     if not (cfg.energy.grid_gco2e_per_kwh >= 0 and math.isfinite(cfg.energy.grid_gco2e_per_kwh)):
         raise bad("energy.grid_gco2e_per_kwh", "a finite number >= 0",
                   cfg.energy.grid_gco2e_per_kwh)
+    if not 0.0 <= cfg.energy.renewable_fraction <= 1.0:
+        raise bad("energy.renewable_fraction", "a fraction in [0, 1]",
+                  cfg.energy.renewable_fraction)
+    if not cfg.policy.fallback or ":" in cfg.policy.fallback:
+        raise bad("policy.fallback", "a built-in baseline such as schedutil", cfg.policy.fallback)
     return cfg
 
 

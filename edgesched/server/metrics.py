@@ -9,7 +9,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-J_PER_KWH = 3.6e6
+from edgesched.energy import CarbonAccount
+
 DEADLINE_MISS_OUTCOMES = frozenset({"late", "deadline_missed"})
 
 
@@ -30,8 +31,8 @@ def _fmt(value: float) -> str:
 class Metrics:
     """Thread-safe counters: requests by model/priority/outcome, deadline misses, energy."""
 
-    def __init__(self, grid_gco2e_per_kwh: float) -> None:
-        self.grid_gco2e_per_kwh = grid_gco2e_per_kwh
+    def __init__(self, carbon: CarbonAccount) -> None:
+        self.carbon = carbon
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, int, str]] = Counter()
         self.deadline_misses: Counter[str] = Counter()
@@ -54,7 +55,7 @@ class Metrics:
 
     @property
     def co2e_g_total(self) -> float:
-        return self.energy_j_total / J_PER_KWH * self.grid_gco2e_per_kwh
+        return self.carbon.grams_co2e(self.energy_j_total)
 
     def totals(self) -> dict[str, object]:
         with self._lock:
@@ -97,8 +98,9 @@ class Metrics:
                "Energy attributed to inferences (modelled or measured), in joules.",
                [({}, energy)])
         family("edgesched_co2e_grams_total", "counter",
-               "Grams of CO2-equivalent for that energy at the configured grid intensity.",
-               [({}, energy / J_PER_KWH * self.grid_gco2e_per_kwh)])
+               "Grams of CO2-equivalent for that energy at the configured grid intensity and "
+               "renewable share.",
+               [({}, self.carbon.grams_co2e(energy))])
         family("edgesched_cpu_frequency_khz", "gauge", "Current frequency per cluster, in kHz.",
                (({"cluster": c}, khz) for c, khz in freq_khz_by_cluster))
         family("edgesched_model_service_seconds", "gauge",
