@@ -113,10 +113,11 @@ class RequestQueue:
         if entry.size_bytes > self.max_bytes:
             raise QueueFullError(f"request of {entry.size_bytes} bytes exceeds the queue's byte "
                                  f"bound of {self.max_bytes}")
-        self._age(now)
         shed: list[Entry] = []
         while (len(self._by_id) + 1 > self.max_count
                or self._bytes + entry.size_bytes > self.max_bytes):
+            if not shed:
+                self._age(now)  # shedding compares aged classes
             victim = self._shed_candidate(entry.priority - 1) if self.shed_lower else None
             if victim is None:
                 for v in shed:  # undo: nothing is lost when the push is refused

@@ -97,3 +97,15 @@ class BusyAverage:
             self.value = self.value * decay + (1.0 - decay if busy else 0.0)
             self.last_s = now_s
         return self.value
+
+    def idle_then_busy(self, start_s: float, end_s: float) -> float:
+        """``advance(start_s, False)`` then ``advance(end_s, True)`` with one exponential each."""
+        tau = self.tau_s
+        if start_s > self.last_s:
+            self.value *= math.exp((self.last_s - start_s) / tau)
+            self.last_s = start_s
+        if end_s > self.last_s:
+            decay = math.exp((self.last_s - end_s) / tau)
+            self.value = self.value * decay + 1.0 - decay
+            self.last_s = end_s
+        return self.value

@@ -106,6 +106,7 @@ class Engine:
         self.run_scale = [[cl.speed_mhz(o) / top for o in range(len(cl.opps))]
                           for cl in profile.clusters]
         self.top_s = [min(self.lat_s[m][c][-1] for c in range(nc)) for m in range(len(names))]
+        self.top_ms = [t * 1000.0 for t in self.top_s]
         fastest = profile.fastest_cluster
         self.ref_j = [self.busy_uw[m][fastest][-1] * self.lat_s[m][fastest][-1] * 1e-6
                       for m in range(len(names))]
@@ -153,16 +154,18 @@ class Engine:
         rel = self.job_release
         n = len(rel)
         i = self.next_job
-        queue = self.queue
+        push = self.queue.push
+        event = self.rate.event
+        models, prios, deadlines = self.job_model, self.job_prio, self.job_deadline
+        sizes, service_ms = self.input_bytes, self.top_ms
         while i < n and rel[i] <= t:
             r = rel[i]
-            m = self.job_model[i]
-            self.rate.event(r)
-            entry = Entry(request_id=i, priority=self.job_prio[i], deadline_s=self.job_deadline[i],
-                          enqueued_s=r, size_bytes=self.input_bytes[m],
-                          service_ms=self.top_s[m] * 1000.0)
+            m = models[i]
+            event(r)
+            # positional: request_id, priority, deadline_s, enqueued_s, size_bytes, service_ms
+            entry = Entry(i, prios[i], deadlines[i], r, sizes[m], service_ms[m])
             try:
-                shed = queue.push(entry, r)
+                shed = push(entry, r)
             except QueueFullError:
                 self._miss(i, Outcome.REJECTED)
             else:
@@ -252,7 +255,6 @@ class Engine:
         c = decision.cluster
         self._switch(c, decision.opp)
         start = self.now
-        self.busy_avg.advance(start, False)
         energy = 0.0
         if policy is None or policy.tick_s <= 0:
             o = self.cur_opp[c]
@@ -289,7 +291,7 @@ class Engine:
                 if self.now >= self.next_tick_s - 1e-12:
                     self._tick(policy)
                     self.next_tick_s = (math.floor(self.now / tick + 1e-9) + 1) * tick
-        self.busy_avg.advance(self.now, True)
+        self.busy_avg.idle_then_busy(start, self.now)
         finish = self.now
         self._start[job] = start
         self._finish[job] = finish
@@ -300,7 +302,9 @@ class Engine:
             self._miss(job, Outcome.LATE)
         else:
             self._outcome[job] = Outcome.OK
-        self._admit_until(finish)
+        nxt = self.next_job
+        if nxt < len(self.job_release) and self.job_release[nxt] <= finish:
+            self._admit_until(finish)
         return energy
 
     # ------------------------------------------------------------------------------- whole runs

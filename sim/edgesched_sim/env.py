@@ -96,7 +96,10 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         head = self._head
         if eng is None or head is None:
             raise RuntimeError("step() called before reset() or after the episode ended")
-        decision = eng.view.decode(int(action))
+        a = int(action)
+        if not 0 <= a < N_ACTIONS:
+            raise ValueError(f"action {a} outside 0..{N_ACTIONS - 1}")
+        decision = eng.view.decoded[a]
         before = eng.extra_j
         eng.run_head(head, decision)
         self._head = eng.next_head()
