@@ -234,6 +234,12 @@ def run_one(policy: str, args: argparse.Namespace) -> dict[str, Any]:
             "daemon_requests": status["requests"]}
 
 
+def short_name(spec: str) -> str:
+    """``learned:/a/b/rk3399.npz`` -> ``learned:rk3399`` for the tables."""
+    kind, _, arg = spec.partition(":")
+    return f"{kind}:{Path(arg).stem}" if arg else spec
+
+
 def default_policies(board: str, root: Path) -> str:
     """The baselines, plus ``learned:policies/NAME.npz`` for a virtual board when it exists."""
     specs = "performance,powersave,schedutil"
@@ -268,13 +274,14 @@ def run(args: argparse.Namespace) -> int:
     if len(results) > 1:
         print()
         base = results[0]["rows"][-1]["energy_mj_per_inference"]
-        print(f"{'policy':>14}  {'sent':>6}  {'ok':>6}  {'missed':>6}  {'shed':>6}  "
+        width = max(14, *(len(short_name(r["policy"])) for r in results))
+        print(f"{'policy':>{width}}  {'sent':>6}  {'ok':>6}  {'missed':>6}  {'shed':>6}  "
               f"{'mJ/inf':>8}  {'vs ' + results[0]['policy']:>16}")
         for res in results:
             tot = res["rows"][-1]
             mj = tot["energy_mj_per_inference"]
             rel = f"{(mj / base - 1.0) * 100.0:+.0f}%" if base and base == base else "n/a"
-            print(f"{res['policy']:>14}  {tot['sent']:>6}  {tot['ok']:>6}  "
+            print(f"{short_name(res['policy']):>{width}}  {tot['sent']:>6}  {tot['ok']:>6}  "
                   f"{tot['deadline_missed']:>6}  {tot['shed']:>6}  {mj:>8.2f}  {rel:>16}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
