@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgesched.errors import ClientError
+from edgesched.tensorwire import encode_tensor
 
 DEFAULT_SOCKET = "/run/edgesched/edgesched.sock"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -83,15 +84,7 @@ def encode_infer(inputs: Mapping[str, np.ndarray], priority: int = 0,
     blobs: list[bytes] = []
     for name, value in inputs.items():
         arr = np.asarray(value)
-        doc: dict[str, Any] = {"name": name, "shape": list(arr.shape),
-                               "datatype": datatype_of(arr)}
-        if binary:
-            raw = np.ascontiguousarray(arr).tobytes()
-            doc["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            doc["data"] = arr.ravel().tolist()
-        tensors.append(doc)
+        tensors.append(encode_tensor(name, arr, datatype_of(arr), binary, blobs))
     head_doc: dict[str, Any] = {"inputs": tensors}
     if request_id:
         head_doc["id"] = request_id

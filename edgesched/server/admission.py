@@ -19,6 +19,7 @@ import numpy as np
 
 from edgesched.errors import AdmissionError
 from edgesched.server.runner import LoadedModel, TensorSpec
+from edgesched.tensorwire import encode_tensor
 
 
 @dataclass(frozen=True)
@@ -232,16 +233,7 @@ def encode_response(model: LoadedModel, request_id: str, results: Mapping[str, n
     out_docs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in outputs:
-        arr = results[name]
-        doc: dict[str, Any] = {"name": name, "datatype": specs[name].datatype,
-                               "shape": list(arr.shape)}
-        if binary:
-            raw = np.ascontiguousarray(arr).tobytes()
-            doc["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            doc["data"] = arr.ravel().tolist()
-        out_docs.append(doc)
+        out_docs.append(encode_tensor(name, results[name], specs[name].datatype, binary, blobs))
     head = json.dumps({"model_name": model.name, "model_version": "1", "id": request_id,
                        "parameters": dict(parameters), "outputs": out_docs},
                       separators=(",", ":")).encode()
