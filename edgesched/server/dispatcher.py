@@ -276,7 +276,7 @@ class Dispatcher:
             queue_len = len(self.queue)
             urgent = self.queue.count_at_most(entry.cls + 1)
             backlog_ms = self.queue.backlog_ms
-            earliest = min(self.queue.earliest_deadline_s(), entry.deadline_s)
+            earliest = self.queue.earliest_deadline_s()  # of those still waiting, as in the simulator
             rate = self._rate.rate_hz(now)
         utils = [p.advance(now, 0.0) for p in self._pelt]
         busy = [self._busy_fraction(c, now) for c in range(self.view.n_clusters)]
