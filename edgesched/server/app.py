@@ -543,7 +543,7 @@ def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot set mode/group of {path}: {exc.strerror}; run as root or "
                           "as a member of the group") from None
-    sock.listen(128)
+    sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -613,11 +613,11 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         sites: list[web.BaseSite] = []
         inherited = systemd.inherited_sockets()
         for sock in inherited:
-            sites.append(web.SockSite(runner, sock))
+            sites.append(web.SockSite(runner, sock, backlog=1024))
         if not inherited:
             sock_path = Path(cfg.server.socket)
             sock = bind_unix_socket(sock_path, cfg.server.socket_mode, cfg.server.socket_group)
-            sites.append(web.SockSite(runner, sock))
+            sites.append(web.SockSite(runner, sock, backlog=1024))
         if cfg.server.http_port:
             sites.append(web.TCPSite(runner, cfg.server.http_host, cfg.server.http_port,
                                      reuse_address=True))
