@@ -142,7 +142,8 @@ def _sustainable_rps(sock: str, seconds: float, clients: int, face_share: float)
 
 
 async def _burst(sock: str, rate: float, seconds: float, face_share: float, deadlines: bool,
-                 service_s: dict[str, float], seed: int) -> list[dict[str, Any]]:
+                 service_s: dict[str, float], seed: int,
+                 mix: tuple[tuple[int, float], ...] = PRIORITY_MIX) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     n = max(1, int(rate * seconds))
     plan: list[tuple[float, str, int, int | None]] = []
@@ -151,7 +152,7 @@ async def _burst(sock: str, rate: float, seconds: float, face_share: float, dead
         r = rng.random()
         acc = 0.0
         prio = 3
-        for p, share in PRIORITY_MIX:
+        for p, share in mix:
             acc += share
             if r < acc:
                 prio = p
@@ -240,8 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             service_s = {m: models[m]["service_us_startup"] / 1e6 for m in (NABU, FACE)}
             before = _daemon_totals(sock)
             rate = min(sustainable * args.factor, args.max_requests / args.seconds)
+            rest = 1.0 - args.p1_share
+            mix = ((1, args.p1_share), (2, rest * 3 / 8), (3, rest * 5 / 8))
             results = asyncio.run(_burst(sock, rate, args.seconds, args.face_share,
-                                         not args.no_deadlines, service_s, args.seed))
+                                         not args.no_deadlines, service_s, args.seed, mix))
             recovery, probes = _recovery_s(sock, baseline_s, args.recovery_limit_s)
             after = _daemon_totals(sock)
         finally:
@@ -300,6 +303,9 @@ def main() -> int:
     ap.add_argument("--calibrate-s", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=4, help="closed-loop clients for calibration")
     ap.add_argument("--face-share", type=float, default=0.2)
+    ap.add_argument("--p1-share", type=float, default=PRIORITY_MIX[0][1],
+                    help="share of priority-1 requests in the burst (the rest split 3:5 "
+                    "between priorities 2 and 3)")
     ap.add_argument("--board", default="virtual:rk3399")
     ap.add_argument("--policy", default="schedutil")
     ap.add_argument("--no-deadlines", action="store_true",
