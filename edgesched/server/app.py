@@ -640,12 +640,16 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         systemd.notify("STOPPING=1")
         state.ready = False
         dispatcher.close(cfg.server.shutdown_timeout_s)
-        await runner.cleanup()  # closes the listeners, waits for in-flight answers
-        runner = None
+        for site in sites:  # no new connections; the open ones still get their answers
+            await site.stop()
+        # every queued request is served or answered before the HTTP side shuts down, however
+        # long the running inference takes (the answers reach their handlers through the mailbox)
         done = await loop.run_in_executor(None, dispatcher.join,
                                           cfg.server.shutdown_timeout_s + 5.0)
         if not done:
             log.error("the running inference did not finish in time")
+        await runner.cleanup()  # waits for the handlers to write those answers
+        runner = None
         return 0
     finally:
         if dispatcher is not None:
