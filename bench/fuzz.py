@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _daemon import start_daemon, stop_daemon
 
 from edgesched.client import Client, encode_infer
 
@@ -42,21 +42,9 @@ class Daemon:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        self.sock = str(self.home / f"fuzz{self.n}.sock")
-        cfg = self.home / "config.toml"
-        cfg.write_text(f"[server]\nhttp_port = {self.port}\n[models]\nwarmup_runs = 1\n"
-                       "measure_runs = 3\n")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgesched", "serve", "--config", str(cfg), "--socket",
-             self.sock, "--board", "none", "--runtime-dir", str(self.home / "run"),
-             "--state-dir", str(self.home / "state"), "--log-level", "error"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        limit = time.monotonic() + 60
-        while time.monotonic() < limit:
-            if os.path.exists(self.sock) and self.live():
-                return
-            time.sleep(0.05)
-        raise SystemExit("the daemon did not become ready")
+        self.proc, self.sock = start_daemon(
+            self.home, config=f"[server]\nhttp_port = {self.port}\n[models]\nwarmup_runs = 1\n"
+            "measure_runs = 3\n", board="none", sock_name=f"fuzz{self.n}.sock", log_level="error")
 
     def live(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
@@ -68,13 +56,8 @@ class Daemon:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_daemon(self.proc)
 
 
 class Tally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _daemon import parallel_rate
 
 from edgesched.client import UnixHTTPConnection
 
@@ -124,20 +124,6 @@ def _client(sock: str, seconds: float, barrier: Any, q: Any) -> None:
     q.put(done)
 
 
-def _throughput(sock: str, clients: int, seconds: float) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    barrier = ctx.Barrier(clients)
-    procs = [ctx.Process(target=_client, args=(sock, seconds, barrier, q))
-             for _ in range(clients)]
-    for p in procs:
-        p.start()
-    total = sum(q.get() for _ in procs)
-    for p in procs:
-        p.join()
-    return total / seconds
-
-
 def _wait_socket(sock: str, proc: subprocess.Popen[bytes]) -> None:
     limit = time.monotonic() + 30
     while time.monotonic() < limit and proc.poll() is None:
@@ -161,7 +147,7 @@ def measure(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         try:
             _wait_socket(sock, proc)
             lat = np.asarray(_latency(sock, args.requests)) * 1e6
-            rps = _throughput(sock, args.clients, args.seconds)
+            rps = parallel_rate(_client, sock, args.clients, args.seconds)
         finally:
             proc.send_signal(signal.SIGINT)
             try:

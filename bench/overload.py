@@ -28,11 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +41,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import psutil
+from _daemon import start_daemon, stop_daemon
 
 from edgesched.client import Client, encode_infer
 
@@ -51,31 +49,6 @@ NABU = "okay_nabu"
 NABU_IN = "serving_default_input_audio:0"
 FACE = "face_detection_short_range"
 PRIORITY_MIX = ((1, 0.2), (2, 0.3), (3, 0.5))
-
-
-def start_daemon(home: Path, board: str, policy: str) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(home / "overload.sock")
-    cfg = home / "config.toml"
-    cfg.write_text("[models]\nwarmup_runs = 2\nmeasure_runs = 5\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgesched", "serve", "--config", str(cfg), "--socket", sock,
-         "--board", board, "--policy", policy, "--runtime-dir", str(home / "run"),
-         "--state-dir", str(home / "state"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    limit = time.monotonic() + 60
-    while time.monotonic() < limit:
-        if proc.poll() is not None:
-            raise SystemExit(f"the daemon exited with {proc.returncode}")
-        if os.path.exists(sock):
-            try:
-                with Client(sock, timeout_s=5) as c:
-                    if c.ready():
-                        return proc, sock
-            except Exception:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the daemon did not become ready")
 
 
 class RssSampler(threading.Thread):
@@ -230,7 +203,8 @@ def _daemon_totals(sock: str) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgesched-overload-") as tmp:
-        proc, sock = start_daemon(Path(tmp), args.board, args.policy)
+        proc, sock = start_daemon(Path(tmp), config="[models]\nwarmup_runs = 2\nmeasure_runs = 5\n",
+                                  board=args.board, policy=args.policy, sock_name="overload.sock")
         sampler = RssSampler(proc.pid)
         sampler.start()
         try:
@@ -250,8 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             sampler.stop.set()
             sampler.join(5)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            stop_daemon(proc, 60.0)
     status = Counter(r["status"] for r in results)
     outcome = Counter(r["outcome"] for r in results)
     answered = sum(1 for r in results if r["status"] == 200)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from edgesched.client import Client
+from _daemon import start_daemon, stop_daemon
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -53,24 +51,11 @@ def idle_daemon(seconds: float) -> dict[str, Any]:
     """RSS and CPU of an idle daemon (virtual board, schedutil) over ``seconds``."""
     with tempfile.TemporaryDirectory(prefix="edgesched-idle-") as tmp:
         home = Path(tmp)
-        sock = str(home / "idle.sock")
-        (home / "c.toml").write_text("")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgesched", "serve", "--socket", sock, "--board",
-             "virtual:rk3399", "--runtime-dir", str(home / "run"), "--state-dir",
-             str(home / "state"), "--log-level", "warning", "--config", str(home / "c.toml")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            limit = time.monotonic() + 60
-            while time.monotonic() < limit:
-                if proc.poll() is not None:
-                    return {"error": f"daemon exited with {proc.returncode}"}
-                try:
-                    with Client(sock, timeout_s=5) as c:
-                        if c.ready():
-                            break
-                except Exception:
-                    time.sleep(0.05)
+            proc, _ = start_daemon(home, sock_name="idle.sock")
+        except SystemExit as exc:
+            return {"error": str(exc)}
+        try:
             p = psutil.Process(proc.pid)
             time.sleep(min(2.0, seconds))  # let start-up work settle
             cpu0 = p.cpu_times()
@@ -82,8 +67,7 @@ def idle_daemon(seconds: float) -> dict[str, Any]:
             return {"rss_mb": round(p.memory_info().rss / 2**20, 1),
                     "idle_cpu_pct": round(100.0 * used / wall, 3), "idle_s": round(wall, 1)}
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            stop_daemon(proc, 60.0)
 
 
 def energy_for(board: str, scenario: str, duration_s: float | None) -> dict[str, Any]:

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _daemon import parallel_rate, start_daemon, stop_daemon
 
 from edgesched.client import Client
 from edgesched.server.runner import load_model, shipped_models_dir
@@ -38,29 +36,6 @@ NABU_IN = "serving_default_input_audio:0"
 
 def _percentile_us(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1e6, q))
-
-
-def _start(home: Path, board: str, policy: str) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(home / "bench.sock")
-    cfg = home / "config.toml"
-    cfg.write_text("[queue]\nmax_count = 1024\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgesched", "serve", "--config", str(cfg), "--socket", sock,
-         "--board", board, "--policy", policy, "--runtime-dir", str(home / "run"),
-         "--state-dir", str(home / "state"), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    limit = time.monotonic() + 60
-    while time.monotonic() < limit:
-        if os.path.exists(sock):
-            try:
-                with Client(sock, timeout_s=5) as c:
-                    if c.ready():
-                        return proc, sock
-            except Exception:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the daemon did not become ready")
 
 
 def _latency(sock: str, n: int) -> list[float]:
@@ -100,20 +75,6 @@ def _client_proc(sock: str, seconds: float, barrier: Any, q: Any) -> None:
     q.put(done)
 
 
-def _throughput(sock: str, clients: int, seconds: float) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    barrier = ctx.Barrier(clients)
-    procs = [ctx.Process(target=_client_proc, args=(sock, seconds, barrier, q))
-             for _ in range(clients)]
-    for p in procs:
-        p.start()
-    total = sum(q.get() for _ in procs)
-    for p in procs:
-        p.join()
-    return total / seconds
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000)
@@ -123,14 +84,14 @@ def main() -> int:
     ap.add_argument("--policy", default="schedutil")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:
-        proc, sock = _start(Path(tmp), args.board, args.policy)
+        proc, sock = start_daemon(Path(tmp), config="[queue]\nmax_count = 1024\n",
+                                  board=args.board, policy=args.policy)
         try:
             lat = _latency(sock, args.requests)
             bare = _bare(args.requests)
-            rps = _throughput(sock, args.clients, args.seconds)
+            rps = parallel_rate(_client_proc, sock, args.clients, args.seconds)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            stop_daemon(proc)
     p50 = _percentile_us(lat, 50)
     bare_p50 = _percentile_us(bare, 50)
     print(json.dumps({

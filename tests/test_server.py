@@ -32,7 +32,7 @@ def face_input(seed: int = 0) -> np.ndarray:
 def curl(daemon: Daemon, path: str, *args: str) -> tuple[int, str]:
     exe = shutil.which("curl")
     if exe is None:
-        pytest.skip("curl is not installed (apt-get install curl)")
+        pytest.fail("these tests drive the daemon with curl: apt-get install curl")
     out = subprocess.run([exe, "-sS", "--unix-socket", daemon.socket, "-w", "\n%{http_code}",
                           *args, f"http://localhost{path}"], capture_output=True, check=True,
                          timeout=60)
