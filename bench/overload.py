@@ -6,7 +6,11 @@ burst at ``--factor`` times that rate for ``--seconds`` and afterwards probes un
 back to normal. Prints one JSON object:
 
 - ``p1_miss_rate``: priority-1 burst requests not answered "ok" in time (late, deadline missed,
-  shed, refused or lost) over all priority-1 burst requests;
+  shed, refused or lost) over all priority-1 burst requests. "In time" is the daemon's verdict:
+  a request's timeout runs from when its handler sees it (Triton's semantics);
+- ``p1_miss_rate_client``: the same, also counting an "ok" whose round trip seen by the client
+  (including time in the socket's listen backlog) exceeded its timeout;
+- ``p1_outcomes``: how the priority-1 requests ended;
 - ``accepted``: requests the daemon queued (everything not refused at admission);
 - ``answered`` (200), ``shed`` (503 shed), ``deadline_missed`` (504), ``rejected`` (refused before
   queueing: 429 queue full, 400 infeasible deadline, or ``connect_refused``: the socket's listen
@@ -15,20 +19,31 @@ back to normal. Prints one JSON object:
 - ``exactly_one_outcome``: every request the daemon received got exactly one outcome: the
   daemon's own counters (received, per outcome) agree with the client's (``metrics_agree``);
 - ``server_errors``: 5xx answers other than 503 "shed" and 504 "deadline missed";
-- ``peak_rss_mb``: peak resident memory of the daemon process (psutil, sampled every 50 ms);
+- ``peak_rss_mb``: peak resident memory of the daemon process (/proc/PID/statm, sampled every 50 ms);
 - ``recovery_s``: seconds from the end of the burst until the median of 5 sequential probes is
   within 1.5x of the pre-burst median latency (null if not within ``--recovery-limit-s``).
 
+The default mix sends 5 % of the burst at priority 1, i.e. half the sustainable rate: priority 1
+alone fits in what the daemon can serve, so a miss is the scheduler's doing and not arithmetic.
+With ``--p1-share 0.2`` priority 1 alone is twice the sustainable rate and most of it must miss
+whatever the scheduler does.
+
+The burst comes from one client process on the same machine; its file-descriptor limit is raised
+to the hard limit, since every request in flight holds a connection.
+
 Usage: python bench/overload.py [--seconds 30] [--factor 10] [--board virtual:rk3399]
-       [--no-deadlines]
+       [--p1-share 0.05] [--no-deadlines]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -40,7 +55,6 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import psutil
 from _daemon import start_daemon, stop_daemon
 
 from edgesched.client import Client, encode_infer
@@ -48,24 +62,32 @@ from edgesched.client import Client, encode_infer
 NABU = "okay_nabu"
 NABU_IN = "serving_default_input_audio:0"
 FACE = "face_detection_short_range"
-PRIORITY_MIX = ((1, 0.2), (2, 0.3), (3, 0.5))
+PRIORITY_MIX = ((1, 0.05), (2, 0.35625), (3, 0.59375))
 
 
 class RssSampler(threading.Thread):
+    """Peak resident memory of ``pid``, read from one /proc/PID/statm descriptor opened up front
+    (the burst can use up every free descriptor of this process)."""
+
     def __init__(self, pid: int, every_s: float = 0.05) -> None:
         super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
+        self.fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+        self.page = os.sysconf("SC_PAGE_SIZE")
         self.every_s = every_s
         self.peak = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-            self.stop.wait(self.every_s)
+        try:
+            while not self.stop.is_set():
+                try:
+                    rss = int(os.pread(self.fd, 256, 0).split()[1]) * self.page
+                except (OSError, IndexError, ValueError):
+                    return
+                self.peak = max(self.peak, rss)
+                self.stop.wait(self.every_s)
+        finally:
+            os.close(self.fd)
 
 
 def _bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
@@ -143,7 +165,8 @@ async def _burst(sock: str, rate: float, seconds: float, face_share: float, dead
         async def one(model: str, prio: int, timeout_us: int | None) -> None:
             body, headers = payloads[(model, prio, timeout_us)]
             rec: dict[str, Any] = {"priority": prio, "model": model, "status": None,
-                                   "outcome": "lost"}
+                                   "outcome": "lost", "timeout_us": timeout_us}
+            t0 = time.perf_counter()
             try:
                 async with session.post(f"http://localhost/v2/models/{model}/infer", data=body,
                                         headers=headers) as resp:
@@ -163,6 +186,7 @@ async def _burst(sock: str, rate: float, seconds: float, face_share: float, dead
                 rec["error"] = str(exc.os_error)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 rec["error"] = f"{type(exc).__name__}: {exc}"
+            rec["latency_s"] = time.perf_counter() - t0
             results.append(rec)
 
         tasks: list[asyncio.Task[None]] = []
@@ -201,9 +225,23 @@ def _daemon_totals(sock: str) -> dict[str, int]:
             **{k: int(v) for k, v in doc["by_outcome"].items()}}
 
 
+def _raise_fd_limit() -> int:
+    """Soft limit on open files up to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    fd_limit = _raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="edgesched-overload-") as tmp:
-        proc, sock = start_daemon(Path(tmp), config="[models]\nwarmup_runs = 2\nmeasure_runs = 5\n",
+        server = (f"[server]\nmax_connections = {args.max_connections}\n"
+                  if args.max_connections else "")
+        proc, sock = start_daemon(Path(tmp), config=server + "[models]\nwarmup_runs = 2\n"
+                                  "measure_runs = 5\n",
                                   board=args.board, policy=args.policy, sock_name="overload.sock")
         sampler = RssSampler(proc.pid)
         sampler.start()
@@ -238,7 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lost = sum(1 for r in results if r["status"] is None) - connect_refused
     accepted = answered + shed + missed + errors_500
     server_errors = sum(1 for r in results if r["status"] is not None and r["status"] >= 500
-                        and not (r["status"] == 503 and r["outcome"] == "shed")
+                        and not (r["status"] == 503 and r["outcome"] in (
+                            "shed", "too_many_connections"))
                         and not (r["status"] == 504 and r["outcome"] == "deadline_missed"))
     # the daemon's own count of queue outcomes during the burst (less the recovery probes)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
@@ -249,8 +288,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      and daemon_received == accepted + http_rejected)
     p1 = [r for r in results if r["priority"] == 1]
     p1_miss = sum(1 for r in p1 if r["outcome"] != "ok")
+    p1_miss_client = sum(1 for r in p1 if r["outcome"] != "ok" or (
+        r["timeout_us"] is not None and r["latency_s"] * 1e6 > r["timeout_us"]))
     return {
         "p1_miss_rate": round(p1_miss / len(p1), 4) if p1 else 0.0,
+        "p1_miss_rate_client": round(p1_miss_client / len(p1), 4) if p1 else 0.0,
+        "p1_sent": len(p1),
+        "p1_outcomes": dict(Counter(r["outcome"] for r in p1)),
         "accepted": accepted, "answered": answered, "shed": shed, "deadline_missed": missed,
         "rejected": rejected, "connect_refused": connect_refused, "lost": lost, "sent": len(results),
         "exactly_one_outcome": metrics_agree and accepted + rejected + lost == len(results),
@@ -265,7 +309,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "outcome_counts": dict(outcome),
         "lost_errors": dict(Counter(r.get("error", "") for r in results
                                     if r["status"] is None).most_common(3)),
-        "board": args.board, "policy": args.policy,
+        "board": args.board, "policy": args.policy, "p1_share": args.p1_share,
+        "client_fd_limit": fd_limit,
     }
 
 
@@ -287,6 +332,8 @@ def main() -> int:
     ap.add_argument("--max-requests", type=int, default=200_000,
                     help="cap on burst requests (the rate is lowered to fit)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-connections", type=int, default=0,
+                    help="the daemon's server.max_connections (0: its default)")
     args = ap.parse_args()
     doc = run(args)
     print(json.dumps(doc))

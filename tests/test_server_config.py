@@ -43,6 +43,7 @@ def test_load_and_override(tmp_path: Path) -> None:
     ({"queue": {"levels": 3, "default_priority": 4}}, "queue.default_priority"),
     ({"queue": {"shed_lower": 1}}, "expected true or false"),
     ({"server": "x"}, "[server] must be a table"),
+    ({"server": {"switch_interval_us": 10}}, "server.switch_interval_us"),
 ])
 def test_invalid(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -214,3 +214,42 @@ def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[...,
     assert 'edgesched_cpu_frequency_khz{cluster="big"} 408000' in metrics
     assert d.terminate() == 0
     assert not list((d.home / "run").glob("virtual-*"))
+
+
+def test_switch_interval_is_applied(start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(config={"server": {"switch_interval_us": 350}})
+    with d.client() as c:
+        assert c.status()["switch_interval_us"] == 350
+    assert d.terminate() == 0
+
+
+def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
+        start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(config={"server": {"max_connections": 2, "retry_after_s": 3.0}})
+    held = [Client(d.socket, timeout_s=30) for _ in range(2)]
+    try:
+        for c in held:  # each keeps one open keep-alive connection
+            assert c.live()
+        body, headers = encode_infer({"input_1": HAND_X}, priority=1)
+        extra = Client(d.socket, timeout_s=30)
+        status, msg, data = extra.request("POST", f"/v2/models/{HAND}/infer", body, headers)
+        extra.close()
+        assert status == 503 and msg["Retry-After"] == "3"
+        doc = json.loads(data)
+        assert doc["outcome"] == "too_many_connections" and "server.max_connections" in doc["error"]
+    finally:
+        for c in held:
+            c.close()
+    deadline = time.monotonic() + 10.0
+    while True:  # the daemon sees the two connections close, then serves again
+        with Client(d.socket, timeout_s=30) as c:
+            status, _, _ = c.request("GET", "/v2/health/live")
+            if status == 200:
+                res = c.infer(HAND, {"input_1": HAND_X}, priority=1)
+                assert res.parameters["outcome"] == "ok"
+                assert "edgesched_connections_refused_total 1" in c.metrics()
+                assert c.status()["requests"]["connections_refused"] >= 1
+                break
+        assert time.monotonic() < deadline, "still refusing after the held connections closed"
+        time.sleep(0.05)
+    assert d.terminate() == 0

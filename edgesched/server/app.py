@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +38,7 @@ from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of,
 from edgesched.server.admission import check_deadline, encode_response, parse_infer
 from edgesched.server.config import Config, config_to_dict
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
+from edgesched.server.gate import ConnectionGate
 from edgesched.server.metrics import Metrics
 from edgesched.server.openapi import openapi
 from edgesched.server.runner import LoadedModel, load_models, shipped_models_dir
@@ -272,6 +274,7 @@ async def status(request: web.Request) -> web.Response:
         "grid_gco2e_per_kwh": st.config.energy.grid_gco2e_per_kwh,
         "renewable_fraction": st.config.energy.renewable_fraction,
         "config": config_to_dict(st.config),
+        "switch_interval_us": round(sys.getswitchinterval() * 1e6),
     }
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
@@ -499,6 +502,18 @@ def build_app(state: ServerState) -> web.Application:
 
 
 # --------------------------------------------------------------------------------- sockets
+LISTEN_BACKLOG = 1024
+"""Pending connections the kernel holds per listening socket (capped by net.core.somaxconn).
+At 128 a 10x burst lost connections at connect before any handler saw them."""
+
+
+def _listener_name(sock: socket.socket) -> str:
+    addr = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{addr.decode() if isinstance(addr, bytes) else addr}"
+    return f"http://{addr[0]}:{addr[1]}"
+
+
 def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
     """A listening unix socket at ``path`` with ``mode`` (and ``group``) set before listen."""
     try:
@@ -584,6 +599,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     sock_path: Path | None = None
     runner: web.AppRunner | None = None
     dispatcher: Dispatcher | None = None
+    old_switch_s = sys.getswitchinterval()
+    sys.setswitchinterval(cfg.server.switch_interval_us / 1e6)
     try:
         policy = make_policy(cfg.policy.spec, cfg.policy.fallback)
         policy.reset(board.view)
@@ -610,20 +627,26 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
                                shutdown_timeout=cfg.server.shutdown_timeout_s + 2.0)
         await runner.setup()
-        sites: list[web.BaseSite] = []
+        assert runner.server is not None
+        gate = ConnectionGate(runner.server, cfg.server.max_connections,
+                              cfg.server.retry_after_s, on_refused=meter.connection_refused)
+        listeners: list[asyncio.AbstractServer] = []
+        names: list[str] = []
         inherited = systemd.inherited_sockets()
-        for sock in inherited:
-            sites.append(web.SockSite(runner, sock, backlog=1024))
+        socks = list(inherited)
         if not inherited:
             sock_path = Path(cfg.server.socket)
-            sock = bind_unix_socket(sock_path, cfg.server.socket_mode, cfg.server.socket_group)
-            sites.append(web.SockSite(runner, sock, backlog=1024))
+            socks.append(bind_unix_socket(sock_path, cfg.server.socket_mode,
+                                          cfg.server.socket_group))
+        for sock in socks:
+            listeners.append(await loop.create_server(gate, sock=sock, backlog=LISTEN_BACKLOG))
+            names.append(_listener_name(sock))
         if cfg.server.http_port:
-            sites.append(web.TCPSite(runner, cfg.server.http_host, cfg.server.http_port,
-                                     reuse_address=True))
-        for site in sites:
-            await site.start()
-        where = ", ".join(s.name for s in sites)
+            listeners.append(await loop.create_server(
+                gate, cfg.server.http_host, cfg.server.http_port, reuse_address=True,
+                backlog=LISTEN_BACKLOG))
+            names.append(f"http://{cfg.server.http_host}:{cfg.server.http_port}")
+        where = ", ".join(names)
         log.info("serving %d model(s) on %s; board %s, policy %s", len(models), where,
                  board.profile.name, policy.name)
         systemd.notify(f"READY=1\nSTATUS=serving {len(models)} model(s) on {where}")
@@ -640,8 +663,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         systemd.notify("STOPPING=1")
         state.ready = False
         dispatcher.close(cfg.server.shutdown_timeout_s)
-        for site in sites:  # no new connections; the open ones still get their answers
-            await site.stop()
+        for listener in listeners:  # no new connections; the open ones still get their answers
+            listener.close()
         # every queued request is served or answered before the HTTP side shuts down, however
         # long the running inference takes (the answers reach their handlers through the mailbox)
         done = await loop.run_in_executor(None, dispatcher.join,
@@ -652,6 +675,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         runner = None
         return 0
     finally:
+        sys.setswitchinterval(old_switch_s)
         if dispatcher is not None:
             dispatcher.close(0.0)
             drain_remaining(dispatcher)

@@ -39,6 +39,10 @@ class ServerSection:
     queue_full_status: int = 429
     admin_group: str = ""
     admin_over_tcp: bool = False
+    switch_interval_us: int = 200
+    max_connections: int = 1024
+    """The interpreter's thread switch interval (sys.setswitchinterval): how long the HTTP
+    thread may hold the GIL while the dispatcher thread waits for it."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,11 @@ def _validate(cfg: Config) -> Config:
         raise bad("server.retry_after_s", "seconds >= 0", s.retry_after_s)
     if s.queue_full_status not in (429, 503):
         raise bad("server.queue_full_status", "429 or 503", s.queue_full_status)
+    if s.max_connections < 1:
+        raise bad("server.max_connections", "an integer >= 1", s.max_connections)
+    if not 50 <= s.switch_interval_us <= 100_000:
+        raise bad("server.switch_interval_us", "microseconds in 50..100000",
+                  s.switch_interval_us)
     if m.num_threads < 1:
         raise bad("models.num_threads", "an integer >= 1", m.num_threads)
     if m.warmup_runs < 0:
