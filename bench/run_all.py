@@ -1,7 +1,7 @@
 """Run every bench and gather the figures: writes DIR/results.json and PNG plots.
 
 Each bench runs as a subprocess and prints one JSON object (sim_speed, serve_overhead,
-decision_time, overload, fuzz). Also measured here: the idle daemon's RSS and CPU over
+decision_time, overload, fuzz, kill_restart). Also measured here: the idle daemon's RSS and CPU over
 ``--idle-s`` seconds (virtual board, schedutil). Energy per board comes from
 ``policies/<board>.eval.json`` when present, else from ``edgesched eval`` (schedutil vs oracle;
 ``vs_schedutil`` of a learned policy is then null, with the reason).
@@ -175,6 +175,8 @@ def main() -> int:
     raw["fuzz"] = run_json([str(BENCH / "fuzz.py"), "--examples", "20" if q else "200",
                             "--framing", "200" if q else "2000", "--seconds",
                             "60" if q else "600"], 1800)
+    raw["kill_restart"] = run_json([str(BENCH / "kill_restart.py"), "--runs",
+                                    "5" if q else "50"], 1800)
     idle = idle_daemon(args.idle_s)
     so, dt, ov, fz = raw["serve_overhead"], raw["decision_time"], raw["overload"], raw["fuzz"]
     results: dict[str, Any] = {
@@ -186,9 +188,11 @@ def main() -> int:
         "rss_mb": idle.get("rss_mb"),
         "idle_cpu_pct": idle.get("idle_cpu_pct"),
         "sim_steps_per_s": raw["sim_speed"].get("steps_per_s"),
-        "overload": {k: ov.get(k) for k in ("p1_miss_rate", "accepted", "answered", "shed",
-                                             "peak_rss_mb")},
+        "overload": {k: ov.get(k) for k in ("p1_miss_rate", "p1_miss_rate_client", "accepted",
+                                             "answered", "shed", "peak_rss_mb", "recovery_s")},
         "fuzz": {k: fz.get(k) for k in ("cases", "crashes", "server_errors")},
+        "kill_restart": {k: raw["kill_restart"].get(k) for k in ("runs", "restored",
+                                                                  "crash_loops")},
         "energy": {b: energy_for(b, args.scenario, 60.0 if q else None)
                    for b in args.boards.split(",") if b},
         "run": {"quick": q, "idle_s": args.idle_s, "overload_s": overload_s,

@@ -147,6 +147,26 @@ def read_attr(root: Path, policy: str, name: str) -> str:
     return (policy_dir(root, policy) / name).read_text(encoding="ascii").strip()
 
 
+LEASED_ATTRS = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
+"""What a lease saves and restores per policy (``scaling_setspeed`` only under userspace)."""
+
+
+def leased_values(root: Path) -> dict[str, dict[str, str]]:
+    """Per policy directory of the tree: the values a lease saves and must put back.
+
+    ``scaling_setspeed`` is left out unless the governor is ``userspace``: under any other
+    governor the kernel shows ``<unsupported>`` there and edgesched neither saves nor restores it.
+    """
+    out: dict[str, dict[str, str]] = {}
+    base = Path(root) / CPUFREQ_REL
+    for pdir in sorted(base.glob("policy*")):
+        view = {name: read_attr(root, pdir.name, name) for name in LEASED_ATTRS}
+        if view["scaling_governor"] != "userspace":
+            del view["scaling_setspeed"]
+        out[pdir.name] = view
+    return out
+
+
 def unplug(root: Path, policy: str) -> None:
     """Make a policy directory vanish, as when its CPUs go offline with the driver unbound."""
     shutil.rmtree(policy_dir(root, policy))

@@ -29,8 +29,10 @@ from conftest import MODELS_DIR, Daemon
 from edgesched.cpufreq import state_path
 from edgesched.device import load_profile
 from edgesched.fakesysfs import (
+    LEASED_ATTRS,
     NO_USERSPACE_GOVERNORS,
     from_profile,
+    leased_values,
     make_tree,
     policy_dir,
     read_attr,
@@ -41,7 +43,6 @@ NABU = "okay_nabu"
 NABU_IN = "serving_default_input_audio:0"
 NABU_X = np.zeros((1, 3, 40), np.int8)
 POLICIES = ("policy0", "policy4")
-LEASED = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
 BIG_KHZ = {"powersave": 408_000, "performance": 1_800_000}
 CONFIG = {"models": {"warmup_runs": 0, "measure_runs": 1}}
 WAIT_LIMIT_S = 30.0
@@ -70,15 +71,12 @@ def set_attr(root: Path, policy: str, name: str, value: str) -> None:
 
 
 def lease_view(root: Path, policy: str) -> dict[str, str]:
-    """What a lease saves and restores: governor, limits, and setspeed under userspace."""
-    view = {name: read_attr(root, policy, name) for name in LEASED}
-    if view["scaling_governor"] != "userspace":
-        del view["scaling_setspeed"]
-    return view
+    return leased_values(root)[policy]
 
 
 def tree_view(root: Path) -> dict[str, dict[str, str]]:
-    return {p: lease_view(root, p) for p in POLICIES}
+    view = leased_values(root)
+    return {p: view[p] for p in POLICIES}
 
 
 def board_args(root: Path, policy: str, models: Path, *extra: str) -> tuple[str, ...]:
@@ -159,7 +157,7 @@ def test_the_policys_frequency_is_what_sysfs_says(tmp_path: Path, start_daemon: 
     for _ in range(3):
         params = infer(d)
         assert (params["cluster_name"], params["freq_khz"]) == ("big", khz)
-    big = {name: read_attr(root, "policy4", name) for name in LEASED}
+    big = {name: read_attr(root, "policy4", name) for name in LEASED_ATTRS}
     if shape == "rk3399":  # userspace mode
         assert big["scaling_governor"] == "userspace"
         assert big["scaling_setspeed"] == str(khz)
@@ -367,3 +365,15 @@ def test_other_frequency_daemons_are_reported_at_start_up(
     assert "auto-cpufreq (auto-cpufreq.service is enabled) conflicts with edgesched" in auto
     assert "policy0 at 1416000 kHz" in pinned
     assert d.stderr().index(pinned) < d.stderr().index("serving")
+
+
+# --------------------------------------------------------------------------------- 5. kill soak
+def test_random_kills_are_always_restored() -> None:
+    """bench/kill_restart.py on a small budget: SIGKILL at random moments (start-up included),
+    then a restart or `edgesched restore`; every original value is back in every run."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "kill_restart.py"
+    out = subprocess.run([sys.executable, str(script), "--runs", "6", "--seed", "3"],
+                         capture_output=True, text=True, check=True, timeout=600)
+    doc = json.loads(out.stdout)
+    assert doc["runs"] == 6 and doc["failures"] == [], doc
+    assert doc["restored"] == 6 and doc["crash_loops"] == 0, doc

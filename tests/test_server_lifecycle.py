@@ -247,8 +247,9 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
             if status == 200:
                 res = c.infer(HAND, {"input_1": HAND_X}, priority=1)
                 assert res.parameters["outcome"] == "ok"
-                assert "edgesched_connections_refused_total 1" in c.metrics()
-                assert c.status()["requests"]["connections_refused"] >= 1
+                refused = c.status()["requests"]["connections_refused"]
+                assert refused >= 1  # the extra one, and any poll that came too early
+                assert f"edgesched_connections_refused_total {refused}" in c.metrics()
                 break
         assert time.monotonic() < deadline, "still refusing after the held connections closed"
         time.sleep(0.05)

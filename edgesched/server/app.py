@@ -688,7 +688,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
 
 
 def serve(cfg: Config) -> int:
-    """Run the daemon; uses uvloop's event loop when it is installed (optional, faster)."""
+    """Run the daemon on uvloop's event loop (a dependency on Linux), else on asyncio's."""
     try:
         import uvloop
     except ImportError:
