@@ -44,6 +44,7 @@ from edgesched.errors import (
     MeterError,
 )
 from edgesched.fakesysfs import FakeKernel, from_profile
+from edgesched.leaselock import LeaseLock
 from edgesched.observation import BoardView, Decision
 
 Clock = Callable[[], float]
@@ -188,14 +189,22 @@ class VirtualBoard(_CpufreqBoard):
         log = log or logging.getLogger("edgesched.boards")
         slug = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name) or "board"
         self.home = Path(runtime_dir) / f"virtual-{slug}"
-        if self.home.exists():
-            shutil.rmtree(self.home)  # a tree of a previous run: nothing real to restore
-        self.sysfs_root = from_profile(self.home / "sys", profile)
-        self.kernel = FakeKernel(self.sysfs_root)
-        io: SysfsIO = self.kernel
-        cpufreq = Cpufreq(self.sysfs_root, state_dir=self.home / "state", mode=mode, log=log,
-                          io=io)
-        super().__init__(profile, cpufreq, log)
+        # the tree is this process's alone: a second daemon on the same runtime dir must not
+        # delete it from under the first
+        self._tree_lock = LeaseLock(Path(runtime_dir) / f"virtual-{slug}.lock", log).acquire(
+            f"the virtual {profile.name} board")
+        try:
+            if self.home.exists():
+                shutil.rmtree(self.home)  # a tree of a previous run: nothing real to restore
+            self.sysfs_root = from_profile(self.home / "sys", profile)
+            self.kernel = FakeKernel(self.sysfs_root)
+            io: SysfsIO = self.kernel
+            cpufreq = Cpufreq(self.sysfs_root, state_dir=self.home / "state", mode=mode,
+                              log=log, io=io)
+            super().__init__(profile, cpufreq, log)
+        except BaseException:
+            self._tree_lock.release()
+            raise
         self.clock = clock
         self.sleep = sleep
         self._pending_transition_s = 0.0
@@ -234,8 +243,11 @@ class VirtualBoard(_CpufreqBoard):
         return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s))
 
     def close(self) -> None:
-        super().close()
-        shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            super().close()
+            shutil.rmtree(self.home, ignore_errors=True)
+        finally:
+            self._tree_lock.release()
 
 
 class SysfsBoard(_CpufreqBoard):
@@ -247,7 +259,7 @@ class SysfsBoard(_CpufreqBoard):
                  meter: EnergyMeter | None = None) -> None:
         log = log or logging.getLogger("edgesched.boards")
         cpufreq = Cpufreq(sysfs_root, state_dir=state_dir, mode=mode, dry_run=dry_run, log=log,
-                          io=io)
+                          io=io, claim=not dry_run)
         try:
             super().__init__(profile, cpufreq, log)
         except BaseException:

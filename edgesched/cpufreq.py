@@ -53,6 +53,7 @@ from edgesched.errors import (
     CpufreqUnavailableError,
     CpufreqVerifyError,
 )
+from edgesched.leaselock import LOCK_NAME, LeaseLock
 
 CPUFREQ_REL = Path("devices/system/cpu/cpufreq")
 STATE_FILE = "cpufreq-state.json"
@@ -402,6 +403,17 @@ def recover(sysfs_root: Path = Path("/sys"), state_dir: Path = DEFAULT_STATE_DIR
     the file kept so that ``edgesched restore`` can try again.
     """
     log = log or logging.getLogger("edgesched.cpufreq")
+    lock = LeaseLock(Path(state_dir) / LOCK_NAME, log)
+    if state_path(state_dir).exists():
+        lock.acquire("the cpufreq lease (its settings are live, not left over)")
+    try:
+        return _recover_locked(sysfs_root, state_dir, io, log)
+    finally:
+        lock.release()
+
+
+def _recover_locked(sysfs_root: Path, state_dir: Path, io: SysfsIO | None,
+                    log: logging.Logger) -> RestoreReport:
     path = state_path(state_dir)
     doc = _read_state(path)
     report = RestoreReport()
@@ -452,11 +464,17 @@ class Cpufreq:
 
     >>> with Cpufreq(root, state_dir=tmp) as cf:           # doctest: +SKIP
     ...     cf.set_khz("policy4", 1_416_000)
+
+    One owner per ``state_dir``: the lease's lock (:mod:`edgesched.leaselock`) is taken at the
+    first change, or at once with ``claim`` (the daemon and ``edgesched calibrate`` claim at
+    start, so a second one fails before doing anything); :class:`CpufreqBusyError` names the
+    holder's pid.
     """
 
     def __init__(self, sysfs_root: Path = Path("/sys"), *, state_dir: Path,
                  mode: Mode = "auto", dry_run: bool = False,
-                 log: logging.Logger | None = None, io: SysfsIO | None = None) -> None:
+                 log: logging.Logger | None = None, io: SysfsIO | None = None,
+                 claim: bool = False) -> None:
         if mode not in ("auto", "userspace", "clamp"):
             raise CpufreqModeError(f"unknown cpufreq mode {mode!r}; use auto, userspace or clamp")
         self.sysfs_root = Path(sysfs_root)
@@ -468,10 +486,13 @@ class Cpufreq:
         self._files = _Files(self.io, self.log, dry_run)
         self._saved: dict[str, SavedPolicy] = {}
         self._gone: set[str] = set()
+        self._lock = LeaseLock(self.state_dir / LOCK_NAME, self.log)
+        if not dry_run and (claim or state_path(self.state_dir).exists()):
+            self._lock.acquire()
         if not dry_run and state_path(self.state_dir).exists():
             self.log.warning("found cpufreq settings left by a previous run in %s; restoring "
                              "them first", state_path(self.state_dir))
-            recover(self.sysfs_root, self.state_dir, io=self.io, log=self.log)
+            _recover_locked(self.sysfs_root, self.state_dir, self.io, self.log)
         self.policies: dict[str, PolicyInfo] = self._discover()
 
     # -- discovery ------------------------------------------------------------------------
@@ -600,6 +621,7 @@ class Cpufreq:
         """Save ``info``'s originals before its first change; raises if they cannot be saved."""
         if info.name in self._saved or self.dry_run:
             return
+        self._lock.acquire()  # one owner per state directory (see edgesched.leaselock)
         snap = self._snapshot(info)
         saved = [*self._saved.values(), snap]
         _write_state(state_path(self.state_dir), {
@@ -651,7 +673,12 @@ class Cpufreq:
         return report
 
     def close(self) -> None:
-        self.restore()
+        """Restore, then give up the lease's lock (also when restoring failed: the state file
+        stays for ``edgesched restore`` or the next start)."""
+        try:
+            self.restore()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Cpufreq:
         return self

@@ -102,5 +102,9 @@ class CpufreqStateError(CpufreqError):
     """The saved-settings state file cannot be written or read; nothing was changed."""
 
 
+class CpufreqBusyError(CpufreqStateError):
+    """Another process holds the cpufreq lease on the same state directory."""
+
+
 class MeterError(EdgeschedError):
     """An energy meter cannot be read."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 from edgesched.cli import main as cli_main
 from edgesched.cpufreq import Cpufreq, derive_steps_khz, parse_cpu_list, recover, state_path
 from edgesched.errors import (
+    CpufreqBusyError,
     CpufreqModeError,
     CpufreqPermissionError,
     CpufreqPolicyGoneError,
@@ -176,7 +178,8 @@ def test_state_is_saved_atomically_before_the_first_change(tmp_path: Path) -> No
     doc = json.loads(state_path(state).read_text())
     assert doc["policies"][0] == {"name": "policy4", "governor": "schedutil", "min_khz": 408000,
                                   "max_khz": 1800000, "setspeed_khz": None}
-    assert [p.name for p in state.iterdir()] == ["cpufreq-state.json"], "no temp files left"
+    assert sorted(p.name for p in state.iterdir()) == ["cpufreq-state.json", "lease.lock"], (
+        "no temp files left")
 
 
 def test_crash_then_recover_restores(tmp_path: Path) -> None:
@@ -363,3 +366,27 @@ def test_detects_other_frequency_daemons(tmp_path: Path) -> None:
     assert "policy4 at 1800000 kHz" in text
     assert "thermald" not in text
     assert detect_frequency_daemons(tmp_path / "none", root=tmp_path / "none") == []
+
+
+# ------------------------------------------------------------------------------- one owner
+def test_a_second_lease_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "sys", "rk3399")
+    first = Cpufreq(root, state_dir=tmp_path / "state", io=FakeKernel(root))
+    first.set_khz("policy4", 1_008_000)
+    with pytest.raises(CpufreqBusyError, match=rf"pid {os.getpid()}\b.*Stop it first"):
+        Cpufreq(root, state_dir=tmp_path / "state", io=FakeKernel(root))
+    with pytest.raises(CpufreqBusyError, match="not left over"):
+        recover(root, tmp_path / "state")  # `edgesched restore` under a live lease
+    assert read_attr(root, "policy4", "scaling_governor") == "userspace", "nothing was undone"
+    first.close()
+    assert read_attr(root, "policy4", "scaling_governor") == "schedutil"
+    with Cpufreq(root, state_dir=tmp_path / "state", io=FakeKernel(root)) as second:
+        second.set_khz("policy4", 600_000)  # the lock went with the first owner
+    assert read_attr(root, "policy4", "scaling_governor") == "schedutil"
+
+
+def test_a_dry_run_takes_no_lock(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "sys", "rk3399")
+    with (Cpufreq(root, state_dir=tmp_path / "state", io=FakeKernel(root)),
+          Cpufreq(root, state_dir=tmp_path / "state", dry_run=True) as dry):
+        assert dry.set_khz("policy4", 600_000) == 600_000

@@ -377,3 +377,38 @@ def test_random_kills_are_always_restored() -> None:
     doc = json.loads(out.stdout)
     assert doc["runs"] == 6 and doc["failures"] == [], doc
     assert doc["restored"] == 6 and doc["crash_loops"] == 0, doc
+
+
+# --------------------------------------------------------------------------------- 6. one owner
+def test_one_daemon_per_state_dir_and_no_restore_under_a_live_one(
+        tmp_path: Path, start_daemon: StartDaemon, models_dir: Path) -> None:
+    root = make_tree(tmp_path / "sys", "rk3399")
+    before = tree_view(root)
+    first = start_daemon(config=CONFIG, args=board_args(root, "powersave", models_dir),
+                         home=tmp_path / "a")
+    infer(first)
+    changed = tree_view(root)
+    assert changed != before
+    second = start_daemon(config=CONFIG, home=tmp_path / "b", wait=False, args=board_args(
+        root, "performance", models_dir, "--state-dir", str(tmp_path / "a" / "state")))
+    assert second.proc.wait(WAIT_LIMIT_S) != 0
+    assert f"another edgesched process (pid {first.proc.pid})" in second.stderr()
+    by_hand = restore_cli(root, tmp_path / "a" / "state")
+    assert by_hand.returncode != 0 and "not left over" in by_hand.stderr
+    assert tree_view(root) == changed, "neither touched the first daemon's settings"
+    infer(first)
+    assert first.terminate() == 0
+    assert tree_view(root) == before
+
+
+def test_one_virtual_board_per_runtime_dir(tmp_path: Path, start_daemon: StartDaemon,
+                                           models_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ("--board", "virtual:rk3399", "--models", str(models_dir), "--runtime-dir",
+            str(run_dir))
+    first = start_daemon(config=CONFIG, args=args, home=tmp_path / "a")
+    second = start_daemon(config=CONFIG, args=args, home=tmp_path / "b", wait=False)
+    assert second.proc.wait(WAIT_LIMIT_S) != 0
+    assert "holds the virtual rk3399 board" in second.stderr()
+    infer(first)  # its tree was not deleted from under it
+    assert first.terminate() == 0

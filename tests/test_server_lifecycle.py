@@ -213,7 +213,8 @@ def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[...,
     assert status["board"]["spec"] == "virtual:rk3399" and status["policy"]["name"] == "powersave"
     assert 'edgesched_cpu_frequency_khz{cluster="big"} 408000' in metrics
     assert d.terminate() == 0
-    assert not list((d.home / "run").glob("virtual-*"))
+    assert not [p for p in (d.home / "run").glob("virtual-*") if p.is_dir()], "tree removed"
+    assert (d.home / "run" / "virtual-rk3399.lock").read_text() == "", "lock released"
 
 
 def test_switch_interval_is_applied(start_daemon: Callable[..., Daemon]) -> None:
