@@ -67,7 +67,12 @@ CPUFREQ_ETERNAL = 4294967295
 Mode = Literal["auto", "userspace", "clamp"]
 WriteMode = Literal["userspace", "clamp"]
 
-_PERMISSION_HINT = "run as root or through the shipped systemd unit"
+def permission_hint(euid: int | None = None) -> str:
+    """What to do about a refused cpufreq file, for a process running as ``euid``."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return "run as root or through the shipped systemd unit"
+    return ("the file refuses even root: a read-only sysfs mount (a container?), or a driver "
+            "that does not let this attribute be written")
 
 
 class SysfsIO(Protocol):
@@ -178,7 +183,7 @@ def _translate(exc: OSError, path: Path, action: str, value: str | None = None) 
     shown = f" {value!r}" if value is not None else ""
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CpufreqPermissionError(
-            f"cannot {action} {path}: permission denied; {_PERMISSION_HINT}", str(path), code)
+            f"cannot {action} {path}: permission denied; {permission_hint()}", str(path), code)
     if code == errno.ENOENT:
         return CpufreqPolicyGoneError(
             f"cannot {action} {path}: the file is gone (CPU hotplug or the cpufreq driver was "

@@ -12,7 +12,7 @@ import pytest
 
 from edgesched.board import Board
 from edgesched.boards import NullBoard, SysfsBoard, VirtualBoard, open_board
-from edgesched.cpufreq import Cpufreq, state_path
+from edgesched.cpufreq import Cpufreq, permission_hint, state_path
 from edgesched.device import load_profile
 from edgesched.errors import ConfigError, CpufreqUnavailableError
 from edgesched.fakesysfs import FakeKernel, FaultInjector, make_tree, read_attr, unplug
@@ -139,7 +139,7 @@ def test_sysfs_board_falls_back_when_writes_are_refused(tmp_path: Path,
                        io=faults)
     with caplog.at_level(logging.ERROR):
         assert board.apply(Decision(1, 7)) == 0.0
-    assert board.control_error is not None and "run as root" in board.control_error
+    assert board.control_error is not None and permission_hint() in board.control_error
     assert "frequency control disabled" in caplog.text
     assert board.apply(Decision(1, 3)) == 0.0 and faults.writes == []
     assert board.settle(Decision(1, 3), 0.01, 0.0).energy_j > 0, "inference goes on"

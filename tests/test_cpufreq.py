@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from edgesched.cli import main as cli_main
-from edgesched.cpufreq import Cpufreq, derive_steps_khz, parse_cpu_list, recover, state_path
+from edgesched.cpufreq import (
+    Cpufreq,
+    derive_steps_khz,
+    parse_cpu_list,
+    permission_hint,
+    recover,
+    state_path,
+)
 from edgesched.errors import (
     CpufreqBusyError,
     CpufreqModeError,
@@ -239,8 +246,7 @@ def test_permission_denied_says_what_to_do(tmp_path: Path, code: int) -> None:
     cf = Cpufreq(root, state_dir=state, io=faults)
     with pytest.raises(CpufreqPermissionError) as info:
         cf.set_khz("policy4", 1_008_000)
-    assert "policy4/scaling_governor: permission denied; run as root or through the shipped " \
-           "systemd unit" in str(info.value)
+    assert f"policy4/scaling_governor: permission denied; {permission_hint()}" in str(info.value)
     assert read_attr(root, "policy4", "scaling_governor") == "schedutil"
     cf.restore()
     assert not state_path(state).exists()
@@ -390,3 +396,8 @@ def test_a_dry_run_takes_no_lock(tmp_path: Path) -> None:
     with (Cpufreq(root, state_dir=tmp_path / "state", io=FakeKernel(root)),
           Cpufreq(root, state_dir=tmp_path / "state", dry_run=True) as dry):
         assert dry.set_khz("policy4", 600_000) == 600_000
+
+
+def test_the_permission_hint_fits_who_is_running() -> None:
+    assert "run as root" in permission_hint(1000)
+    assert "run as root" not in permission_hint(0) and "read-only" in permission_hint(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import grp
 import json
 import logging
@@ -20,7 +21,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,35 @@ async def _admin_body(request: web.Request) -> dict[str, Any]:
     return doc
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+AdminHandler = Callable[[web.Request, ServerState, Verdict, dict[str, Any]],
+                       Awaitable[web.Response]]
+
+
+def _admin(no_params: str | None = None) -> Callable[[AdminHandler], Handler]:
+    """An admin endpoint: the peer's credentials are checked first (403 with the reason), then
+    the JSON body is read (empty: ``{}``). ``no_params``: the endpoint takes no parameters, and
+    this is the 400 reason when the body has some."""
+
+    def wrap(fn: AdminHandler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(request: web.Request) -> web.Response:
+            verdict = _admin_verdict(request)
+            if not verdict.allowed:
+                return _error(403, verdict.reason)
+            try:
+                doc = await _admin_body(request)
+                if doc and no_params is not None:
+                    raise AdmissionError(400, no_params)
+            except AdmissionError as exc:
+                return _admission_response(exc)
+            return await fn(request, request.app[STATE], verdict, doc)
+
+        return handler
+
+    return wrap
+
+
 def _policy_spec_over_http(spec: str, policy_dir: str) -> str:
     """``spec`` with any policy file resolved inside ``policy.dir``; refuses paths that leave it."""
     if "\x00" in spec or not spec.strip():
@@ -353,14 +383,11 @@ def _policy_spec_over_http(spec: str, policy_dir: str) -> str:
     return f"{kind}:{target}"
 
 
-async def admin_policy(request: web.Request) -> web.Response:
+@_admin()
+async def admin_policy(request: web.Request, st: ServerState, verdict: Verdict,
+                       doc: dict[str, Any]) -> web.Response:
     """POST /v2/admin/policy {"policy": SPEC}: switch the policy on the dispatcher thread."""
-    st = request.app[STATE]
-    verdict = _admin_verdict(request)
-    if not verdict.allowed:
-        return _error(403, verdict.reason)
     try:
-        doc = await _admin_body(request)
         spec = doc.get("policy")
         if not isinstance(spec, str):
             raise AdmissionError(400, "body must be {\"policy\": SPEC} with SPEC a string such "
@@ -397,19 +424,11 @@ async def admin_policy(request: web.Request) -> web.Response:
                               "tick_s": policy.tick_s})
 
 
-async def admin_reload(request: web.Request) -> web.Response:
+@_admin(no_params="models/reload takes no parameters: it reloads the configured models "
+                  "folder (models.dir)")
+async def admin_reload(request: web.Request, st: ServerState, verdict: Verdict,
+                       doc: dict[str, Any]) -> web.Response:
     """POST /v2/admin/models/reload: load the models folder again (no path comes from the request)."""
-    st = request.app[STATE]
-    verdict = _admin_verdict(request)
-    if not verdict.allowed:
-        return _error(403, verdict.reason)
-    try:
-        doc = await _admin_body(request)
-        if doc:
-            raise AdmissionError(400, "models/reload takes no parameters: it reloads the "
-                                 "configured models folder (models.dir)")
-    except AdmissionError as exc:
-        return _admission_response(exc)
     folder = st.models_dir or _resolve_models_dir(st.config)
     m = st.config.models
     loop = asyncio.get_running_loop()
@@ -448,16 +467,11 @@ def _restore_board(board: Board) -> list[str] | None:
     return list(getattr(report, "actions", []) or [])
 
 
-async def admin_restore(request: web.Request) -> web.Response:
+@_admin(no_params="restore takes no parameters")
+async def admin_restore(request: web.Request, st: ServerState, verdict: Verdict,
+                        doc: dict[str, Any]) -> web.Response:
     """POST /v2/admin/restore: restore the original cpufreq settings (on the dispatcher thread)."""
-    st = request.app[STATE]
-    verdict = _admin_verdict(request)
-    if not verdict.allowed:
-        return _error(403, verdict.reason)
     try:
-        doc = await _admin_body(request)
-        if doc:
-            raise AdmissionError(400, "restore takes no parameters")
         disp = st.dispatcher
         async with st.admin_lock:
             actions = await asyncio.wrap_future(disp.call(lambda: _restore_board(st.board)))
