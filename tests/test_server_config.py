@@ -91,3 +91,22 @@ def test_learned_policy_that_does_not_fit_falls_back(tmp_path: Path, caplog) -> 
         policy = make_policy(f"learned:{tmp_path / 'p.npz'}", "conservative")
     assert isinstance(policy, Conservative)
     assert "obs_version" in caplog.text and "falling back to conservative" in caplog.text
+
+
+def test_the_open_file_limit_is_raised_for_max_connections() -> None:
+    import logging
+    import resource
+
+    from edgesched.server.gate import FD_RESERVE, ensure_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * 1024 + FD_RESERVE
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"hard open-file limit {hard} is below {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        assert ensure_fd_limit(1024, logging.getLogger("t")) == need
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (need, hard)
+        assert ensure_fd_limit(16, logging.getLogger("t")) == need, "never lowered"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

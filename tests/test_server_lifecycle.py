@@ -229,8 +229,11 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
     d = start_daemon(config={"server": {"max_connections": 2, "retry_after_s": 3.0}})
     held = [Client(d.socket, timeout_s=30) for _ in range(2)]
     try:
-        for c in held:  # each keeps one open keep-alive connection
-            assert c.live()
+        deadline = time.monotonic() + 10.0
+        for c in held:  # each keeps one open keep-alive connection (once the start-up
+            while not c.live():  # readiness checks' connections are gone)
+                assert time.monotonic() < deadline, "connection slots never freed"
+                time.sleep(0.05)
         body, headers = encode_infer({"input_1": HAND_X}, priority=1)
         extra = Client(d.socket, timeout_s=30)
         status, msg, data = extra.request("POST", f"/v2/models/{HAND}/infer", body, headers)
@@ -254,4 +257,42 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
                 break
         assert time.monotonic() < deadline, "still refusing after the held connections closed"
         time.sleep(0.05)
+    assert d.terminate() == 0
+
+
+def test_refused_connections_linger_only_up_to_the_limit(
+        start_daemon: Callable[..., Daemon]) -> None:
+    """With one connection held at max_connections = 1, the first refused connection lingers
+    (open until the client is done); the next ones, past the limit of lingering connections,
+    are closed right after their answer."""
+    d = start_daemon(config={"server": {"max_connections": 1}})
+    deadline = time.monotonic() + 10.0
+    held = Client(d.socket, timeout_s=30)
+    while not held.live():  # until the start-up readiness checks' connections are gone
+        held.close()
+        assert time.monotonic() < deadline, "the daemon never freed its only connection slot"
+        time.sleep(0.05)
+    with held:
+        socks = []
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(d.socket)
+            socks.append(s)
+        try:
+            closed = []
+            for s in socks:  # each gets the whole 503, then EOF: at once or after the linger
+                data = b""
+                while b"too_many_connections" not in data:
+                    data += s.recv(65536)
+                assert data.startswith(b"HTTP/1.1 503 ")
+                s.settimeout(0.5)
+                try:
+                    closed.append(s.recv(1) == b"")
+                except TimeoutError:
+                    closed.append(False)
+            assert closed[1:] == [True, True], closed
+        finally:
+            for s in socks:
+                s.close()
     assert d.terminate() == 0

@@ -39,7 +39,7 @@ from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of,
 from edgesched.server.admission import check_deadline, encode_response, parse_infer
 from edgesched.server.config import Config, config_to_dict
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
-from edgesched.server.gate import ConnectionGate
+from edgesched.server.gate import ConnectionGate, ensure_fd_limit
 from edgesched.server.metrics import Metrics
 from edgesched.server.openapi import openapi
 from edgesched.server.runner import LoadedModel, load_models, shipped_models_dir
@@ -642,6 +642,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                shutdown_timeout=cfg.server.shutdown_timeout_s + 2.0)
         await runner.setup()
         assert runner.server is not None
+        ensure_fd_limit(cfg.server.max_connections, log)
         gate = ConnectionGate(runner.server, cfg.server.max_connections,
                               cfg.server.retry_after_s, on_refused=meter.connection_refused)
         listeners: list[asyncio.AbstractServer] = []

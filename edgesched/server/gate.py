@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import resource
 import typing
 from collections.abc import Callable
 
 from aiohttp import web
 
 REFUSED_OUTCOME = "too_many_connections"
+FD_RESERVE = 256
+"""Descriptors kept for everything but connections (models, listeners, sysfs, logs)."""
 
 
 def _refusal(limit: int, retry_after_s: float) -> bytes:
@@ -37,16 +41,24 @@ def _refusal(limit: int, retry_after_s: float) -> bytes:
 
 
 class _Refused(asyncio.Protocol):
-    """Writes the fixed answer, drops what the client sends, closes on EOF or after linger_s."""
+    """Writes the fixed answer, drops what the client sends, closes on EOF or after linger_s.
 
-    def __init__(self, answer: bytes, linger_s: float) -> None:
-        self.answer = answer
-        self.linger_s = linger_s
+    At most ``gate.limit`` refused connections linger at a time; past that one is closed right
+    after its answer, so a flood cannot run the daemon out of file descriptors."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self.gate = gate
         self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        typing.cast(asyncio.WriteTransport, transport).write(self.answer)
-        self._timer = asyncio.get_running_loop().call_later(self.linger_s, transport.close)
+        typing.cast(asyncio.WriteTransport, transport).write(self.gate.answer)
+        if self.gate.lingering >= self.gate.limit:
+            transport.close()
+            return
+        self.gate.lingering += 1
+        self._counted = True
+        self._timer = asyncio.get_running_loop().call_later(self.gate.linger_s, transport.close)
 
     def data_received(self, data: bytes) -> None:
         del data  # the request is not read: it was refused before it arrived
@@ -57,6 +69,9 @@ class _Refused(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._counted:
+            self._counted = False
+            self.gate.lingering -= 1
 
 
 class ConnectionGate:
@@ -70,11 +85,33 @@ class ConnectionGate:
         self.linger_s = linger_s
         self.on_refused = on_refused
         self.refused = 0
-        self._answer = _refusal(limit, retry_after_s)
+        self.lingering = 0
+        self.answer = _refusal(limit, retry_after_s)
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) >= self.limit:
             self.refused += 1
             self.on_refused()
-            return _Refused(self._answer, self.linger_s)
+            return _Refused(self)
         return self.server()
+
+
+def ensure_fd_limit(max_connections: int, log: logging.Logger) -> int:
+    """Raise the soft open-file limit to what ``max_connections`` needs (admitted and lingering
+    refused connections, plus models, listeners and sysfs files), up to the hard limit; returns
+    the soft limit in effect. A service manager's default soft limit is often 1,024."""
+    need = 2 * max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return int(soft)
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        target = soft
+    if target < need:
+        log.warning("open-file limit %d is below the %d that server.max_connections = %d "
+                    "needs; raise LimitNOFILE or lower server.max_connections", target, need,
+                    max_connections)
+    return int(target)
