@@ -67,6 +67,7 @@ CPUFREQ_ETERNAL = 4294967295
 Mode = Literal["auto", "userspace", "clamp"]
 WriteMode = Literal["userspace", "clamp"]
 
+
 def permission_hint(euid: int | None = None) -> str:
     """What to do about a refused cpufreq file, for a process running as ``euid``."""
     if (os.geteuid() if euid is None else euid) != 0:

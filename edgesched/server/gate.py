@@ -84,13 +84,11 @@ class ConnectionGate:
         self.limit = limit
         self.linger_s = linger_s
         self.on_refused = on_refused
-        self.refused = 0
         self.lingering = 0
         self.answer = _refusal(limit, retry_after_s)
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) >= self.limit:
-            self.refused += 1
             self.on_refused()
             return _Refused(self)
         return self.server()
