@@ -296,3 +296,26 @@ def test_refused_connections_linger_only_up_to_the_limit(
             for s in socks:
                 s.close()
     assert d.terminate() == 0
+
+
+def test_idle_connections_are_closed(start_daemon: Callable[..., Daemon]) -> None:
+    """server.idle_timeout_s: a connection that sends nothing, and a kept-alive one after its
+    request, are closed by the daemon (their place among max_connections is free again)."""
+    d = start_daemon(config={"server": {"idle_timeout_s": 0.3}})
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    kept = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for s in (silent, kept):
+            s.settimeout(30)
+            s.connect(d.socket)
+        kept.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b'{"live": true}' not in data:
+            data += kept.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert silent.recv(1) == b"", "closed, not left open"
+        assert kept.recv(1) == b""
+    finally:
+        silent.close()
+        kept.close()
+    assert d.terminate() == 0

@@ -639,7 +639,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 log.warning("server.admin_group: no group named %r; only root may call the "
                             "admin endpoints", cfg.server.admin_group)
         runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
-                               shutdown_timeout=cfg.server.shutdown_timeout_s + 2.0)
+                               shutdown_timeout=cfg.server.shutdown_timeout_s + 2.0,
+                               keepalive_timeout=cfg.server.idle_timeout_s)
         await runner.setup()
         assert runner.server is not None
         ensure_fd_limit(cfg.server.max_connections, log)

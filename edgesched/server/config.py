@@ -41,6 +41,7 @@ class ServerSection:
     admin_over_tcp: bool = False
     switch_interval_us: int = 200
     max_connections: int = 1024
+    idle_timeout_s: float = 60.0
     """The interpreter's thread switch interval (sys.setswitchinterval): how long the HTTP
     thread may hold the GIL while the dispatcher thread waits for it."""
 
@@ -165,6 +166,8 @@ def _validate(cfg: Config) -> Config:
         raise bad("server.retry_after_s", "seconds >= 0", s.retry_after_s)
     if s.queue_full_status not in (429, 503):
         raise bad("server.queue_full_status", "429 or 503", s.queue_full_status)
+    if not (s.idle_timeout_s > 0 and math.isfinite(s.idle_timeout_s)):
+        raise bad("server.idle_timeout_s", "a finite number of seconds > 0", s.idle_timeout_s)
     if s.max_connections < 1:
         raise bad("server.max_connections", "an integer >= 1", s.max_connections)
     if not 50 <= s.switch_interval_us <= 100_000:
