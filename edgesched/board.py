@@ -26,6 +26,9 @@ class RunCost:
 class Board(Protocol):
     profile: DeviceProfile
     view: BoardView
+    host_scale: float
+    """A model's service time at this board's top speed over its time on the host (1 on real
+    boards and ``none``: the host is the board; a virtual board's ``slowdown``)."""
 
     def current_opps(self) -> list[int]:
         """OPP index each cluster runs at now."""

@@ -23,6 +23,7 @@ value to it.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import time
@@ -59,6 +60,8 @@ def _price_model_j(profile: DeviceProfile, cluster: int, opp: int, busy_s: float
 class NullBoard:
     """No frequency control: remembers decisions, charges the model for the host's time."""
 
+    host_scale = 1.0
+
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
         self.view = BoardView.of(profile)
@@ -92,6 +95,8 @@ class _CpufreqBoard:
     (the kernel's governor keeps running; ``control_error`` says why); a vanished policy, a
     rejected or unverified value skip that change; each distinct failure is logged once.
     """
+
+    host_scale = 1.0
 
     def __init__(self, profile: DeviceProfile, cpufreq: Cpufreq, log: logging.Logger) -> None:
         self.profile = profile
@@ -185,8 +190,10 @@ class VirtualBoard(_CpufreqBoard):
 
     def __init__(self, profile: DeviceProfile, *, runtime_dir: Path, clock: Clock = time.monotonic,
                  sleep: Sleep = time.sleep, mode: Mode = "auto",
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, slowdown: float = 1.0) -> None:
         log = log or logging.getLogger("edgesched.boards")
+        if not (slowdown >= 1.0 and math.isfinite(slowdown)):
+            raise ConfigError(f"virtual board slowdown {slowdown!r}: expected a number >= 1")
         slug = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name) or "board"
         self.home = Path(runtime_dir) / f"virtual-{slug}"
         # the tree is this process's alone: a second daemon on the same runtime dir must not
@@ -205,6 +212,7 @@ class VirtualBoard(_CpufreqBoard):
         except BaseException:
             self._tree_lock.release()
             raise
+        self.host_scale = float(slowdown)
         self.clock = clock
         self.sleep = sleep
         self._pending_transition_s = 0.0
@@ -229,7 +237,8 @@ class VirtualBoard(_CpufreqBoard):
         work = p.work_from_top_latency(host_s * 1000.0)
         fastest = p.fastest_cluster
         top = len(p.clusters[fastest].opps) - 1
-        return host_s * p.latency_ms(work, cluster, opp) / p.latency_ms(work, fastest, top)
+        return (host_s * self.host_scale * p.latency_ms(work, cluster, opp)
+                / p.latency_ms(work, fastest, top))
 
     def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
         ci = decision.cluster
@@ -314,7 +323,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def open_board(spec: str, *, sysfs_root: Path | None = None, state_dir: Path,
                runtime_dir: Path, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
                log: logging.Logger | None = None, mode: Mode = "auto",
-               dry_run: bool = False) -> Board:
+               dry_run: bool = False, virtual_slowdown: float = 1.0) -> Board:
     """Open the board ``spec`` names (see the module docstring).
 
     For ``sysfs:`` a leftover state file in ``state_dir`` (a killed daemon) is restored before
@@ -327,7 +336,7 @@ def open_board(spec: str, *, sysfs_root: Path | None = None, state_dir: Path,
         return NullBoard(profile)
     if kind == "virtual":
         return VirtualBoard(profile, runtime_dir=runtime_dir, clock=clock, sleep=sleep,
-                            mode=mode, log=log)
+                            mode=mode, log=log, slowdown=virtual_slowdown)
     root = Path("/sys") if sysfs_root is None else Path(sysfs_root)
     if not dry_run:
         report = recover(root, state_dir, log=log)

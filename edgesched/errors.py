@@ -57,10 +57,13 @@ class ModelError(EdgeschedError):
 class AdmissionError(EdgeschedError):
     """The daemon refused an inference request before queueing it (maps to an HTTP status)."""
 
-    def __init__(self, status: int, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, status: int, reason: str, retry_after_s: float | None = None,
+                 outcome: str = "") -> None:
         self.status = status
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.outcome = outcome
+        """Set when the refusal is one of the queue's outcomes (``shutting_down``)."""
         super().__init__(reason)
 
 

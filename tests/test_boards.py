@@ -198,3 +198,22 @@ def test_runtime_modules_never_import_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_slowed_virtual_board_serves_at_its_own_speed(tmp_path: Path) -> None:
+    t = FakeTime()
+    board = open_board("virtual:rk3399", state_dir=tmp_path / "state",
+                       runtime_dir=tmp_path / "run", clock=t.clock, sleep=t.sleep,
+                       virtual_slowdown=8.0)
+    big = board.profile.fastest_cluster
+    top = Decision(big, len(board.profile.clusters[big].opps) - 1)
+    board.apply(top)
+    board.settle(top, 0.0, t.clock())  # the transition delay is charged once, here
+    assert board.host_scale == 8.0
+    started = t.clock()
+    t.now_s += 0.002  # 2 ms on the host
+    assert board.settle(top, 0.002, started).wall_s == pytest.approx(0.016)
+    board.close()
+    with pytest.raises(ConfigError, match="slowdown"):
+        open_board("virtual:rk3399", state_dir=tmp_path / "state", runtime_dir=tmp_path / "r2",
+                   virtual_slowdown=0.5)

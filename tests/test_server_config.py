@@ -44,6 +44,7 @@ def test_load_and_override(tmp_path: Path) -> None:
     ({"queue": {"shed_lower": 1}}, "expected true or false"),
     ({"server": "x"}, "[server] must be a table"),
     ({"server": {"switch_interval_us": 10}}, "server.switch_interval_us"),
+    ({"board": {"virtual_slowdown": 0.5}}, "board.virtual_slowdown"),
 ])
 def test_invalid(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -37,6 +37,8 @@ class FakeClock:
 class GatedBoard:
     """A board whose ``settle`` blocks until the test opens the gate (one run at a time)."""
 
+    host_scale = 1.0
+
     def __init__(self) -> None:
         self.profile = load_profile("rk3399")
         self.view = BoardView.of(self.profile)

@@ -217,10 +217,16 @@ def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[...,
     assert (d.home / "run" / "virtual-rk3399.lock").read_text() == "", "lock released"
 
 
-def test_switch_interval_is_applied(start_daemon: Callable[..., Daemon]) -> None:
-    d = start_daemon(config={"server": {"switch_interval_us": 350}})
+def test_switch_interval_and_dispatcher_priority_are_applied(
+        start_daemon: Callable[..., Daemon]) -> None:
+    d = start_daemon(config={"server": {"switch_interval_us": 350, "dispatcher_nice": -3}})
     with d.client() as c:
-        assert c.status()["switch_interval_us"] == 350
+        doc = c.status()
+    assert doc["switch_interval_us"] == 350
+    if os.geteuid() == 0:  # a raise needs root, CAP_SYS_NICE or LimitNICE
+        assert doc["dispatcher_nice"] == -3
+    else:
+        assert doc["dispatcher_nice"] in (-3, 0)
     assert d.terminate() == 0
 
 
@@ -318,4 +324,21 @@ def test_idle_connections_are_closed(start_daemon: Callable[..., Daemon]) -> Non
     finally:
         silent.close()
         kept.close()
+    assert d.terminate() == 0
+
+
+def test_a_slowed_virtual_board_sets_service_times_and_admission(
+        start_daemon: Callable[..., Daemon]) -> None:
+    """board.virtual_slowdown = 8: service at the top speed takes 8x the host's time, and the
+    deadline check judges against that (a timeout of twice the host's time is infeasible)."""
+    d = start_daemon(args=("--board", "virtual:rk3399", "--policy", "performance"),
+                     config={"board": {"virtual_slowdown": 8.0}})
+    with d.client() as c:
+        res = c.infer(HAND, {"input_1": HAND_X}, priority=1)
+        host_us = c.status()["models"][HAND]["service_us_startup"]
+        with pytest.raises(ClientError) as refused:
+            c.infer(HAND, {"input_1": HAND_X}, priority=1, timeout_us=int(2 * host_us))
+    p = res.parameters
+    assert p["freq_khz"] == 1_800_000 and p["service_us"] > 4 * p["host_us"]
+    assert refused.value.status == 400 and "deadline" in str(refused.value)
     assert d.terminate() == 0

@@ -125,7 +125,8 @@ def _admission_response(exc: AdmissionError) -> web.Response:
     headers = None
     if exc.retry_after_s is not None:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-    return _error(exc.status, exc.reason, headers=headers)
+    extra = {"outcome": exc.outcome} if exc.outcome else {}
+    return _error(exc.status, exc.reason, headers=headers, **extra)
 
 
 # --------------------------------------------------------------------------------- handlers
@@ -191,7 +192,8 @@ async def infer(request: web.Request) -> web.Response:
                           cfg.queue.default_priority)
         priority = req.priority
         if cfg.admission.reject_infeasible_deadline:
-            check_deadline(req, model.service_s, cfg.admission.deadline_margin,
+            check_deadline(req, model.service_s * st.board.host_scale,
+                           cfg.admission.deadline_margin,
                            cfg.admission.infeasible_status)
         mailbox = st.mailbox
         if mailbox is None:
@@ -276,6 +278,7 @@ async def status(request: web.Request) -> web.Response:
         "renewable_fraction": st.config.energy.renewable_fraction,
         "config": config_to_dict(st.config),
         "switch_interval_us": round(sys.getswitchinterval() * 1e6),
+        "dispatcher_nice": st.dispatcher.thread_nice,
     }
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
@@ -609,7 +612,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
 
     board = open_board_spec(cfg.board.spec, sysfs_root=Path(cfg.board.sysfs_root),
                             state_dir=Path(cfg.board.state_dir),
-                            runtime_dir=Path(cfg.board.runtime_dir), clock=clock)
+                            runtime_dir=Path(cfg.board.runtime_dir), clock=clock,
+                            virtual_slowdown=cfg.board.virtual_slowdown)
     sock_path: Path | None = None
     runner: web.AppRunner | None = None
     dispatcher: Dispatcher | None = None
@@ -625,7 +629,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                       cfg.energy.renewable_fraction))
         dispatcher = Dispatcher(board, policy, queue, meter, clock=clock,
                                 queue_full_status=cfg.server.queue_full_status,
-                                retry_after_s=cfg.server.retry_after_s)
+                                retry_after_s=cfg.server.retry_after_s,
+                                nice=cfg.server.dispatcher_nice)
         dispatcher.start()
         state = ServerState(config=cfg, models=models, dispatcher=dispatcher, metrics=meter,
                             board=board, policy=policy, clock=clock, started_s=clock(),

@@ -21,7 +21,8 @@ HOST_PROFILE = "rk3399"
 
 def open_board_spec(spec: str, *, sysfs_root: Path, state_dir: Path, runtime_dir: Path,
                     clock: Callable[[], float] = time.monotonic,
-                    sleep: Callable[[float], None] = time.sleep) -> Board:
+                    sleep: Callable[[float], None] = time.sleep,
+                    virtual_slowdown: float = 1.0) -> Board:
     """``virtual:NAME_OR_PATH`` | ``sysfs:PROFILE`` | ``null:PROFILE`` | ``none``.
 
     ``none`` (or ``none:PROFILE``) changes nothing and prices inferences with the rk3399 (or the
@@ -37,7 +38,7 @@ def open_board_spec(spec: str, *, sysfs_root: Path, state_dir: Path, runtime_dir
         return boards.NullBoard(load_profile(spec.partition(":")[2] or HOST_PROFILE))
     return boards.open_board(spec, sysfs_root=sysfs_root,
                              state_dir=state_dir, runtime_dir=runtime_dir, clock=clock,
-                             sleep=sleep, log=log)
+                             sleep=sleep, log=log, virtual_slowdown=virtual_slowdown)
 
 
 def make_policy(spec: str, fallback: str = "schedutil") -> Policy:

@@ -42,6 +42,7 @@ class ServerSection:
     switch_interval_us: int = 200
     max_connections: int = 1024
     idle_timeout_s: float = 60.0
+    dispatcher_nice: int = -10
     """The interpreter's thread switch interval (sys.setswitchinterval): how long the HTTP
     thread may hold the GIL while the dispatcher thread waits for it."""
 
@@ -77,6 +78,7 @@ class BoardSection:
     sysfs_root: str = "/sys"
     state_dir: str = "/var/lib/edgesched"
     runtime_dir: str = "/run/edgesched"
+    virtual_slowdown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,11 @@ def _validate(cfg: Config) -> Config:
         raise bad("server.queue_full_status", "429 or 503", s.queue_full_status)
     if not (s.idle_timeout_s > 0 and math.isfinite(s.idle_timeout_s)):
         raise bad("server.idle_timeout_s", "a finite number of seconds > 0", s.idle_timeout_s)
+    if not (cfg.board.virtual_slowdown >= 1.0 and math.isfinite(cfg.board.virtual_slowdown)):
+        raise bad("board.virtual_slowdown", "a finite number >= 1",
+                  cfg.board.virtual_slowdown)
+    if not -20 <= s.dispatcher_nice <= 19:
+        raise bad("server.dispatcher_nice", "a nice value in -20..19", s.dispatcher_nice)
     if s.max_connections < 1:
         raise bad("server.max_connections", "an integer >= 1", s.max_connections)
     if not 50 <= s.switch_interval_us <= 100_000:
