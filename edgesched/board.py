@@ -40,9 +40,12 @@ class Board(Protocol):
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
         """CPUs to pin the inference thread to for ``cluster`` (empty: no pinning)."""
 
-    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
         """Called after an inference that took ``host_s`` on the host; the virtual board waits
-        until the emulated service time has passed since ``started_s`` and prices it."""
+        until the emulated service time has passed since ``started_s`` and prices it.
+        ``reference_s``: the model's usual host time; a virtual board emulates from it, so that
+        a host slowed down by other work does not make the emulated board slower."""
 
     def close(self) -> None:
         """Give the board back: restore every setting changed."""

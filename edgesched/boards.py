@@ -78,8 +78,9 @@ class NullBoard:
         del cluster
         return ()
 
-    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
-        del started_s
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
+        del started_s, reference_s
         opp = self._opps[decision.cluster]
         return RunCost(wall_s=host_s,
                        energy_j=_price_model_j(self.profile, decision.cluster, opp, host_s))
@@ -240,15 +241,22 @@ class VirtualBoard(_CpufreqBoard):
         return (host_s * self.host_scale * p.latency_ms(work, cluster, opp)
                 / p.latency_ms(work, fastest, top))
 
-    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
+        """Waits out the emulated time. With ``reference_s`` it is emulated from the model's
+        usual host time, not this run's: the host's own contention (the HTTP thread, local
+        clients) would otherwise come out ``host_scale`` times larger. A run that took longer
+        on the host than the emulated board would is reported as it happened."""
         ci = decision.cluster
         opp = self._known[ci]
-        run_s = self.emulated_s(ci, opp, host_s)
+        run_s = self.emulated_s(ci, opp, host_s if reference_s is None else reference_s)
         wall_s = run_s + self._pending_transition_s
         self._pending_transition_s = 0.0
         remaining_s = started_s + wall_s - self.clock()
         if remaining_s > 0.0:
             self.sleep(remaining_s)
+        elif reference_s is not None:
+            wall_s -= remaining_s  # the host was slower than the board it emulates
         return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s))
 
     def close(self) -> None:
@@ -301,8 +309,9 @@ class SysfsBoard(_CpufreqBoard):
             lat = self.profile.clusters[decision.cluster].transition_latency_ns
         return lat * 1e-9
 
-    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
-        del started_s
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
+        del started_s, reference_s
         mark, self._mark_j = self._mark_j, None
         now = self._meter_j()
         if mark is not None and now is not None:

@@ -217,3 +217,33 @@ def test_a_slowed_virtual_board_serves_at_its_own_speed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="slowdown"):
         open_board("virtual:rk3399", state_dir=tmp_path / "state", runtime_dir=tmp_path / "r2",
                    virtual_slowdown=0.5)
+
+
+def test_the_virtual_board_emulates_from_the_reference_time(tmp_path: Path) -> None:
+    """Host contention must not come out slowdown-times larger: with ``reference_s`` the
+    emulated time follows the model's usual host time, and a run the host made slower than the
+    emulated board is reported as it happened."""
+    t = FakeTime()
+    board = open_board("virtual:rk3399", state_dir=tmp_path / "state",
+                       runtime_dir=tmp_path / "run", clock=t.clock, sleep=t.sleep,
+                       virtual_slowdown=8.0)
+    big = board.profile.fastest_cluster
+    top = Decision(big, len(board.profile.clusters[big].opps) - 1)
+    board.apply(top)
+    board.settle(top, 0.0, t.clock())  # the transition delay is charged once, here
+    started = t.clock()
+    t.now_s += 0.005  # this run took 5 ms on a busy host; the model usually takes 2 ms
+    slowed = board.settle(top, 0.005, started, reference_s=0.002)
+    assert slowed.wall_s == pytest.approx(0.016) and t.now_s == pytest.approx(started + 0.016)
+    board.close()
+    t2 = FakeTime()
+    same = open_board("virtual:rk3399", state_dir=tmp_path / "s2", runtime_dir=tmp_path / "r2",
+                      clock=t2.clock, sleep=t2.sleep)
+    same.apply(top)
+    same.settle(top, 0.0, t2.clock())
+    started = t2.clock()
+    t2.now_s += 0.005
+    late = same.settle(top, 0.005, started, reference_s=0.002)
+    assert late.wall_s == pytest.approx(0.005), "the host was slower: reported as it happened"
+    assert late.energy_j == pytest.approx(same.settle(top, 0.002, t2.clock()).energy_j)
+    same.close()

@@ -59,7 +59,8 @@ class GatedBoard:
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
         return ()
 
-    def settle(self, decision: Decision, host_s: float, started_s: float) -> RunCost:
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
         self.running.set()
         assert self.gate.acquire(timeout=30)
         self.running.clear()

@@ -363,7 +363,7 @@ class Dispatcher:
             self._finish(entry, Outcome(500, "error", f"inference failed: {exc}"))
             return
         host_s = time.perf_counter() - t0
-        cost = self.board.settle(decision, host_s, started_s)
+        cost = self.board.settle(decision, host_s, started_s, reference_s=job.model.service_s)
         end_s = self.clock()
         self._account(decision, started_s, end_s, cost.wall_s)
         job.model.record(host_s)
