@@ -200,15 +200,22 @@ def test_runtime_modules_never_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_a_slowed_virtual_board_serves_at_its_own_speed(tmp_path: Path) -> None:
-    t = FakeTime()
+def at_top(tmp_path: Path, t: FakeTime, slowdown: float) -> tuple[Board, Decision]:
+    """A virtual rk3399 ``slowdown`` times slower than the host, already at its top OPP (the
+    transition delay charged), and that decision."""
     board = open_board("virtual:rk3399", state_dir=tmp_path / "state",
                        runtime_dir=tmp_path / "run", clock=t.clock, sleep=t.sleep,
-                       virtual_slowdown=8.0)
+                       virtual_slowdown=slowdown)
     big = board.profile.fastest_cluster
     top = Decision(big, len(board.profile.clusters[big].opps) - 1)
     board.apply(top)
-    board.settle(top, 0.0, t.clock())  # the transition delay is charged once, here
+    board.settle(top, 0.0, t.clock())
+    return board, top
+
+
+def test_a_slowed_virtual_board_serves_at_its_own_speed(tmp_path: Path) -> None:
+    t = FakeTime()
+    board, top = at_top(tmp_path, t, 8.0)
     assert board.host_scale == 8.0
     started = t.clock()
     t.now_s += 0.002  # 2 ms on the host
@@ -224,23 +231,14 @@ def test_the_virtual_board_emulates_from_the_reference_time(tmp_path: Path) -> N
     emulated time follows the model's usual host time, and a run the host made slower than the
     emulated board is reported as it happened."""
     t = FakeTime()
-    board = open_board("virtual:rk3399", state_dir=tmp_path / "state",
-                       runtime_dir=tmp_path / "run", clock=t.clock, sleep=t.sleep,
-                       virtual_slowdown=8.0)
-    big = board.profile.fastest_cluster
-    top = Decision(big, len(board.profile.clusters[big].opps) - 1)
-    board.apply(top)
-    board.settle(top, 0.0, t.clock())  # the transition delay is charged once, here
+    board, top = at_top(tmp_path / "a", t, 8.0)
     started = t.clock()
     t.now_s += 0.005  # this run took 5 ms on a busy host; the model usually takes 2 ms
     slowed = board.settle(top, 0.005, started, reference_s=0.002)
     assert slowed.wall_s == pytest.approx(0.016) and t.now_s == pytest.approx(started + 0.016)
     board.close()
     t2 = FakeTime()
-    same = open_board("virtual:rk3399", state_dir=tmp_path / "s2", runtime_dir=tmp_path / "r2",
-                      clock=t2.clock, sleep=t2.sleep)
-    same.apply(top)
-    same.settle(top, 0.0, t2.clock())
+    same, top = at_top(tmp_path / "b", t2, 1.0)
     started = t2.clock()
     t2.now_s += 0.005
     late = same.settle(top, 0.005, started, reference_s=0.002)
