@@ -493,9 +493,10 @@ class Cpufreq:
         self._saved: dict[str, SavedPolicy] = {}
         self._gone: set[str] = set()
         self._lock = LeaseLock(self.state_dir / LOCK_NAME, self.log)
-        if not dry_run and (claim or state_path(self.state_dir).exists()):
+        leftover = not dry_run and state_path(self.state_dir).exists()
+        if leftover or (claim and not dry_run):
             self._lock.acquire()
-        if not dry_run and state_path(self.state_dir).exists():
+        if leftover:
             self.log.warning("found cpufreq settings left by a previous run in %s; restoring "
                              "them first", state_path(self.state_dir))
             _recover_locked(self.sysfs_root, self.state_dir, self.io, self.log)

@@ -192,7 +192,7 @@ async def infer(request: web.Request) -> web.Response:
                           cfg.queue.default_priority)
         priority = req.priority
         if cfg.admission.reject_infeasible_deadline:
-            check_deadline(req, model.service_s * st.board.host_scale,
+            check_deadline(req, st.dispatcher.top_service_s(model),
                            cfg.admission.deadline_margin,
                            cfg.admission.infeasible_status)
         mailbox = st.mailbox

@@ -117,7 +117,7 @@ class Dispatcher:
             self._ids += 1
             entry = Entry(request_id=self._ids, priority=job.req.priority,
                           deadline_s=job.deadline_s, size_bytes=job.req.size_bytes,
-                          service_ms=job.model.service_s * self.board.host_scale * 1000.0,
+                          service_ms=self.top_service_s(job.model) * 1000.0,
                           payload=job)
             try:
                 shed = self.queue.push(entry, now)
@@ -132,6 +132,11 @@ class Dispatcher:
         for victim in shed:
             self._finish(victim, Outcome(503, "shed", "shed: displaced from a full queue by a "
                                          "higher-priority request; retry later"))
+
+    def top_service_s(self, model: LoadedModel) -> float:
+        """``model``'s service time at the board's top speed: its start-up host time, scaled
+        for a virtual board slower than the host (queue backlog, admission, observation)."""
+        return model.service_s * self.board.host_scale
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run ``fn`` on the dispatcher thread between two requests (from any thread).
@@ -292,7 +297,7 @@ class Dispatcher:
         work = self._work.get(job.model.name)
         if work is None:  # the service time is fixed at start-up: one Work per model
             work = self.board.profile.work_from_top_latency(
-                job.model.service_s * self.board.host_scale * 1000.0)
+                self.top_service_s(job.model) * 1000.0)
             self._work[job.model.name] = work
         with self._cond:
             queue_len = len(self.queue)
