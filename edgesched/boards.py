@@ -89,21 +89,35 @@ class NullBoard:
         pass
 
 
+RECHECK_S = 0.25
+"""How long a cluster's OPP, once set and read back, is taken as known without reading sysfs."""
+
+
 class _CpufreqBoard:
     """Frequency control through :class:`Cpufreq` for each cluster of a profile.
 
     Failures never stop inference: permission, state-file and mode errors switch control off
     (the kernel's governor keeps running; ``control_error`` says why); a vanished policy, a
     rejected or unverified value skip that change; each distinct failure is logged once.
+
+    A decision for the OPP a cluster was set to (and read back at) less than ``recheck_s`` ago
+    touches no file, and :meth:`current_opps` reads a cluster at most once per ``recheck_s``:
+    a request at an unchanged frequency costs no sysfs I/O. Past ``recheck_s`` the next
+    decision goes through :class:`Cpufreq` again, so a setting changed behind the daemon's back
+    (another tool, a vanished policy) is seen and put right within that time.
     """
 
     host_scale = 1.0
 
-    def __init__(self, profile: DeviceProfile, cpufreq: Cpufreq, log: logging.Logger) -> None:
+    def __init__(self, profile: DeviceProfile, cpufreq: Cpufreq, log: logging.Logger, *,
+                 clock: Clock = time.monotonic, recheck_s: float = RECHECK_S) -> None:
         self.profile = profile
         self.view = BoardView.of(profile)
         self.cpufreq = cpufreq
         self.log = log
+        self.clock = clock
+        self.recheck_s = recheck_s
+        self._checked_s = [-math.inf] * len(profile.clusters)  # set and read back
         self.control_error: str | None = None
         self._logged: set[str] = set()
         self.policies: list[PolicyInfo] = []
@@ -121,6 +135,7 @@ class _CpufreqBoard:
                             info.cpuinfo_max_khz, profile.name, c.max_khz)
             self.policies.append(info)
         self._known = [self._read_opp(i) for i in range(len(profile.clusters))]
+        self._seen_s = [clock()] * len(profile.clusters)  # when each OPP was last read or set
 
     def _once(self, key: str, level: int, msg: str) -> None:
         if key not in self._logged:
@@ -136,7 +151,12 @@ class _CpufreqBoard:
             return len(c.opps) - 1
 
     def current_opps(self) -> list[int]:
-        self._known = [self._read_opp(i) for i in range(len(self.profile.clusters))]
+        """Each cluster's OPP: read from sysfs unless read (or set) within ``recheck_s``."""
+        now = self.clock()
+        for i, seen_s in enumerate(self._seen_s):
+            if now - seen_s >= self.recheck_s:
+                self._known[i] = self._read_opp(i)
+                self._seen_s[i] = now
         return list(self._known)
 
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
@@ -146,6 +166,9 @@ class _CpufreqBoard:
         """Apply a decision; True if the cluster's OPP changed."""
         ci = decision.cluster
         if self.control_error is not None:
+            return False
+        now = self.clock()
+        if decision.opp == self._known[ci] and now - self._checked_s[ci] < self.recheck_s:
             return False
         khz = self.profile.clusters[ci].opps[decision.opp].khz
         info = self.policies[ci]
@@ -167,6 +190,7 @@ class _CpufreqBoard:
         new = self.profile.clusters[ci].opp_index_of(applied)
         changed = new != self._known[ci]
         self._known[ci] = new
+        self._checked_s[ci] = self._seen_s[ci] = now
         return changed
 
     def _give_back(self) -> None:
@@ -209,12 +233,11 @@ class VirtualBoard(_CpufreqBoard):
             io: SysfsIO = self.kernel
             cpufreq = Cpufreq(self.sysfs_root, state_dir=self.home / "state", mode=mode,
                               log=log, io=io)
-            super().__init__(profile, cpufreq, log)
+            super().__init__(profile, cpufreq, log, clock=clock)
         except BaseException:
             self._tree_lock.release()
             raise
         self.host_scale = float(slowdown)
-        self.clock = clock
         self.sleep = sleep
         self._pending_transition_s = 0.0
 
@@ -278,7 +301,7 @@ class SysfsBoard(_CpufreqBoard):
         cpufreq = Cpufreq(sysfs_root, state_dir=state_dir, mode=mode, dry_run=dry_run, log=log,
                           io=io, claim=not dry_run)
         try:
-            super().__init__(profile, cpufreq, log)
+            super().__init__(profile, cpufreq, log, clock=clock)
         except BaseException:
             cpufreq.close()
             raise

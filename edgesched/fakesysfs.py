@@ -301,6 +301,8 @@ class FaultInjector:
     faults: list[Fault] = field(default_factory=list)
     writes: list[tuple[str, str]] = field(default_factory=list)
     """(path, value) of every write that reached the inner writer."""
+    reads: int = 0
+    """Reads that reached the inner reader."""
 
     def fail(self, match: str, errno_code: int, *, on: str = "write",
              times: int | None = None) -> None:
@@ -323,6 +325,7 @@ class FaultInjector:
 
     def read_text(self, path: Path) -> str:
         self._check(path, "read")
+        self.reads += 1
         return self.inner.read_text(path)
 
     def write_text(self, path: Path, value: str) -> None:

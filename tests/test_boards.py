@@ -245,3 +245,35 @@ def test_the_virtual_board_emulates_from_the_reference_time(tmp_path: Path) -> N
     assert late.wall_s == pytest.approx(0.005), "the host was slower: reported as it happened"
     assert late.energy_j == pytest.approx(same.settle(top, 0.002, t2.clock()).energy_j)
     same.close()
+
+
+def test_an_unchanged_opp_costs_no_sysfs_io_until_the_recheck(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "sys", "rk3399")
+    io = FaultInjector(FakeKernel(root))
+    t = FakeTime()
+    board = SysfsBoard(load_profile("rk3399"), sysfs_root=root, state_dir=tmp_path / "state",
+                       clock=t.clock, io=io)
+    assert board.apply(Decision(1, 7)) > 0.0
+    assert read_attr(root, "policy4", "scaling_setspeed") == "1800000"
+    reads, writes = io.reads, len(io.writes)
+    for _ in range(5):  # the same OPP again, within recheck_s: no file touched
+        t.now_s += board.recheck_s / 10
+        assert board.apply(Decision(1, 7)) == 0.0
+        assert board.current_opps()[1] == 7
+    assert (io.reads, len(io.writes)) == (reads, writes)
+
+    # behind the daemon's back: another tool hands policy4 back to schedutil
+    (root / "devices/system/cpu/cpufreq/policy4/scaling_governor").write_text("schedutil\n")
+    t.now_s += board.recheck_s / 10
+    board.apply(Decision(1, 7))
+    assert read_attr(root, "policy4", "scaling_governor") == "schedutil", "not yet re-checked"
+    t.now_s += board.recheck_s
+    board.apply(Decision(1, 7))
+    assert read_attr(root, "policy4", "scaling_governor") == "userspace", "put right"
+    assert io.reads > reads
+
+    reads = io.reads
+    assert board.apply(Decision(1, 3)) > 0.0, "another OPP is always written at once"
+    assert read_attr(root, "policy4", "scaling_setspeed") == "1008000"
+    assert io.reads > reads
+    board.close()
