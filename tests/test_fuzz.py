@@ -150,8 +150,8 @@ def test_admin_policy_bodies_never_5xx(daemon: Daemon, doc: Any) -> None:
 SECTIONS = {
     "server": ["socket", "socket_mode", "socket_group", "http_port", "http_host",
                "max_body_bytes", "shutdown_timeout_s", "retry_after_s", "queue_full_status",
-               "admin_group", "admin_over_tcp", "switch_interval_us", "idle_timeout_s", "dispatcher_nice",
-               "max_connections"],
+               "admin_group", "admin_over_tcp", "switch_interval_us", "idle_timeout_s",
+               "dispatcher_nice", "max_connections", "priority_socket", "priority_socket_group"],
     "models": ["dir", "num_threads", "warmup_runs", "measure_runs"],
     "queue": ["levels", "default_priority", "max_count", "max_bytes", "aging_s", "shed_lower"],
     "admission": ["reject_infeasible_deadline", "infeasible_status", "deadline_margin"],

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from edgesched.errors import ConfigError
-from edgesched.server.config import Config, load_config, parse_config, with_overrides
+from edgesched.server.config import (
+    Config,
+    load_config,
+    parse_config,
+    priority_socket_path,
+    with_overrides,
+)
 
 
 def test_defaults_and_frozen() -> None:
@@ -45,11 +51,23 @@ def test_load_and_override(tmp_path: Path) -> None:
     ({"server": "x"}, "[server] must be a table"),
     ({"server": {"switch_interval_us": 10}}, "server.switch_interval_us"),
     ({"board": {"virtual_slowdown": 0.5}}, "board.virtual_slowdown"),
+    ({"server": {"socket": "/run/a.sock", "priority_socket": "/run/a.sock"}},
+     "server.priority_socket: expected a path other than server.socket"),
 ])
 def test_invalid(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(doc, "t.toml")
     assert needle in str(err.value) and "t.toml" in str(err.value)
+
+
+def test_priority_socket_path() -> None:
+    def lane(**server: str) -> Path | None:
+        return priority_socket_path(parse_config({"server": server}, "t.toml").server)
+
+    assert lane() == Path("/run/edgesched/edgesched-priority.sock")
+    assert lane(socket="/tmp/x/api") == Path("/tmp/x/api-priority.sock")
+    assert lane(priority_socket="/run/critical.sock") == Path("/run/critical.sock")
+    assert lane(priority_socket="") is None
 
 
 def test_missing_files(tmp_path: Path) -> None:

@@ -73,7 +73,11 @@ def test_every_hardening_line_has_a_comment() -> None:
 
 def test_socket_is_group_only() -> None:
     sock = parse_unit(SYSTEMD / "edgesched.socket")["Socket"]
-    assert one(sock, "ListenStream") == "/run/edgesched/edgesched.sock"
+    from edgesched.server.config import Config, priority_socket_path
+
+    server = Config().server
+    # the main socket and the priority lane, at the paths the daemon's defaults give them
+    assert values(sock, "ListenStream") == [server.socket, str(priority_socket_path(server))]
     assert one(sock, "SocketMode") == "0660"
     assert one(sock, "SocketGroup") == "edgesched"
 

@@ -37,9 +37,10 @@ from edgesched.queue import RequestQueue
 from edgesched.server import systemd
 from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of, system_identity
 from edgesched.server.admission import check_deadline, encode_response, parse_infer
-from edgesched.server.config import Config, config_to_dict
+from edgesched.server.config import PRIORITY_SOCKET_AUTO, Config, config_to_dict, priority_socket_path
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
 from edgesched.server.gate import ConnectionGate, ensure_fd_limit
+from edgesched.server.lane import PriorityLane
 from edgesched.server.metrics import Metrics
 from edgesched.server.openapi import openapi
 from edgesched.server.runner import LoadedModel, load_models, shipped_models_dir
@@ -64,7 +65,9 @@ class ServerState:
     started_s: float = 0.0
     model_errors: list[str] = field(default_factory=list)
     ready: bool = True
-    mailbox: Mailbox | None = None
+    mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = field(default_factory=dict)
+    """One per event loop that serves requests (the main one, the priority lane's)."""
+    priority_socket: str | None = None
     gate: AdminGate = field(default_factory=AdminGate)
     models_dir: Path | None = None
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -195,9 +198,10 @@ async def infer(request: web.Request) -> web.Response:
             check_deadline(req, st.dispatcher.top_service_s(model),
                            cfg.admission.deadline_margin,
                            cfg.admission.infeasible_status)
-        mailbox = st.mailbox
+        loop = asyncio.get_running_loop()
+        mailbox = st.mailboxes.get(loop)
         if mailbox is None:
-            mailbox = st.mailbox = Mailbox(asyncio.get_running_loop())
+            mailbox = st.mailboxes.setdefault(loop, Mailbox(loop))
         fut: asyncio.Future[Outcome] = mailbox.loop.create_future()
 
         def deliver(out: Outcome) -> None:
@@ -279,6 +283,7 @@ async def status(request: web.Request) -> web.Response:
         "config": config_to_dict(st.config),
         "switch_interval_us": round(sys.getswitchinterval() * 1e6),
         "dispatcher_nice": st.dispatcher.thread_nice,
+        "priority_socket": st.priority_socket,
     }
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
@@ -289,6 +294,16 @@ async def openapi_doc(request: web.Request) -> web.Response:
 
 async def not_found(request: web.Request) -> web.Response:
     """The last route: a JSON 404 (or 405 with Allow) that says where to look."""
+    return await _no_route(request, "the API is described at GET /v2/openapi.json")
+
+
+async def lane_not_found(request: web.Request) -> web.Response:
+    """The priority lane's last route: what is not inference or health is on the main socket."""
+    return await _no_route(request, "the priority socket serves inference, health and model "
+                           "metadata only; status, metrics and admin are on the main socket")
+
+
+async def _no_route(request: web.Request, hint: str) -> web.Response:
     allowed: set[str] = set()
     for resource in request.app.router.resources():
         if resource is request.match_info.route.resource:
@@ -300,7 +315,7 @@ async def not_found(request: web.Request) -> web.Response:
     if allowed:
         return _error(405, f"method not allowed: {where}; allowed: {', '.join(sorted(allowed))}",
                       headers={"Allow": ", ".join(sorted(allowed))})
-    return _error(404, f"no endpoint {where}; the API is described at GET /v2/openapi.json")
+    return _error(404, f"no endpoint {where}; {hint}")
 
 
 # --------------------------------------------------------------------------------- admin
@@ -492,7 +507,9 @@ async def admin_restore(request: web.Request, st: ServerState, verdict: Verdict,
                               "note": "the policy sets frequencies again at the next request"})
 
 
-def build_app(state: ServerState) -> web.Application:
+def build_app(state: ServerState, *, lane: bool = False) -> web.Application:
+    """The application of the main socket, or with ``lane`` the priority lane's: inference,
+    health and model metadata only (status, metrics and admin stay on the main socket)."""
     # the body limit is enforced in the handler (JSON 413); aiohttp's own is a backstop
     app = web.Application(client_max_size=state.config.server.max_body_bytes + 1)
     app[STATE] = state
@@ -507,6 +524,9 @@ def build_app(state: ServerState) -> web.Application:
     r.add_get("/v2/models/{name}/ready", model_ready)
     r.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
     r.add_post("/v2/models/{name}/versions/{version}/infer", infer)
+    if lane:
+        r.add_route("*", "/{tail:.*}", lane_not_found)
+        return app
     r.add_get("/metrics", metrics)
     r.add_get("/v2/status", status)
     r.add_get("/status", status)
@@ -564,7 +584,7 @@ def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot bind {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old)
     try:
@@ -578,6 +598,34 @@ def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def _lane_socket(cfg: Config, inherited: list[socket.socket]) -> tuple[socket.socket | None,
+                                                                        Path | None]:
+    """The priority lane's listening socket and the path to unlink at exit (None if inherited).
+
+    Under socket activation the lane is the inherited socket at its path (taken out of
+    ``inherited``), or there is none. Otherwise it is bound here; with ``auto`` a failure only
+    costs the lane (logged), with an explicit path it stops the daemon."""
+    path = priority_socket_path(cfg.server)
+    if path is None:
+        return None, None
+    if inherited:
+        for sock in inherited:
+            if _listener_name(sock) == f"unix:{path}":
+                inherited.remove(sock)
+                return sock, None
+        log.info("no priority lane: socket activation passed no socket at %s", path)
+        return None, None
+    group = cfg.server.priority_socket_group or cfg.server.socket_group
+    try:
+        return bind_unix_socket(path, cfg.server.socket_mode, group), path
+    except ConfigError as exc:
+        if cfg.server.priority_socket != PRIORITY_SOCKET_AUTO:
+            raise ConfigError(f"server.priority_socket: {exc}") from None
+        log.warning("no priority lane: %s (set server.priority_socket to a path, or to \"\" "
+                    "to turn the lane off)", exc)
+        return None, None
 
 
 # --------------------------------------------------------------------------------- daemon
@@ -615,6 +663,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                             runtime_dir=Path(cfg.board.runtime_dir), clock=clock,
                             virtual_slowdown=cfg.board.virtual_slowdown)
     sock_path: Path | None = None
+    lane_path: Path | None = None
+    lane: PriorityLane | None = None
     runner: web.AppRunner | None = None
     dispatcher: Dispatcher | None = None
     old_switch_s = sys.getswitchinterval()
@@ -648,12 +698,29 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                keepalive_timeout=cfg.server.idle_timeout_s)
         await runner.setup()
         assert runner.server is not None
-        ensure_fd_limit(cfg.server.max_connections, log)
-        gate = ConnectionGate(runner.server, cfg.server.max_connections,
-                              cfg.server.retry_after_s, on_refused=meter.connection_refused)
         listeners: list[asyncio.AbstractServer] = []
         names: list[str] = []
         inherited = systemd.inherited_sockets()
+        lane_sock, lane_path = _lane_socket(cfg, inherited)
+        ensure_fd_limit(cfg.server.max_connections * (2 if lane_sock else 1), log)
+        gate = ConnectionGate(runner.server, cfg.server.max_connections,
+                              cfg.server.retry_after_s, on_refused=meter.connection_refused)
+        lane_name = ""
+        if lane_sock is not None:  # first: the daemon is ready once every door is open
+            lane = PriorityLane(
+                build_app(state, lane=True), lane_sock, name=_listener_name(lane_sock),
+                max_connections=cfg.server.max_connections,
+                retry_after_s=cfg.server.retry_after_s,
+                idle_timeout_s=cfg.server.idle_timeout_s,
+                shutdown_timeout_s=cfg.server.shutdown_timeout_s + 2.0, backlog=LISTEN_BACKLOG,
+                nice=cfg.server.dispatcher_nice, on_refused=meter.connection_refused, log=log)
+            try:
+                await loop.run_in_executor(None, lane.start)
+            except BaseException:
+                lane_sock.close()  # never listened on
+                raise
+            state.priority_socket = lane.name.removeprefix("unix:")
+            lane_name = f"{lane.name} (priority lane)"
         socks = list(inherited)
         if not inherited:
             sock_path = Path(cfg.server.socket)
@@ -667,7 +734,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 gate, cfg.server.http_host, cfg.server.http_port, reuse_address=True,
                 backlog=LISTEN_BACKLOG))
             names.append(f"http://{cfg.server.http_host}:{cfg.server.http_port}")
-        where = ", ".join(names)
+        where = ", ".join([*names, lane_name] if lane_name else names)
         log.info("serving %d model(s) on %s; board %s, policy %s", len(models), where,
                  board.profile.name, policy.name)
         systemd.notify(f"READY=1\nSTATUS=serving {len(models)} model(s) on {where}")
@@ -680,12 +747,17 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             if not dispatcher.alive():
                 log.error("the dispatcher stopped; exiting")
                 break
+            if lane is not None and not lane.alive():
+                log.error("the priority lane stopped; exiting")
+                break
         log.info("stopping: draining the queue for up to %.1f s", cfg.server.shutdown_timeout_s)
         systemd.notify("STOPPING=1")
         state.ready = False
         dispatcher.close(cfg.server.shutdown_timeout_s)
         for listener in listeners:  # no new connections; the open ones still get their answers
             listener.close()
+        if lane is not None:
+            lane.close()
         # every queued request is served or answered before the HTTP side shuts down, however
         # long the running inference takes (the answers reach their handlers through the mailbox)
         done = await loop.run_in_executor(None, dispatcher.join,
@@ -694,6 +766,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             log.error("the running inference did not finish in time")
         await runner.cleanup()  # waits for the handlers to write those answers
         runner = None
+        if lane is not None:
+            await loop.run_in_executor(None, lane.shutdown, cfg.server.shutdown_timeout_s + 5.0)
         return 0
     finally:
         sys.setswitchinterval(old_switch_s)
@@ -702,10 +776,13 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             drain_remaining(dispatcher)
         if runner is not None:
             await runner.cleanup()
+        if lane is not None:
+            lane.shutdown(5.0)
         board.close()
-        if sock_path is not None:
-            with contextlib.suppress(OSError):
-                sock_path.unlink()
+        for path in (sock_path, lane_path):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def serve(cfg: Config) -> int:

@@ -31,6 +31,8 @@ class ServerSection:
     socket: str = "/run/edgesched/edgesched.sock"
     socket_mode: int = 0o660
     socket_group: str = ""
+    priority_socket: str = "auto"
+    priority_socket_group: str = ""
     http_port: int = 0
     http_host: str = "127.0.0.1"
     max_body_bytes: int = 16 << 20
@@ -106,6 +108,21 @@ class Config:
     source: str = field(default="<defaults>", compare=False)
 
 
+PRIORITY_SOCKET_AUTO = "auto"
+
+
+def priority_socket_path(server: ServerSection) -> Path | None:
+    """Where the priority lane listens: ``auto`` puts it next to the main socket, named after
+    it (``edgesched.sock`` -> ``edgesched-priority.sock``); ``""`` means no lane."""
+    spec = server.priority_socket
+    if not spec:
+        return None
+    if spec != PRIORITY_SOCKET_AUTO:
+        return Path(spec)
+    main = Path(server.socket)
+    return main.with_name(f"{main.stem}-priority{main.suffix or '.sock'}")
+
+
 def _check_value(src: str, key: str, value: Any, kind: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -152,6 +169,9 @@ def _validate(cfg: Config) -> Config:
 
     if not s.socket:
         raise bad("server.socket", "a socket path", s.socket)
+    lane = priority_socket_path(s)
+    if lane is not None and lane == Path(s.socket):
+        raise bad("server.priority_socket", "a path other than server.socket", s.priority_socket)
     if not 0 <= s.socket_mode <= 0o777:
         raise bad("server.socket_mode", "a permission mode such as 0o660", s.socket_mode)
     if not 0 <= s.http_port <= 65535:

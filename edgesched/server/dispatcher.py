@@ -227,16 +227,7 @@ class Dispatcher:
         """Give this thread its own nice value: under load the HTTP thread and any local
         clients keep the CPUs busy, and at the same priority the dispatcher waits for a time
         slice at every step while priority-1 requests expire in the queue."""
-        tid = threading.get_native_id()
-        if self.nice:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, self.nice)
-            except OSError as exc:
-                log.warning("cannot run the dispatcher thread at nice %d (%s); it runs at the "
-                            "daemon's priority. Allow it with LimitNICE=%d (the shipped unit "
-                            "does) or CAP_SYS_NICE", self.nice, exc.strerror or exc, self.nice)
-        with contextlib.suppress(OSError):
-            self.thread_nice = os.getpriority(os.PRIO_PROCESS, tid)
+        self.thread_nice = set_thread_nice(self.nice, "the dispatcher thread", log)
 
     def _run(self) -> None:
         self._set_priority()
@@ -433,6 +424,22 @@ class Dispatcher:
             job.answer(out)
         except Exception:  # the answer path must never take the loop down
             log.exception("cannot deliver the answer of request %r", job.req.request_id)
+
+
+def set_thread_nice(nice: int, what: str, logger: logging.Logger) -> int | None:
+    """Run the calling thread at ``nice`` (0: leave it); returns the nice value in effect."""
+    tid = threading.get_native_id()
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError as exc:
+            logger.warning("cannot run %s at nice %d (%s); it runs at the daemon's priority. "
+                           "Allow it with LimitNICE=%d (the shipped unit does) or "
+                           "CAP_SYS_NICE", what, nice, exc.strerror or exc, nice)
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return None
 
 
 def drain_remaining(dispatcher: Dispatcher) -> None:
