@@ -28,11 +28,17 @@ alone fits in what the daemon can serve, so a miss is the scheduler's doing and 
 With ``--p1-share 0.2`` priority 1 alone is twice the sustainable rate and most of it must miss
 whatever the scheduler does.
 
-The burst comes from one client process on the same machine; its file-descriptor limit is raised
-to the hard limit, since every request in flight holds a connection.
+Priority-1 requests go to the daemon's priority lane (``--p1-socket lane``, the default;
+``main`` sends them to the main socket with everything else), from a client process of their
+own (``--p1-client separate``, the default, as from the application that sends them; ``shared``
+sends them from the flood's client, whose own backlog then delays them before the daemon can see
+them). The flood comes from one client process on the same machine; every client's
+file-descriptor limit is raised to the hard limit, since every request in flight holds a
+connection.
 
 Usage: python bench/overload.py [--seconds 30] [--factor 10] [--board virtual:rk3399]
-       [--p1-share 0.05] [--no-deadlines]
+       [--p1-share 0.05] [--no-deadlines] [--p1-socket lane|main] [--p1-client separate|shared]
+       [--policy SPEC] [--records FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import multiprocessing as mp
 import os
 import random
 import resource
@@ -192,12 +199,16 @@ class _OneShot(asyncio.Protocol):
             self.done.set_exception(exc or ConnectionResetError("closed before the answer"))
 
 
-async def _burst(sock: str, rate: float, seconds: float, face_share: float, deadlines: bool,
-                 service_s: dict[str, float], seed: int,
-                 mix: tuple[tuple[int, float], ...] = PRIORITY_MIX) -> list[dict[str, Any]]:
+Plan = list[tuple[float, str, int, "int | None"]]
+
+
+def _plan(rate: float, seconds: float, face_share: float, deadlines: bool,
+          service_s: dict[str, float], seed: int,
+          mix: tuple[tuple[int, float], ...] = PRIORITY_MIX) -> Plan:
+    """The burst: (send time from the start, model, priority, timeout_us) per request."""
     rng = random.Random(seed)
     n = max(1, int(rate * seconds))
-    plan: list[tuple[float, str, int, int | None]] = []
+    plan: Plan = []
     for i in range(n):
         model = FACE if rng.random() < face_share else NABU
         r = rng.random()
@@ -212,6 +223,11 @@ async def _burst(sock: str, rate: float, seconds: float, face_share: float, dead
         if deadlines and prio == 1:
             timeout_us = int(service_s[model] * 1e6 * 20) + 20_000
         plan.append((i / rate, model, prio, timeout_us))
+    return plan
+
+
+async def _send(sock: str, plan: Plan, start_at: float) -> list[dict[str, Any]]:
+    """Send ``plan`` open loop from ``start_at`` (time.monotonic), one connection per request."""
     payloads = {(m, p, t): _request_bytes(m, *_with_params(m, p, t)) for _, m, p, t in plan}
     loop = asyncio.get_running_loop()
     results: list[dict[str, Any]] = []
@@ -243,10 +259,13 @@ async def _burst(sock: str, rate: float, seconds: float, face_share: float, dead
             if status == 200:
                 hl = headers.get("inference-header-content-length")
                 head = data[:int(hl)] if hl else data
-                rec["outcome"] = json.loads(head)["parameters"]["outcome"]
+                rec["parameters"] = json.loads(head)["parameters"]
+                rec["outcome"] = rec["parameters"]["outcome"]
             else:
                 try:
-                    rec["outcome"] = json.loads(data).get("outcome") or "refused"
+                    answer = json.loads(data)
+                    rec["outcome"] = answer.get("outcome") or "refused"
+                    rec["reason"] = answer.get("error", "")
                 except ValueError:
                     rec["outcome"] = "refused"
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
@@ -257,14 +276,48 @@ async def _burst(sock: str, rate: float, seconds: float, face_share: float, dead
         results.append(rec)
 
     tasks: list[asyncio.Task[None]] = []
-    t0 = time.perf_counter()
     for at, model, prio, timeout_us in plan:
-        delay = t0 + at - time.perf_counter()
+        delay = start_at + at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(model, prio, timeout_us)))
     await asyncio.gather(*tasks)
     return results
+
+
+def _send_in_child(sock: str, plan: Plan, start_at: float, conn: Any) -> None:
+    """The priority-1 client: a process of its own, like the application that sends them."""
+    _raise_fd_limit()
+    conn.send(asyncio.run(_send(sock, plan, start_at)))
+    conn.close()
+
+
+def _burst(sock: str, plan: Plan, p1_sock: str, p1_separate: bool) -> list[dict[str, Any]]:
+    """Run the burst; priority-1 requests go to ``p1_sock``, from a process of their own with
+    ``p1_separate`` (the flood's client then cannot hold them up)."""
+    start_at = time.monotonic() + 0.5
+    if not p1_separate:
+        if p1_sock == sock:
+            return asyncio.run(_send(sock, plan, start_at))
+
+        async def both() -> list[dict[str, Any]]:
+            a, b = await asyncio.gather(
+                _send(p1_sock, [x for x in plan if x[2] == 1], start_at),
+                _send(sock, [x for x in plan if x[2] != 1], start_at))
+            return a + b
+
+        return asyncio.run(both())
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_send_in_child,
+                       args=(p1_sock, [x for x in plan if x[2] == 1], start_at + 1.5, child))
+    proc.start()
+    child.close()
+    # the child needs a moment to start (spawn): both begin at the same instant
+    rest = asyncio.run(_send(sock, [x for x in plan if x[2] != 1], start_at + 1.5))
+    p1: list[dict[str, Any]] = parent.recv()
+    proc.join()
+    return p1 + rest
 
 
 def _recovery_s(sock: str, baseline_s: float, limit_s: float) -> tuple[float | None, int]:
@@ -321,7 +374,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             baseline_s = _latency_p50_s(sock, 100)
             sustainable = _sustainable_rps(sock, args.calibrate_s, args.clients, args.face_share)
             with Client(sock, timeout_s=30) as c:
-                models = c.status()["models"]
+                st = c.status()
+            models = st["models"]
+            lane = str(st.get("priority_socket") or "")
+            if args.p1_socket == "lane" and not lane:
+                raise SystemExit("the daemon has no priority lane (server.priority_socket)")
             # the board's top-speed service time: the host's, times the virtual slowdown
             service_s = {m: models[m]["service_us_startup"] / 1e6 * args.virtual_slowdown
                          for m in (NABU, FACE)}
@@ -329,14 +386,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rate = min(sustainable * args.factor, args.max_requests / args.seconds)
             rest = 1.0 - args.p1_share
             mix = ((1, args.p1_share), (2, rest * 3 / 8), (3, rest * 5 / 8))
-            results = asyncio.run(_burst(sock, rate, args.seconds, args.face_share,
-                                         not args.no_deadlines, service_s, args.seed, mix))
+            plan = _plan(rate, args.seconds, args.face_share, not args.no_deadlines, service_s,
+                         args.seed, mix)
+            results = _burst(sock, plan, lane if args.p1_socket == "lane" else sock,
+                             args.p1_client == "separate")
             recovery, probes = _recovery_s(sock, baseline_s, args.recovery_limit_s)
             after = _daemon_totals(sock)
         finally:
             sampler.stop.set()
             sampler.join(5)
             stop_daemon(proc, 60.0)
+    if args.records:
+        Path(args.records).write_text(json.dumps(results))
     status = Counter(r["status"] for r in results)
     outcome = Counter(r["outcome"] for r in results)
     answered = sum(1 for r in results if r["status"] == 200)
@@ -385,6 +446,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     if r["status"] is None).most_common(3)),
         "board": args.board, "policy": args.policy, "p1_share": args.p1_share,
         "client_fd_limit": fd_limit, "virtual_slowdown": args.virtual_slowdown,
+        "p1_socket": args.p1_socket, "p1_client": args.p1_client,
     }
 
 
@@ -409,6 +471,15 @@ def main() -> int:
     ap.add_argument("--virtual-slowdown", type=float, default=1.0,
                     help="the virtual board's board.virtual_slowdown (8: the simulator's A72 "
                     "speed; sustainable is then bound by inference, not by HTTP)")
+    ap.add_argument("--p1-socket", choices=("lane", "main"), default="lane",
+                    help="where priority-1 requests go: the daemon's priority lane "
+                         "(server.priority_socket) or the main socket with everything else")
+    ap.add_argument("--p1-client", choices=("separate", "shared"), default="separate",
+                    help="priority-1 requests from a client process of their own (as from the "
+                         "application that sends them) or from the flood's client")
+    ap.add_argument("--records", metavar="FILE",
+                    help="also write every burst request's record (priority, model, outcome, "
+                         "latency, the daemon's parameters or reason) to FILE as JSON")
     ap.add_argument("--max-connections", type=int, default=0,
                     help="the daemon's server.max_connections (0: its default)")
     args = ap.parse_args()
