@@ -96,6 +96,20 @@ def test_the_lane_can_be_turned_off_or_placed(start_daemon: StartDaemon, tmp_pat
     assert d2.terminate() == 0 and not placed.exists()
 
 
+def test_cli_infer_through_the_lane(start_daemon: StartDaemon, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    lane = tmp_path / "api-priority.sock"  # where --lane looks for --socket api.sock
+    start_daemon(config={"server": {"priority_socket": str(lane)}})
+    (tmp_path / "a.json").write_text(json.dumps({NABU_IN: [[[0] * 40] * 3]}))
+    cmd = [sys.executable, "-m", "edgesched", "infer", NABU, "--input", str(tmp_path / "a.json"),
+           "--priority", "1", "--socket", str(tmp_path / "api.sock")]  # no daemon there
+    out = subprocess.run([*cmd, "--lane"], capture_output=True, check=True, timeout=60)
+    assert json.loads(out.stdout)["parameters"]["outcome"] == "ok"
+    assert subprocess.run(cmd, capture_output=True, timeout=60).returncode != 0
+
+
 def test_a_lane_that_cannot_be_bound(start_daemon: StartDaemon, tmp_path: Path) -> None:
     # named explicitly: the daemon stops with the reason
     (tmp_path / "a-file").write_text("")

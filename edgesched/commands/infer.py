@@ -26,6 +26,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--timeout-us", type=int, default=None, help="deadline in microseconds")
     p.add_argument("--socket", default=None, help="daemon socket "
                    "(default /run/edgesched/edgesched.sock)")
+    p.add_argument("--lane", action="store_true",
+                   help="send through the daemon's priority lane, the socket named after "
+                        "--socket (edgesched.sock -> edgesched-priority.sock)")
     p.add_argument("--json-data", action="store_true",
                    help="send and receive tensors as JSON instead of binary")
     p.add_argument("--output", type=Path, default=None, metavar="OUT.npz",
@@ -81,8 +84,12 @@ def build_inputs(specs: list[str], meta: dict[str, Any]) -> dict[str, np.ndarray
 
 def run(args: argparse.Namespace) -> int:
     from edgesched.client import DEFAULT_SOCKET, Client
+    from edgesched.server.config import ServerSection, priority_socket_path
 
-    with Client(args.socket or DEFAULT_SOCKET) as client:
+    sock = args.socket or DEFAULT_SOCKET
+    if args.lane:
+        sock = str(priority_socket_path(ServerSection(socket=sock)))
+    with Client(sock) as client:
         try:
             meta = client.model_metadata(args.model)
             inputs = build_inputs(args.input, meta)
