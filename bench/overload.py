@@ -362,8 +362,11 @@ def _raise_fd_limit() -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     fd_limit = _raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="edgesched-overload-") as tmp:
-        server = (f"[server]\nmax_connections = {args.max_connections}\n"
-                  if args.max_connections else "")
+        server = "[server]\n"
+        if args.max_connections:
+            server += f"max_connections = {args.max_connections}\n"
+        if args.switch_interval_us:
+            server += f"switch_interval_us = {args.switch_interval_us}\n"
         server += f"[board]\nvirtual_slowdown = {args.virtual_slowdown}\n"
         proc, sock = start_daemon(Path(tmp), config=server + "[models]\nwarmup_runs = 2\n"
                                   "measure_runs = 5\n",
@@ -447,6 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "board": args.board, "policy": args.policy, "p1_share": args.p1_share,
         "client_fd_limit": fd_limit, "virtual_slowdown": args.virtual_slowdown,
         "p1_socket": args.p1_socket, "p1_client": args.p1_client,
+        "switch_interval_us": args.switch_interval_us or None,
     }
 
 
@@ -477,6 +481,8 @@ def main() -> int:
     ap.add_argument("--p1-client", choices=("separate", "shared"), default="separate",
                     help="priority-1 requests from a client process of their own (as from the "
                          "application that sends them) or from the flood's client")
+    ap.add_argument("--switch-interval-us", type=int, default=0,
+                    help="the daemon's server.switch_interval_us (0: its default)")
     ap.add_argument("--records", metavar="FILE",
                     help="also write every burst request's record (priority, model, outcome, "
                          "latency, the daemon's parameters or reason) to FILE as JSON")
