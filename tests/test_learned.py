@@ -93,6 +93,7 @@ def test_decide_takes_the_best_unmasked_action(tmp_path: Path) -> None:
     layers = [(np.zeros((OBS_DIM, N_ACTIONS)), bias)]
     save_learned(tmp_path / "m", layers, {"devices": ["bcm2711"], "algo": "test", "seed": 0})
     policy = load_learned(tmp_path / "m", device_name="bcm2711")
+    policy.deadline_shield = False
     assert isinstance(policy, Policy)
     policy.reset(view)
     assert int(np.argmax(policy.forward(np.zeros(OBS_DIM, np.float32)))) == masked[-1]
@@ -104,6 +105,7 @@ def test_decide_takes_the_best_unmasked_action(tmp_path: Path) -> None:
 def test_decide_matches_reference_on_real_observations(tmp_path: Path) -> None:
     make_random_policy(tmp_path / "r", seed=7)
     policy = load_learned(tmp_path / "r")
+    policy.deadline_shield = False  # the network's own choice (the shield is tested below)
     for name in ("rk3399", "bcm2711"):
         view = BoardView.of(load_profile(name))
         for slack_s in (0.001, 0.02, 0.5):
@@ -111,6 +113,44 @@ def test_decide_matches_reference_on_real_observations(tmp_path: Path) -> None:
             logits = reference(tmp_path / "r.npz", build_observation(view, ctx), "tanh")
             logits[view.mask == 0] = -np.inf
             assert policy.decide(view, ctx) == view.decode(int(np.argmax(logits)))
+
+
+def test_the_shield_keeps_a_priority_1_request_in_time(tmp_path: Path) -> None:
+    profile = load_profile("rk3399")
+    view = BoardView.of(profile)
+    ctx0 = context("rk3399")
+    allowed = [int(a) for a in np.flatnonzero(view.mask)]
+
+    def finish_s(a: int) -> float:
+        d = view.decode(a)
+        switch = view.transition_s[d.cluster] if d.opp != ctx0.cur_opp[d.cluster] else 0.0
+        return profile.latency_ms(ctx0.head_work, d.cluster, d.opp) / 1000.0 + switch
+
+    # a network that ranks actions slowest first: left alone it always picks the slowest
+    bias = np.full(N_ACTIONS, -1e3)
+    for a in allowed:
+        bias[a] = finish_s(a) * 1e3
+    save_learned(tmp_path / "slow", [(np.zeros((OBS_DIM, N_ACTIONS)), bias)],
+                 {"devices": ["rk3399"], "algo": "test", "seed": 0})
+    policy = load_learned(tmp_path / "slow")
+    slowest = max(allowed, key=finish_s)
+    fastest = min(allowed, key=finish_s)
+    assert finish_s(fastest) < 0.015 < finish_s(slowest)
+
+    def decide(slack_s: float, priority: int = 1) -> int:
+        ctx = context("rk3399", slack_s)
+        ctx.head_priority = priority
+        return view.encode(policy.decide(view, ctx))
+
+    assert decide(1.0) == slowest, "enough time: the network's choice"
+    in_time = decide(0.015)
+    assert finish_s(in_time) <= 0.015
+    assert in_time == max((a for a in allowed if finish_s(a) <= 0.015), key=finish_s), (
+        "the best-ranked action that is in time")
+    assert decide(finish_s(fastest) / 2) == fastest, "none in time: the fastest"
+    assert decide(0.015, priority=2) == slowest, "only priority 1 is shielded"
+    policy.deadline_shield = False
+    assert decide(0.015) == slowest
 
 
 @pytest.mark.parametrize(("key", "value", "what"), [

@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -91,7 +92,8 @@ class LearnedPolicy(StaticPolicy):
     """An exported MLP behind the :class:`~edgesched.policy.base.Policy` protocol.
 
     ``decide`` builds the shared observation, runs the forward pass in preallocated buffers, and
-    takes the argmax of the logits over the board's unmasked actions.
+    takes the argmax of the logits over the board's unmasked actions; for a priority-1 request
+    the deadline shield (:meth:`_shield`) may take a faster one.
     """
 
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], *, activation: str,
@@ -125,6 +127,8 @@ class LearnedPolicy(StaticPolicy):
         self._outs = [*self._heads[1:], self._out]
         self._view: BoardView | None = None
         self._last_masked = self._aug[-1]
+        self.deadline_shield = True
+        """See :meth:`_shield` (off: the network's choice as it is, as in training)."""
 
     def _check_shapes(self) -> None:
         width = OBS_DIM
@@ -181,7 +185,36 @@ class LearnedPolicy(StaticPolicy):
         return int(self._run(obs, self._mask_for(view)).argmax())
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
-        return view.decode(self.action(view, build_observation(view, ctx)))
+        logits = self._run(build_observation(view, ctx), self._mask_for(view))
+        choice = view.decode(int(logits.argmax()))
+        if self.deadline_shield and ctx.head_priority == 1 and math.isfinite(ctx.head_deadline_s):
+            choice = self._shield(view, ctx, choice, logits)
+        return choice
+
+    def _shield(self, view: BoardView, ctx: DecisionContext, choice: Decision,
+                logits: np.ndarray) -> Decision:
+        """A priority-1 request never runs at a speed that, by the board's latency model,
+        misses its deadline while another would meet it: the best-ranked action that meets it,
+        else the fastest one."""
+        left_s = ctx.head_deadline_s - ctx.now_s
+
+        def finish_s(d: Decision) -> float:
+            switch_s = view.transition_s[d.cluster] if d.opp != ctx.cur_opp[d.cluster] else 0.0
+            return view.profile.latency_ms(ctx.head_work, d.cluster, d.opp) / 1000.0 + switch_s
+
+        if finish_s(choice) <= left_s:
+            return choice
+        fastest, fastest_s = choice, math.inf
+        for a in np.argsort(-logits, kind="stable"):
+            if view.mask[a] == 0:
+                continue
+            d = view.decode(int(a))
+            t = finish_s(d)
+            if t <= left_s:
+                return d
+            if t < fastest_s:
+                fastest, fastest_s = d, t
+        return fastest
 
 
 def _mismatches(m: Mapping[str, Any]) -> list[str]:
