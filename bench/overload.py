@@ -320,10 +320,12 @@ def _burst(sock: str, plan: Plan, p1_sock: str, p1_separate: bool) -> list[dict[
     return p1 + rest
 
 
-def _recovery_s(sock: str, baseline_s: float, limit_s: float) -> tuple[float | None, int]:
+def _recovery_s(sock: str, baseline_s: float, limit_s: float,
+                ) -> tuple[float | None, int, list[float]]:
     """Seconds until latency is back to normal: 5 probes in a row answered 200 with a median
-    within 1.5x of the pre-burst one (None: not within ``limit_s``); and how many probes reached
-    the daemon's handler (a connection refused at the door never does)."""
+    within 1.5x of the pre-burst one (None: not within ``limit_s``); how many probes reached
+    the daemon's handler (a connection refused at the door never does); the last 5 probes'
+    latencies."""
     body, headers = _bodies()[NABU]
     t_end = time.perf_counter()
     window: list[float] = []
@@ -337,9 +339,9 @@ def _recovery_s(sock: str, baseline_s: float, limit_s: float) -> tuple[float | N
                 reached += 1
             window = [*window[-4:], took] if status == 200 else []
             if len(window) == 5 and statistics.median(window) <= 1.5 * baseline_s:
-                return round(time.perf_counter() - t_end, 3), reached
+                return round(time.perf_counter() - t_end, 3), reached, window
             time.sleep(0.02)
-    return None, reached
+    return None, reached, window
 
 
 def _daemon_totals(sock: str) -> dict[str, int]:
@@ -393,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          args.seed, mix)
             results = _burst(sock, plan, lane if args.p1_socket == "lane" else sock,
                              args.p1_client == "separate")
-            recovery, probes = _recovery_s(sock, baseline_s, args.recovery_limit_s)
+            recovery, probes, last = _recovery_s(sock, baseline_s, args.recovery_limit_s)
             after = _daemon_totals(sock)
         finally:
             sampler.stop.set()
@@ -440,6 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics_agree": metrics_agree, "server_errors": server_errors,
         "peak_rss_mb": round(sampler.peak / 2**20, 1),
         "recovery_s": recovery,
+        "recovery_last_probes_ms": [round(x * 1e3, 3) for x in last],
         "sustainable_rps": round(sustainable, 1), "burst_rps": round(rate, 1),
         "factor": args.factor, "seconds": args.seconds, "baseline_p50_ms":
             round(baseline_s * 1e3, 3),
