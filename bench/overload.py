@@ -21,7 +21,9 @@ back to normal. Prints one JSON object:
 - ``server_errors``: 5xx answers other than 503 "shed" and 504 "deadline missed";
 - ``peak_rss_mb``: peak resident memory of the daemon process (/proc/PID/statm, sampled every 50 ms);
 - ``recovery_s``: seconds from the end of the burst until the median of 5 sequential probes is
-  within 1.5x of the pre-burst median latency (null if not within ``--recovery-limit-s``).
+  within 1.5x of the pre-burst median latency (null if not within ``--recovery-limit-s``); the
+  probes pause 20 ms between requests before the burst and after it alike;
+- ``recovery_last_probes_ms``: the latencies of the last 5 probes.
 
 The default mix sends 5 % of the burst at priority 1, i.e. half the sustainable rate: priority 1
 alone fits in what the daemon can serve, so a miss is the scheduler's doing and not arithmetic.
@@ -110,6 +112,11 @@ def _with_params(model: str, priority: int, timeout_us: int | None) -> tuple[byt
     return encode_infer(x, priority=priority, timeout_us=timeout_us)
 
 
+PROBE_GAP_S = 0.02
+"""Pause between two latency probes, before the burst and after it alike (a request after a
+pause is slower than one right after another: the daemon's threads have gone to sleep)."""
+
+
 def _latency_p50_s(sock: str, n: int) -> float:
     body, headers = _bodies()[NABU]
     out: list[float] = []
@@ -118,6 +125,7 @@ def _latency_p50_s(sock: str, n: int) -> float:
             t0 = time.perf_counter()
             c.request("POST", f"/v2/models/{NABU}/infer", body, headers)
             out.append(time.perf_counter() - t0)
+            time.sleep(PROBE_GAP_S)
     return statistics.median(out)
 
 
@@ -340,7 +348,7 @@ def _recovery_s(sock: str, baseline_s: float, limit_s: float,
             window = [*window[-4:], took] if status == 200 else []
             if len(window) == 5 and statistics.median(window) <= 1.5 * baseline_s:
                 return round(time.perf_counter() - t_end, 3), reached, window
-            time.sleep(0.02)
+            time.sleep(PROBE_GAP_S)
     return None, reached, window
 
 
