@@ -238,6 +238,7 @@ class VirtualBoard(_CpufreqBoard):
             self._tree_lock.release()
             raise
         self.host_scale = float(slowdown)
+        self._ratios: dict[tuple[int, int], float] = {}
         self.sleep = sleep
         self._pending_transition_s = 0.0
 
@@ -257,12 +258,20 @@ class VirtualBoard(_CpufreqBoard):
         """Service time at (cluster, opp) of work that took ``host_s`` on the host."""
         if host_s <= 0.0:
             return 0.0
-        p = self.profile
-        work = p.work_from_top_latency(host_s * 1000.0)
-        fastest = p.fastest_cluster
-        top = len(p.clusters[fastest].opps) - 1
-        return (host_s * self.host_scale * p.latency_ms(work, cluster, opp)
-                / p.latency_ms(work, fastest, top))
+        return host_s * self.host_scale * self._slowness(cluster, opp)
+
+    def _slowness(self, cluster: int, opp: int) -> float:
+        """Latency at (cluster, opp) over latency at the board's top speed. The latency model
+        is linear in the work, so one ratio per OPP serves every model and run."""
+        ratio = self._ratios.get((cluster, opp))
+        if ratio is None:
+            p = self.profile
+            work = p.work_from_top_latency(1.0)
+            fastest = p.fastest_cluster
+            top = len(p.clusters[fastest].opps) - 1
+            ratio = p.latency_ms(work, cluster, opp) / p.latency_ms(work, fastest, top)
+            self._ratios[(cluster, opp)] = ratio
+        return ratio
 
     def settle(self, decision: Decision, host_s: float, started_s: float, *,
                reference_s: float | None = None) -> RunCost:

@@ -19,6 +19,7 @@ frequency and the core's per-clock performance, plus a memory-bound part that do
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -144,12 +145,13 @@ class DeviceProfile:
     source: str = ""
     sources: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
-    @property
+    # computed once per profile (the profile is frozen): both are asked for at every decision
+    @functools.cached_property
     def max_speed_mhz(self) -> float:
         """Fastest reference speed anywhere on the board (top OPP of the biggest cluster)."""
         return max(c.speed_mhz(len(c.opps) - 1) for c in self.clusters)
 
-    @property
+    @functools.cached_property
     def fastest_cluster(self) -> int:
         return max(range(len(self.clusters)),
                    key=lambda i: self.clusters[i].speed_mhz(len(self.clusters[i].opps) - 1))
