@@ -342,3 +342,44 @@ def test_a_slowed_virtual_board_sets_service_times_and_admission(
     assert p["freq_khz"] == 1_800_000 and p["service_us"] > 4 * p["host_us"]
     assert refused.value.status == 400 and "deadline" in str(refused.value)
     assert d.terminate() == 0
+
+
+CRASHING = """
+import asyncio, sys
+from edgesched.server import dispatcher
+from edgesched.server.app import run_daemon
+from edgesched.server.config import load_config, with_overrides
+
+config, sock, home = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = with_overrides(load_config(config), {
+    "server.socket": sock, "board.spec": "none", "board.state_dir": home + "/state",
+    "board.runtime_dir": home + "/run"})
+context = dispatcher.Dispatcher._context
+
+def failing_context(self, entry, job, now):  # a bug in the dispatcher, set off by one request
+    if job.req.request_id == "crash":
+        raise RuntimeError("simulated dispatcher bug")
+    return context(self, entry, job, now)
+
+dispatcher.Dispatcher._context = failing_context
+sys.exit(asyncio.run(run_daemon(cfg)))
+"""
+
+
+def test_a_dispatcher_that_dies_answers_its_request_and_the_daemon_exits_1(
+        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    home = tmp_path / "crash"
+    home.mkdir()
+    (home / "launch.py").write_text(CRASHING)
+    cmd = [sys.executable, str(home / "launch.py"), str(home / "config.toml"),
+           str(home / "s.sock"), str(home)]
+    d = start_daemon(home=home, command=cmd)  # no watchdog: the daemon checks by itself
+    x = {NABU_IN: np.zeros((1, 3, 40), np.int8)}
+    with d.client() as c:
+        assert c.infer(NABU, x).parameters["outcome"] == "ok"
+        with pytest.raises(ClientError) as err:
+            c.infer(NABU, x, request_id="crash")
+    assert err.value.status == 500 and "the dispatcher stopped" in str(err.value)
+    assert d.proc.wait(START_LIMIT_S) == 1, "a failure exit, so the service manager restarts it"
+    log = d.stderr()
+    assert "dispatcher crashed" in log and "the dispatcher stopped; exiting" in log

@@ -629,6 +629,10 @@ def _lane_socket(cfg: Config, inherited: list[socket.socket]) -> tuple[socket.so
 
 
 # --------------------------------------------------------------------------------- daemon
+HEALTH_CHECK_S = 1.0
+"""How often the daemon checks that its dispatcher and priority-lane threads still run."""
+
+
 def _resolve_models_dir(cfg: Config) -> Path:
     return Path(cfg.models.dir) if cfg.models.dir else shipped_models_dir()
 
@@ -739,17 +743,21 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                  board.profile.name, policy.name)
         systemd.notify(f"READY=1\nSTATUS=serving {len(models)} model(s) on {where}")
         ping_s = systemd.watchdog_interval_s()
+        next_ping_s = loop.time()
+        status = 0
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=ping_s or 3600.0)
-            if ping_s and dispatcher.alive():
+                await asyncio.wait_for(stop.wait(), timeout=min(ping_s or HEALTH_CHECK_S,
+                                                                HEALTH_CHECK_S))
+            dead = ("the dispatcher" if not dispatcher.alive() else
+                    "the priority lane" if lane is not None and not lane.alive() else "")
+            if dead:  # a failure exit: the service manager restarts the daemon
+                log.error("%s stopped; exiting", dead)
+                status = 1
+                break
+            if ping_s and loop.time() >= next_ping_s:
                 systemd.notify("WATCHDOG=1")
-            if not dispatcher.alive():
-                log.error("the dispatcher stopped; exiting")
-                break
-            if lane is not None and not lane.alive():
-                log.error("the priority lane stopped; exiting")
-                break
+                next_ping_s = loop.time() + ping_s
         log.info("stopping: draining the queue for up to %.1f s", cfg.server.shutdown_timeout_s)
         systemd.notify("STOPPING=1")
         state.ready = False
@@ -768,7 +776,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         runner = None
         if lane is not None:
             await loop.run_in_executor(None, lane.shutdown, cfg.server.shutdown_timeout_s + 5.0)
-        return 0
+        return status
     finally:
         sys.setswitchinterval(old_switch_s)
         if dispatcher is not None:

@@ -104,6 +104,7 @@ class Dispatcher:
         self.served = 0
         self._work: dict[str, Work] = {}
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
+        self._current: Entry | None = None
 
     # ----------------------------------------------------------------------------- submit side
     def submit(self, job: Job) -> None:
@@ -240,6 +241,8 @@ class Dispatcher:
             with self._cond:
                 self._closing = True
                 left = self.queue.drain()
+            if self._current is not None:  # the request it was running when it failed
+                left.insert(0, self._current)
             for e in left:
                 self._finish(e, Outcome(500, "error", "internal error: the dispatcher stopped"))
             raise
@@ -336,6 +339,7 @@ class Dispatcher:
             self._allowed_cpus = set()
 
     def _serve(self, entry: Entry) -> None:
+        self._current = entry  # answered by _finish, or by the crash path if it never gets there
         job: Job = entry.payload
         now = self.clock()
         ctx = self._context(entry, job, now)
@@ -418,6 +422,8 @@ class Dispatcher:
             self._next_tick_s = now + self.policy.tick_s
 
     def _finish(self, entry: Entry, out: Outcome, energy_j: float = 0.0) -> None:
+        if entry is self._current:
+            self._current = None
         job: Job = entry.payload
         self.metrics.count(job.req.model, job.req.priority, out.outcome, energy_j=energy_j)
         try:
