@@ -629,10 +629,6 @@ def _lane_socket(cfg: Config, inherited: list[socket.socket]) -> tuple[socket.so
 
 
 # --------------------------------------------------------------------------------- daemon
-HEALTH_CHECK_S = 1.0
-"""How often the daemon checks that its dispatcher and priority-lane threads still run."""
-
-
 def _resolve_models_dir(cfg: Config) -> Path:
     return Path(cfg.models.dir) if cfg.models.dir else shipped_models_dir()
 
@@ -685,6 +681,16 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                 queue_full_status=cfg.server.queue_full_status,
                                 retry_after_s=cfg.server.retry_after_s,
                                 nice=cfg.server.dispatcher_nice)
+        # a thread that ends while the daemon serves wakes the main loop at once (no polling)
+        ended: list[str] = []
+
+        def thread_ended(name: str) -> None:
+            if not stop.is_set():
+                ended.append(name)
+                with contextlib.suppress(RuntimeError):  # the loop has already closed
+                    loop.call_soon_threadsafe(stop.set)
+
+        dispatcher.on_stopped = functools.partial(thread_ended, "the dispatcher")
         dispatcher.start()
         state = ServerState(config=cfg, models=models, dispatcher=dispatcher, metrics=meter,
                             board=board, policy=policy, clock=clock, started_s=clock(),
@@ -718,6 +724,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 idle_timeout_s=cfg.server.idle_timeout_s,
                 shutdown_timeout_s=cfg.server.shutdown_timeout_s + 2.0, backlog=LISTEN_BACKLOG,
                 nice=cfg.server.dispatcher_nice, on_refused=meter.connection_refused, log=log)
+            lane.on_stopped = functools.partial(thread_ended, "the priority lane")
             try:
                 await loop.run_in_executor(None, lane.start)
             except BaseException:
@@ -743,21 +750,16 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                  board.profile.name, policy.name)
         systemd.notify(f"READY=1\nSTATUS=serving {len(models)} model(s) on {where}")
         ping_s = systemd.watchdog_interval_s()
-        next_ping_s = loop.time()
         status = 0
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(ping_s or HEALTH_CHECK_S,
-                                                                HEALTH_CHECK_S))
-            dead = ("the dispatcher" if not dispatcher.alive() else
-                    "the priority lane" if lane is not None and not lane.alive() else "")
-            if dead:  # a failure exit: the service manager restarts the daemon
-                log.error("%s stopped; exiting", dead)
+                await asyncio.wait_for(stop.wait(), timeout=ping_s or 3600.0)
+            if ended:  # a failure exit: the service manager restarts the daemon
+                log.error("%s stopped; exiting", ended[0])
                 status = 1
                 break
-            if ping_s and loop.time() >= next_ping_s:
+            if ping_s:
                 systemd.notify("WATCHDOG=1")
-                next_ping_s = loop.time() + ping_s
         log.info("stopping: draining the queue for up to %.1f s", cfg.server.shutdown_timeout_s)
         systemd.notify("STOPPING=1")
         state.ready = False

@@ -105,6 +105,8 @@ class Dispatcher:
         self._work: dict[str, Work] = {}
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._current: Entry | None = None
+        self.on_stopped: Callable[[], None] | None = None
+        """Called on the dispatcher thread as it ends, however it ends."""
 
     # ----------------------------------------------------------------------------- submit side
     def submit(self, job: Job) -> None:
@@ -231,6 +233,13 @@ class Dispatcher:
         self.thread_nice = set_thread_nice(self.nice, "the dispatcher thread", log)
 
     def _run(self) -> None:
+        try:
+            self._run_until_stopped()
+        finally:
+            if self.on_stopped is not None:
+                self.on_stopped()
+
+    def _run_until_stopped(self) -> None:
         self._set_priority()
         try:
             self._loop()

@@ -68,6 +68,8 @@ class PriorityLane:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self.on_stopped: Callable[[], None] | None = None
+        """Called on the lane's thread as it ends, however it ends."""
 
     # --------------------------------------------------------------------------- any thread
     def start(self) -> None:
@@ -123,6 +125,8 @@ class PriorityLane:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            if self.on_stopped is not None:
+                self.on_stopped()
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
