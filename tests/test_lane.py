@@ -192,3 +192,23 @@ def test_socket_activation_passes_the_lane(start_daemon: StartDaemon, tmp_path: 
     finally:
         for s in listeners:
             s.close()
+
+
+def test_the_lane_has_its_own_connection_limit(start_daemon: StartDaemon) -> None:
+    d = start_daemon(config={"server": {"max_connections": 1}})
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.connect(lane_of(d))  # the lane's one connection, idle
+    try:
+        with Client(lane_of(d)) as c:
+            status, _, data = c.request("GET", "/v2/health/live")
+        assert status == 503 and b"too_many_connections" in data
+        with d.client() as c:  # the main socket counts its own connections
+            assert c.live()
+            doc = c.status()
+            text = c.metrics()
+    finally:
+        held.close()
+    assert doc["requests"]["connections_refused_by_listener"] == {"priority": 1}
+    assert doc["requests"]["connections_refused"] == 1
+    assert 'edgesched_connections_refused_total{listener="priority"} 1' in text
+    assert doc["priority_lane_nice"] in (-10, 0)  # -10 where the daemon may raise it

@@ -259,7 +259,8 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
                 assert res.parameters["outcome"] == "ok"
                 refused = c.status()["requests"]["connections_refused"]
                 assert refused >= 1  # the extra one, and any poll that came too early
-                assert f"edgesched_connections_refused_total {refused}" in c.metrics()
+                text = c.metrics()
+                assert f'edgesched_connections_refused_total{{listener="main"}} {refused}' in text
                 break
         assert time.monotonic() < deadline, "still refusing after the held connections closed"
         time.sleep(0.05)

@@ -68,6 +68,8 @@ class ServerState:
     mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = field(default_factory=dict)
     """One per event loop that serves requests (the main one, the priority lane's)."""
     priority_socket: str | None = None
+    lane_nice: Callable[[], int | None] = lambda: None
+    """The priority lane thread's nice value (None without a lane)."""
     gate: AdminGate = field(default_factory=AdminGate)
     models_dir: Path | None = None
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -284,6 +286,7 @@ async def status(request: web.Request) -> web.Response:
         "switch_interval_us": round(sys.getswitchinterval() * 1e6),
         "dispatcher_nice": st.dispatcher.thread_nice,
         "priority_socket": st.priority_socket,
+        "priority_lane_nice": st.lane_nice(),
     }
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
@@ -723,7 +726,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 retry_after_s=cfg.server.retry_after_s,
                 idle_timeout_s=cfg.server.idle_timeout_s,
                 shutdown_timeout_s=cfg.server.shutdown_timeout_s + 2.0, backlog=LISTEN_BACKLOG,
-                nice=cfg.server.dispatcher_nice, on_refused=meter.connection_refused, log=log)
+                nice=cfg.server.dispatcher_nice,
+                on_refused=functools.partial(meter.connection_refused, "priority"), log=log)
             lane.on_stopped = functools.partial(thread_ended, "the priority lane")
             try:
                 await loop.run_in_executor(None, lane.start)
@@ -731,6 +735,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 lane_sock.close()  # never listened on
                 raise
             state.priority_socket = lane.name.removeprefix("unix:")
+            state.lane_nice = functools.partial(getattr, lane, "thread_nice")
             lane_name = f"{lane.name} (priority lane)"
         socks = list(inherited)
         if not inherited:

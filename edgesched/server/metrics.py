@@ -39,11 +39,12 @@ class Metrics:
         self.energy_j_total = 0.0
         self.energy_j_by_model: dict[str, float] = {}
         self.received_total = 0
-        self.connections_refused_total = 0
+        self.connections_refused: Counter[str] = Counter()
+        """By listener: ``main`` (the main socket and TCP) or ``priority`` (the lane)."""
 
-    def connection_refused(self) -> None:
+    def connection_refused(self, listener: str = "main") -> None:
         with self._lock:
-            self.connections_refused_total += 1
+            self.connections_refused[listener] += 1
 
     def received(self) -> None:
         with self._lock:
@@ -68,7 +69,8 @@ class Metrics:
             for (_, _, outcome), n in self.requests.items():
                 by_outcome[outcome] += n
             return {"received": self.received_total, "by_outcome": dict(by_outcome),
-                    "connections_refused": self.connections_refused_total,
+                    "connections_refused": sum(self.connections_refused.values()),
+                    "connections_refused_by_listener": dict(self.connections_refused),
                     "deadline_misses": sum(self.deadline_misses.values()),
                     "energy_j": self.energy_j_total, "co2e_g": self.co2e_g_total,
                     "energy_j_by_model": dict(self.energy_j_by_model)}
@@ -90,15 +92,16 @@ class Metrics:
             misses = sorted(self.deadline_misses.items())
             energy = self.energy_j_total
             received = self.received_total
-            refused = self.connections_refused_total
+            refused = sorted(self.connections_refused.items()) or [("main", 0)]
         family("edgesched_requests_total", "counter",
                "Inference requests answered, by model, priority and outcome.",
                ((({"model": m, "priority": p, "outcome": o}), n) for (m, p, o), n in requests))
         family("edgesched_requests_received_total", "counter",
                "Inference requests received (before admission).", [({}, received)])
         family("edgesched_connections_refused_total", "counter",
-               "Connections answered 503 without being read: server.max_connections were open.",
-               [({}, refused)])
+               "Connections answered 503 without being read: server.max_connections were open "
+               "on that listener's side (main socket, or the priority lane).",
+               (({"listener": name}, n) for name, n in refused))
         family("edgesched_deadline_misses_total", "counter",
                "Requests answered after their deadline or expired in the queue, by model.",
                (({"model": m}, n) for m, n in misses))
