@@ -67,9 +67,7 @@ class ServerState:
     ready: bool = True
     mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = field(default_factory=dict)
     """One per event loop that serves requests (the main one, the priority lane's)."""
-    priority_socket: str | None = None
-    lane_nice: Callable[[], int | None] = lambda: None
-    """The priority lane thread's nice value (None without a lane)."""
+    lane: PriorityLane | None = None
     gate: AdminGate = field(default_factory=AdminGate)
     models_dir: Path | None = None
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -285,8 +283,8 @@ async def status(request: web.Request) -> web.Response:
         "config": config_to_dict(st.config),
         "switch_interval_us": round(sys.getswitchinterval() * 1e6),
         "dispatcher_nice": st.dispatcher.thread_nice,
-        "priority_socket": st.priority_socket,
-        "priority_lane_nice": st.lane_nice(),
+        "priority_socket": st.lane.name.removeprefix("unix:") if st.lane else None,
+        "priority_lane_nice": st.lane.thread_nice if st.lane else None,
     }
     return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
@@ -734,8 +732,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             except BaseException:
                 lane_sock.close()  # never listened on
                 raise
-            state.priority_socket = lane.name.removeprefix("unix:")
-            state.lane_nice = functools.partial(getattr, lane, "thread_nice")
+            state.lane = lane
             lane_name = f"{lane.name} (priority lane)"
         socks = list(inherited)
         if not inherited:
