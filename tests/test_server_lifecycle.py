@@ -197,8 +197,8 @@ def test_daemon_imports_no_torch_or_gymnasium(tmp_path: Path,
     assert d.terminate() == 0
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
                 for line in d.stderr().splitlines() if line.startswith("import time:")}
-    assert "aiohttp" in imported and "edgesched" in imported
-    assert not imported & {"torch", "gymnasium", "stable_baselines3"}
+    assert "uvloop" in imported and "edgesched" in imported
+    assert not imported & {"torch", "gymnasium", "stable_baselines3", "aiohttp"}
 
 
 def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[..., Daemon]) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP side: Open Inference Protocol (KServe v2) REST endpoints on aiohttp, and the daemon's
-lifecycle (sockets, readiness, watchdog, signals, drain on shutdown).
+"""The HTTP side: Open Inference Protocol (KServe v2) REST endpoints (on the small HTTP/1.1
+server of :mod:`edgesched.server.http1`), and the daemon's lifecycle (sockets, readiness,
+watchdog, signals, drain on shutdown).
 
 The handlers only decode, hand over to admission and the dispatcher, and encode.
 """
@@ -21,12 +22,10 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from edgesched import __version__
 from edgesched.board import Board
@@ -40,6 +39,14 @@ from edgesched.server.admission import check_deadline, encode_response, parse_in
 from edgesched.server.config import PRIORITY_SOCKET_AUTO, Config, config_to_dict, priority_socket_path
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
 from edgesched.server.gate import ConnectionGate, ensure_fd_limit
+from edgesched.server.http1 import (
+    Request,
+    Response,
+    Router,
+    Server,
+    error_response,
+    json_response,
+)
 from edgesched.server.lane import PriorityLane
 from edgesched.server.metrics import Metrics
 from edgesched.server.openapi import openapi
@@ -50,6 +57,7 @@ log = logging.getLogger("edgesched.server")
 SERVER_NAME = "edgesched"
 EXTENSIONS = ("binary_tensor_data", "schedule_policy")
 HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_LENGTH_KEY = HEADER_LENGTH.lower()
 ADMIN_BODY_LIMIT = 64 << 10
 
 
@@ -71,9 +79,6 @@ class ServerState:
     gate: AdminGate = field(default_factory=AdminGate)
     models_dir: Path | None = None
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-STATE: web.AppKey[ServerState] = web.AppKey("edgesched_state", ServerState)
 
 
 class Mailbox:
@@ -107,24 +112,21 @@ class Mailbox:
                 fut.set_result(out)
 
 
-def _error(status: int, reason: str, headers: Mapping[str, str] | None = None,
-           **extra: Any) -> web.Response:
-    return web.json_response({"error": reason, **extra}, status=status, headers=headers)
+_error = error_response
 
 
-def _model(request: web.Request) -> LoadedModel:
-    st = request.app[STATE]
-    name = request.match_info["name"]
+def _model(st: ServerState, request: Request) -> LoadedModel:
+    name = request.params["name"]
     model = st.models.get(name)
     if model is None:
         raise AdmissionError(404, f"unknown model {name!r} (models: {', '.join(st.models)})")
-    version = request.match_info.get("version")
+    version = request.params.get("version")
     if version not in (None, "", "1"):
         raise AdmissionError(404, f"model {name!r} has no version {version!r} (versions: 1)")
     return model
 
 
-def _admission_response(exc: AdmissionError) -> web.Response:
+def _admission_response(exc: AdmissionError) -> Response:
     headers = None
     if exc.retry_after_s is not None:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
@@ -133,57 +135,47 @@ def _admission_response(exc: AdmissionError) -> web.Response:
 
 
 # --------------------------------------------------------------------------------- handlers
-async def live(request: web.Request) -> web.Response:
-    return web.json_response({"live": True})
+async def live(st: ServerState, request: Request) -> Response:
+    return json_response({"live": True})
 
 
-async def ready(request: web.Request) -> web.Response:
-    st = request.app[STATE]
+async def ready(st: ServerState, request: Request) -> Response:
     ok = st.ready and st.dispatcher.alive()
-    return web.json_response({"ready": ok}, status=200 if ok else 503)
+    return json_response({"ready": ok}, status=200 if ok else 503)
 
 
-async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response({"name": SERVER_NAME, "version": __version__,
+async def server_metadata(st: ServerState, request: Request) -> Response:
+    return json_response({"name": SERVER_NAME, "version": __version__,
                               "extensions": list(EXTENSIONS)})
 
 
-async def model_metadata(request: web.Request) -> web.Response:
+async def model_metadata(st: ServerState, request: Request) -> Response:
     try:
-        model = _model(request)
+        model = _model(st, request)
     except AdmissionError as exc:
         return _admission_response(exc)
-    return web.json_response(model.metadata())
+    return json_response(model.metadata())
 
 
-async def model_ready(request: web.Request) -> web.Response:
+async def model_ready(st: ServerState, request: Request) -> Response:
     try:
-        model = _model(request)
+        model = _model(st, request)
     except AdmissionError as exc:
         return _admission_response(exc)
-    ok = request.app[STATE].ready
-    return web.json_response({"name": model.name, "ready": ok}, status=200 if ok else 503)
+    ok = st.ready
+    return json_response({"name": model.name, "ready": ok}, status=200 if ok else 503)
 
 
-async def infer(request: web.Request) -> web.Response:
-    st = request.app[STATE]
+async def infer(st: ServerState, request: Request) -> Response:
     arrived_s = st.clock()  # a request's timeout runs from its arrival
     st.metrics.received()
     cfg = st.config
-    model_name = request.match_info["name"]
+    model_name = request.params["name"]
     priority = 0
     try:
-        model = _model(request)
-        limit = cfg.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise AdmissionError(413, f"request body of {request.content_length} bytes exceeds "
-                                 f"the limit of {limit} bytes (server.max_body_bytes)")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise AdmissionError(413, f"request body exceeds the limit of {limit} bytes "
-                                 "(server.max_body_bytes)") from None
-        raw_len = request.headers.get(HEADER_LENGTH)
+        model = _model(st, request)
+        body = request.body  # read whole by the server, within server.max_body_bytes
+        raw_len = request.headers.get(HEADER_LENGTH_KEY)
         header_length: int | None = None
         if raw_len is not None:
             try:
@@ -220,14 +212,13 @@ async def infer(request: web.Request) -> web.Response:
         headers = None
         if out.outcome in ("shed", "shutting_down"):
             headers = {"Retry-After": str(max(1, math.ceil(cfg.server.retry_after_s)))}
-        return web.json_response({"error": out.reason, "id": req.request_id, "outcome":
-                                  out.outcome, "parameters": params}, status=out.status,
-                                 headers=headers)
+        return json_response({"error": out.reason, "id": req.request_id, "outcome":
+                              out.outcome, "parameters": params}, status=out.status,
+                             headers=headers)
     body, head_len = encode_response(model, req.request_id, out.results, req.outputs, params)
     if head_len is None:
-        return web.Response(body=body, content_type="application/json")
-    return web.Response(body=body, content_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(head_len)})
+        return Response(200, body)
+    return Response(200, body, "application/octet-stream", {HEADER_LENGTH: str(head_len)})
 
 
 def _freqs(st: ServerState, cur_opps: list[int]) -> list[tuple[str, int]]:
@@ -235,17 +226,15 @@ def _freqs(st: ServerState, cur_opps: list[int]) -> list[tuple[str, int]]:
     return [(c.name, c.opps[cur_opps[i]].khz) for i, c in enumerate(prof.clusters)]
 
 
-async def metrics(request: web.Request) -> web.Response:
-    st = request.app[STATE]
+async def metrics(st: ServerState, request: Request) -> Response:
     snap = st.dispatcher.snapshot()
     text = st.metrics.render(snap["queue_by_priority"], _freqs(st, snap["cur_opps"]),
                              [(m.name, m.service_s) for m in st.models.values()])
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return Response(200, text.encode(), "text/plain; charset=utf-8",
+                    {"X-Content-Type-Options": "nosniff"})
 
 
-async def status(request: web.Request) -> web.Response:
-    st = request.app[STATE]
+async def status(st: ServerState, request: Request) -> Response:
     snap = st.dispatcher.snapshot()
     models: dict[str, Any] = {}
     for m in st.models.values():
@@ -286,33 +275,26 @@ async def status(request: web.Request) -> web.Response:
         "priority_socket": st.lane.name.removeprefix("unix:") if st.lane else None,
         "priority_lane_nice": st.lane.thread_nice if st.lane else None,
     }
-    return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
+    return json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
 
-async def openapi_doc(request: web.Request) -> web.Response:
-    return web.json_response(openapi())
+async def openapi_doc(st: ServerState, request: Request) -> Response:
+    return json_response(openapi())
 
 
-async def not_found(request: web.Request) -> web.Response:
-    """The last route: a JSON 404 (or 405 with Allow) that says where to look."""
-    return await _no_route(request, "the API is described at GET /v2/openapi.json")
+async def not_found(request: Request, allowed: set[str]) -> Response:
+    """No route: a JSON 404 (or 405 with Allow) that says where to look."""
+    return _no_route(request, allowed, "the API is described at GET /v2/openapi.json")
 
 
-async def lane_not_found(request: web.Request) -> web.Response:
-    """The priority lane's last route: what is not inference or health is on the main socket."""
-    return await _no_route(request, "the priority socket serves inference, health and model "
-                           "metadata only; status, metrics and admin are on the main socket")
+async def lane_not_found(request: Request, allowed: set[str]) -> Response:
+    """The priority lane's: what is not inference or health is on the main socket."""
+    return _no_route(request, allowed, "the priority socket serves inference, health and model "
+                     "metadata only; status, metrics and admin are on the main socket")
 
 
-async def _no_route(request: web.Request, hint: str) -> web.Response:
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is request.match_info.route.resource:
-            continue
-        match, methods = await resource.resolve(request)
-        if match is None:
-            allowed |= methods
-    where = f"{request.method} {request.rel_url.path}"
+def _no_route(request: Request, allowed: set[str], hint: str) -> Response:
+    where = f"{request.method} {request.path[:200]}"
     if allowed:
         return _error(405, f"method not allowed: {where}; allowed: {', '.join(sorted(allowed))}",
                       headers={"Allow": ", ".join(sorted(allowed))})
@@ -320,26 +302,16 @@ async def _no_route(request: web.Request, hint: str) -> web.Response:
 
 
 # --------------------------------------------------------------------------------- admin
-def _admin_verdict(request: web.Request) -> Verdict:
-    st = request.app[STATE]
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    verdict = st.gate.check(peer_of(sock))
-    log.info("admin %s %s by %s: %s", request.method, request.rel_url.path, verdict.who,
+def _admin_verdict(st: ServerState, request: Request) -> Verdict:
+    verdict = st.gate.check(peer_of(request.peer))
+    log.info("admin %s %s by %s: %s", request.method, request.path, verdict.who,
              "allowed" if verdict.allowed else "refused")
     return verdict
 
 
-async def _admin_body(request: web.Request) -> dict[str, Any]:
+def _admin_body(request: Request) -> dict[str, Any]:
     """The JSON object of an admin request (an empty body is an empty object)."""
-    if request.content_length is not None and request.content_length > ADMIN_BODY_LIMIT:
-        raise AdmissionError(413, f"admin request body over {ADMIN_BODY_LIMIT} bytes")
-    raw = b""
-    while len(raw) <= ADMIN_BODY_LIMIT:
-        chunk = await request.content.read(ADMIN_BODY_LIMIT + 1 - len(raw))
-        if not chunk:
-            break
-        raw += chunk
+    raw = request.body
     if len(raw) > ADMIN_BODY_LIMIT:
         raise AdmissionError(413, f"admin request body over {ADMIN_BODY_LIMIT} bytes")
     if not raw.strip():
@@ -353,29 +325,28 @@ async def _admin_body(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-AdminHandler = Callable[[web.Request, ServerState, Verdict, dict[str, Any]],
-                       Awaitable[web.Response]]
+StateHandler = Callable[[ServerState, Request], Awaitable[Response]]
+AdminHandler = Callable[[Request, ServerState, Verdict, dict[str, Any]], Awaitable[Response]]
 
 
-def _admin(no_params: str | None = None) -> Callable[[AdminHandler], Handler]:
+def _admin(no_params: str | None = None) -> Callable[[AdminHandler], StateHandler]:
     """An admin endpoint: the peer's credentials are checked first (403 with the reason), then
     the JSON body is read (empty: ``{}``). ``no_params``: the endpoint takes no parameters, and
     this is the 400 reason when the body has some."""
 
-    def wrap(fn: AdminHandler) -> Handler:
+    def wrap(fn: AdminHandler) -> StateHandler:
         @functools.wraps(fn)
-        async def handler(request: web.Request) -> web.Response:
-            verdict = _admin_verdict(request)
+        async def handler(st: ServerState, request: Request) -> Response:
+            verdict = _admin_verdict(st, request)
             if not verdict.allowed:
                 return _error(403, verdict.reason)
             try:
-                doc = await _admin_body(request)
+                doc = _admin_body(request)
                 if doc and no_params is not None:
                     raise AdmissionError(400, no_params)
             except AdmissionError as exc:
                 return _admission_response(exc)
-            return await fn(request, request.app[STATE], verdict, doc)
+            return await fn(request, st, verdict, doc)
 
         return handler
 
@@ -403,8 +374,8 @@ def _policy_spec_over_http(spec: str, policy_dir: str) -> str:
 
 
 @_admin()
-async def admin_policy(request: web.Request, st: ServerState, verdict: Verdict,
-                       doc: dict[str, Any]) -> web.Response:
+async def admin_policy(request: Request, st: ServerState, verdict: Verdict,
+                       doc: dict[str, Any]) -> Response:
     """POST /v2/admin/policy {"policy": SPEC}: switch the policy on the dispatcher thread."""
     try:
         spec = doc.get("policy")
@@ -439,14 +410,14 @@ async def admin_policy(request: web.Request, st: ServerState, verdict: Verdict,
     except AdmissionError as exc:
         return _admission_response(exc)
     log.warning("policy switched from %s to %s by %s", old, policy.name, verdict.who)
-    return web.json_response({"policy": policy.name, "spec": spec, "previous": old,
+    return json_response({"policy": policy.name, "spec": spec, "previous": old,
                               "tick_s": policy.tick_s})
 
 
 @_admin(no_params="models/reload takes no parameters: it reloads the configured models "
                   "folder (models.dir)")
-async def admin_reload(request: web.Request, st: ServerState, verdict: Verdict,
-                       doc: dict[str, Any]) -> web.Response:
+async def admin_reload(request: Request, st: ServerState, verdict: Verdict,
+                       doc: dict[str, Any]) -> Response:
     """POST /v2/admin/models/reload: load the models folder again (no path comes from the request)."""
     folder = st.models_dir or _resolve_models_dir(st.config)
     m = st.config.models
@@ -469,7 +440,7 @@ async def admin_reload(request: web.Request, st: ServerState, verdict: Verdict,
         st.models = models
         st.model_errors = errors
     log.warning("models reloaded from %s by %s: %s", folder, verdict.who, ", ".join(models))
-    return web.json_response({"models": sorted(models), "added": sorted(set(models) - before),
+    return json_response({"models": sorted(models), "added": sorted(set(models) - before),
                               "removed": sorted(before - set(models)),
                               "model_errors": errors})
 
@@ -487,8 +458,8 @@ def _restore_board(board: Board) -> list[str] | None:
 
 
 @_admin(no_params="restore takes no parameters")
-async def admin_restore(request: web.Request, st: ServerState, verdict: Verdict,
-                        doc: dict[str, Any]) -> web.Response:
+async def admin_restore(request: Request, st: ServerState, verdict: Verdict,
+                        doc: dict[str, Any]) -> Response:
     """POST /v2/admin/restore: restore the original cpufreq settings (on the dispatcher thread)."""
     try:
         disp = st.dispatcher
@@ -502,41 +473,47 @@ async def admin_restore(request: web.Request, st: ServerState, verdict: Verdict,
                       "`edgesched restore`")
     log.warning("cpufreq settings restored by %s", verdict.who)
     if actions is None:
-        return web.json_response({"restored": False, "actions": [],
+        return json_response({"restored": False, "actions": [],
                                   "reason": "this board changes no cpufreq setting"})
-    return web.json_response({"restored": True, "actions": actions,
+    return json_response({"restored": True, "actions": actions,
                               "note": "the policy sets frequencies again at the next request"})
 
 
-def build_app(state: ServerState, *, lane: bool = False) -> web.Application:
-    """The application of the main socket, or with ``lane`` the priority lane's: inference,
-    health and model metadata only (status, metrics and admin stay on the main socket)."""
-    # the body limit is enforced in the handler (JSON 413); aiohttp's own is a backstop
-    app = web.Application(client_max_size=state.config.server.max_body_bytes + 1)
-    app[STATE] = state
-    r = app.router
-    # the resolver tries resources in order: the hot path first
-    r.add_post("/v2/models/{name}/infer", infer)
-    r.add_get("/v2/health/live", live)
-    r.add_get("/v2/health/ready", ready)
-    r.add_get("/v2", server_metadata)
-    r.add_get("/v2/models/{name}", model_metadata)
-    r.add_get("/v2/models/{name}/versions/{version}", model_metadata)
-    r.add_get("/v2/models/{name}/ready", model_ready)
-    r.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
-    r.add_post("/v2/models/{name}/versions/{version}/infer", infer)
+def build_app(state: ServerState, *, lane: bool = False) -> Router:
+    """The routes of the main socket, or with ``lane`` the priority lane's: inference, health
+    and model metadata only (status, metrics and admin stay on the main socket)."""
+    r = Router(lane_not_found if lane else not_found)
+
+    def add(method: str, path: str, fn: StateHandler) -> None:
+        r.add(method, path, functools.partial(fn, state))
+
+    # tried in order: the hot path first
+    add("POST", "/v2/models/{name}/infer", infer)
+    add("GET", "/v2/health/live", live)
+    add("GET", "/v2/health/ready", ready)
+    add("GET", "/v2", server_metadata)
+    add("GET", "/v2/models/{name}", model_metadata)
+    add("GET", "/v2/models/{name}/versions/{version}", model_metadata)
+    add("GET", "/v2/models/{name}/ready", model_ready)
+    add("GET", "/v2/models/{name}/versions/{version}/ready", model_ready)
+    add("POST", "/v2/models/{name}/versions/{version}/infer", infer)
     if lane:
-        r.add_route("*", "/{tail:.*}", lane_not_found)
-        return app
-    r.add_get("/metrics", metrics)
-    r.add_get("/v2/status", status)
-    r.add_get("/status", status)
-    r.add_get("/v2/openapi.json", openapi_doc)
-    r.add_post("/v2/admin/policy", admin_policy)
-    r.add_post("/v2/admin/models/reload", admin_reload)
-    r.add_post("/v2/admin/restore", admin_restore)
-    r.add_route("*", "/{tail:.*}", not_found)  # last: JSON 404/405 for everything else
-    return app
+        return r
+    add("GET", "/metrics", metrics)
+    add("GET", "/v2/status", status)
+    add("GET", "/status", status)
+    add("GET", "/v2/openapi.json", openapi_doc)
+    add("POST", "/v2/admin/policy", admin_policy)
+    add("POST", "/v2/admin/models/reload", admin_reload)
+    add("POST", "/v2/admin/restore", admin_restore)
+    return r
+
+
+def http_server(state: ServerState, *, lane: bool = False) -> Server:
+    """The HTTP server (a protocol factory) of one event loop, for the main socket or the lane."""
+    cfg = state.config.server
+    return Server(build_app(state, lane=lane), body_limit=cfg.max_body_bytes,
+                  idle_timeout_s=cfg.idle_timeout_s, log_=log)
 
 
 # --------------------------------------------------------------------------------- sockets
@@ -666,7 +643,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     sock_path: Path | None = None
     lane_path: Path | None = None
     lane: PriorityLane | None = None
-    runner: web.AppRunner | None = None
+    server: Server | None = None
     dispatcher: Dispatcher | None = None
     old_switch_s = sys.getswitchinterval()
     sys.setswitchinterval(cfg.server.switch_interval_us / 1e6)
@@ -704,25 +681,20 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             except KeyError:
                 log.warning("server.admin_group: no group named %r; only root may call the "
                             "admin endpoints", cfg.server.admin_group)
-        runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False,
-                               shutdown_timeout=cfg.server.shutdown_timeout_s + 2.0,
-                               keepalive_timeout=cfg.server.idle_timeout_s)
-        await runner.setup()
-        assert runner.server is not None
+        server = http_server(state)
         listeners: list[asyncio.AbstractServer] = []
         names: list[str] = []
         inherited = systemd.inherited_sockets()
         lane_sock, lane_path = _lane_socket(cfg, inherited)
         ensure_fd_limit(cfg.server.max_connections * (2 if lane_sock else 1), log)
-        gate = ConnectionGate(runner.server, cfg.server.max_connections,
+        gate = ConnectionGate(server, cfg.server.max_connections,
                               cfg.server.retry_after_s, on_refused=meter.connection_refused)
         lane_name = ""
         if lane_sock is not None:  # first: the daemon is ready once every door is open
             lane = PriorityLane(
-                build_app(state, lane=True), lane_sock, name=_listener_name(lane_sock),
+                http_server(state, lane=True), lane_sock, name=_listener_name(lane_sock),
                 max_connections=cfg.server.max_connections,
                 retry_after_s=cfg.server.retry_after_s,
-                idle_timeout_s=cfg.server.idle_timeout_s,
                 shutdown_timeout_s=cfg.server.shutdown_timeout_s + 2.0, backlog=LISTEN_BACKLOG,
                 nice=cfg.server.dispatcher_nice,
                 on_refused=functools.partial(meter.connection_refused, "priority"), log=log)
@@ -776,8 +748,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                           cfg.server.shutdown_timeout_s + 5.0)
         if not done:
             log.error("the running inference did not finish in time")
-        await runner.cleanup()  # waits for the handlers to write those answers
-        runner = None
+        await server.shutdown(cfg.server.shutdown_timeout_s + 2.0)  # those answers written
+        server = None
         if lane is not None:
             await loop.run_in_executor(None, lane.shutdown, cfg.server.shutdown_timeout_s + 5.0)
         return status
@@ -786,8 +758,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         if dispatcher is not None:
             dispatcher.close(0.0)
             drain_remaining(dispatcher)
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            await server.shutdown(0.0)
         if lane is not None:
             lane.shutdown(5.0)
         board.close()

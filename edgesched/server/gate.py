@@ -20,7 +20,7 @@ import resource
 import typing
 from collections.abc import Callable
 
-from aiohttp import web
+from edgesched.server.http1 import Server
 
 REFUSED_OUTCOME = "too_many_connections"
 FD_RESERVE = 256
@@ -75,10 +75,10 @@ class _Refused(asyncio.Protocol):
 
 
 class ConnectionGate:
-    """Protocol factory in front of aiohttp's server: hands out request handlers up to ``limit``
-    open connections, a :class:`_Refused` protocol past it."""
+    """Protocol factory in front of the HTTP server: hands out its connections up to ``limit``
+    open ones, a :class:`_Refused` protocol past it."""
 
-    def __init__(self, server: web.Server, limit: int, retry_after_s: float,
+    def __init__(self, server: Server, limit: int, retry_after_s: float,
                  on_refused: Callable[[], None] = lambda: None, linger_s: float = 1.0) -> None:
         self.server = server
         self.limit = limit

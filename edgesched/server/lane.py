@@ -7,8 +7,9 @@ critical a door of their own: its backlog holds only their connections, and its 
 its own thread, so it reads and answers them while the main loop is saturated. Requests from
 both doors meet in the same dispatcher queue, where priority and deadline decide.
 
-The lane thread is handed a built aiohttp application; it owns the runner, the connection gate
-and the listener from start to shutdown (an event loop's objects stay on its thread).
+The lane thread is handed an HTTP server (a protocol factory, not yet bound to a loop); it owns
+it, the connection gate and the listener from start to shutdown (an event loop's objects stay on
+its thread).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import socket
 import threading
 from collections.abc import Callable
 
-from aiohttp import web
-
 from edgesched.server.dispatcher import set_thread_nice
 from edgesched.server.gate import ConnectionGate
+from edgesched.server.http1 import Server
 
 START_LIMIT_S = 30.0
 
@@ -38,24 +38,23 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class PriorityLane:
-    """Serves ``app`` on ``sock`` from a thread of its own.
+    """Serves with ``server`` on ``sock`` from a thread of its own.
 
     :meth:`start` returns once the lane listens (or raises what stopped it); :meth:`close`
     stops taking connections; :meth:`shutdown` waits for the open requests' answers, then ends
     the thread. All three may be called from any thread; close and shutdown more than once.
     """
 
-    def __init__(self, app: web.Application, sock: socket.socket, *, name: str,
-                 max_connections: int, retry_after_s: float, idle_timeout_s: float,
+    def __init__(self, server: Server, sock: socket.socket, *, name: str,
+                 max_connections: int, retry_after_s: float,
                  shutdown_timeout_s: float, backlog: int, nice: int = 0,
                  on_refused: Callable[[], None] = lambda: None,
                  log: logging.Logger | None = None) -> None:
-        self.app = app
+        self.server = server
         self.sock = sock
         self.name = name
         self.max_connections = max_connections
         self.retry_after_s = retry_after_s
-        self.idle_timeout_s = idle_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.backlog = backlog
         self.nice = nice
@@ -130,13 +129,8 @@ class PriorityLane:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=self.shutdown_timeout_s,
-                               keepalive_timeout=self.idle_timeout_s)
-        await runner.setup()
         try:
-            assert runner.server is not None
-            gate = ConnectionGate(runner.server, self.max_connections, self.retry_after_s,
+            gate = ConnectionGate(self.server, self.max_connections, self.retry_after_s,
                                   on_refused=self.on_refused)
             self._listener = await asyncio.get_running_loop().create_server(
                 gate, sock=self.sock, backlog=self.backlog)
@@ -144,4 +138,4 @@ class PriorityLane:
             await self._stop.wait()
             self._listener.close()
         finally:
-            await runner.cleanup()
+            await self.server.shutdown(self.shutdown_timeout_s)

@@ -1,0 +1,520 @@
+"""A small HTTP/1.1 server on asyncio protocols: what the daemon's sockets speak.
+
+The daemon answers a handful of routes to local clients, and most of its time per request went
+to a general web framework's machinery. This server does only what the daemon needs:
+
+- HTTP/1.0 and 1.1, keep-alive, pipelined requests answered in order, ``Expect: 100-continue``,
+  request bodies by ``Content-Length`` or ``chunked``;
+- limits checked as bytes arrive: the request head (``MAX_HEAD_BYTES``, ``MAX_HEADERS``), the
+  body (``body_limit``, refused with 413 before it is read), and the time a request may take to
+  arrive (``idle_timeout_s`` from the moment the connection waits for one; a connection that
+  dribbles bytes does not reset it);
+- every refusal is a JSON document with a reason (``{"error": ...}``); after one that ends the
+  connection, what the client still sends is read and dropped for up to ``LINGER_S`` so it sees
+  the answer instead of a broken pipe;
+- routes with ``{param}`` segments (percent-decoded; a ``%2F`` stays inside its segment), and a
+  fallback that is told which methods the path does allow.
+
+A handler takes a :class:`Request` (the whole body read) and returns a :class:`Response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import re
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+MAX_HEAD_BYTES = 32 << 10
+"""Request line and headers together."""
+MAX_REQUEST_LINE_BYTES = 8 << 10
+MAX_HEADERS = 100
+MAX_METHOD_BYTES = 32
+MAX_CHUNK_LINE_BYTES = 1024
+LINGER_S = 5.0
+"""After an answer that ends a connection, how long the client's remaining bytes are dropped."""
+BIG_BODY_BYTES = 64 << 10
+"""Response bodies above this are written separately from the head (not copied into it)."""
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
+
+log = logging.getLogger("edgesched.server")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    """The target's path, as sent (not percent-decoded), without the query."""
+    query: str
+    version: str
+    """``HTTP/1.0`` or ``HTTP/1.1``."""
+    headers: dict[str, str]
+    """Lower-case names; a repeated header's values joined with ``, ``."""
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)
+    """The route's ``{param}`` segments, percent-decoded."""
+    peer: Any = None
+    """The connection's socket (for the peer's credentials), or None."""
+
+
+class Response:
+    __slots__ = ("body", "close", "content_type", "headers", "status")
+
+    def __init__(self, status: int = 200, body: bytes = b"",
+                 content_type: str = "application/json; charset=utf-8",
+                 headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+        self.close = close
+        """End the connection after this answer."""
+
+
+def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None,
+                  dumps: Callable[[Any], str] = json.dumps) -> Response:
+    return Response(status, dumps(doc).encode(), headers=headers)
+
+
+def error_response(status: int, reason: str, headers: Mapping[str, str] | None = None,
+                   **extra: Any) -> Response:
+    return json_response({"error": reason, **extra}, status, headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+Fallback = Callable[[Request, set[str]], Awaitable[Response]]
+"""Called when no route matches; gets the methods the path does allow (empty: no such path)."""
+
+
+class Router:
+    """Routes by method and path; tried in the order added (the hot path first)."""
+
+    def __init__(self, fallback: Fallback) -> None:
+        self.fallback = fallback
+        self._routes: list[tuple[str, list[str | None], list[str], Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        """``pattern`` like ``/v2/models/{name}/infer``; a ``{param}`` matches one non-empty
+        segment. GET routes answer HEAD as well."""
+        parts = pattern.split("/")
+        literal = [None if p.startswith("{") else p for p in parts]
+        names = [p[1:-1] for p in parts if p.startswith("{")]
+        self._routes.append((method, literal, names, handler))
+
+    async def dispatch(self, request: Request) -> Response:
+        parts = request.path.split("/")
+        allowed: set[str] = set()
+        decoded: list[str] | None = None
+        for method, literal, names, handler in self._routes:
+            if len(literal) != len(parts):
+                continue
+            if decoded is None:
+                decoded = [unquote(p) if "%" in p else p for p in parts]
+            params = []
+            for want, got in zip(literal, decoded, strict=True):
+                if want is None:
+                    if not got:
+                        break
+                    params.append(got)
+                elif want != got:
+                    break
+            else:
+                if method == request.method or (method == "GET" and request.method == "HEAD"):
+                    request.params = dict(zip(names, params, strict=True))
+                    return await handler(request)
+                allowed.add(method)
+                if method == "GET":
+                    allowed.add("HEAD")
+        return await self.fallback(request, allowed)
+
+
+class _Refusal(Exception):
+    """A request that cannot be read: answered with ``status`` and ``reason``, then the
+    connection ends."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _head_bytes(status: int, content_type: str, length: int,
+                headers: Mapping[str, str] | None, close: bool, keep_alive_10: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Unknown')}\r\n"
+             f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
+             "Server: edgesched\r\n"]
+    if headers:
+        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+    if close:
+        lines.append("Connection: close\r\n")
+    elif keep_alive_10:
+        lines.append("Connection: keep-alive\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class Server:
+    """The protocol factory for one event loop's listeners, and its open connections."""
+
+    def __init__(self, router: Router, *, body_limit: int, idle_timeout_s: float,
+                 log_: logging.Logger | None = None) -> None:
+        self.router = router
+        self.body_limit = body_limit
+        self.idle_timeout_s = idle_timeout_s
+        self.log = log_ or log
+        self.connections: set[Connection] = set()
+        self.closing = False
+
+    def __call__(self) -> Connection:
+        return Connection(self)
+
+    async def shutdown(self, timeout_s: float) -> None:
+        """End every connection: idle ones now, the others once their request is answered
+        (or after ``timeout_s``)."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        tasks = [c.task for c in self.connections if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: reads requests, runs them one at a time, writes the answers."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._buf = bytearray()
+        self._head: tuple[str, str, str, dict[str, str]] | None = None
+        self._body_end = 0
+        """Content-Length framing: the buffer offset where the body ends (0: not known)."""
+        self._chunked: _Chunked | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
+        """When the connection began waiting for its next request; None while one is handled."""
+        self._lingering = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._eof = False
+        self._peer: Any = None
+
+    # ------------------------------------------------------------------------- asyncio side
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self._peer = transport.get_extra_info("socket")
+        self.server.connections.add(self)
+        self._arm_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.task is None and not self._lingering and (self._buf or self._head is not None):
+            self._refuse(400, "the connection ended in the middle of a request")
+        return self.task is not None  # a request in progress is answered, then the end
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        self._buf += data
+        if self.task is None:
+            self._advance()
+        elif len(self._buf) > self.server.body_limit + MAX_HEAD_BYTES and not self._read_paused:
+            self._read_paused = True  # pipelined requests pile up behind a slow one
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    # ------------------------------------------------------------------------- requests
+    def _advance(self) -> None:
+        """Parse what the buffer holds; start the handler once a whole request is there."""
+        try:
+            request = self._parse()
+        except _Refusal as exc:
+            self._refuse(exc.status, exc.reason)
+            return
+        if request is None:
+            return
+        self._waiting_since = None  # the timer stays; it finds nothing to do
+        self.task = asyncio.get_running_loop().create_task(self._run(request))
+
+    def _parse(self) -> Request | None:
+        buf = self._buf
+        if self._head is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._check_partial_head()
+                return None
+            if end + 4 > MAX_HEAD_BYTES:
+                raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
+            self._head = _parse_head(bytes(buf[:end]))
+            del buf[:end + 4]
+            self._frame()
+        method, target, version, headers = self._head
+        if self._chunked is not None:
+            body = self._chunked.feed(buf, self.server.body_limit)
+            if body is None:
+                return None
+        else:
+            if len(buf) < self._body_end:
+                return None
+            body = bytes(buf[:self._body_end])
+            del buf[:self._body_end]
+        self._head = None
+        self._chunked = None
+        self._body_end = 0
+        path, _, query = target.partition("?")
+        return Request(method, path, query, version, headers, body, peer=self._peer)
+
+    def _check_partial_head(self) -> None:
+        buf = self._buf
+        if len(buf) > MAX_HEAD_BYTES:
+            raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
+        line_end = buf.find(b"\r\n", 0, MAX_REQUEST_LINE_BYTES + 2)
+        if line_end < 0 and len(buf) > MAX_REQUEST_LINE_BYTES:
+            raise _Refusal(414, f"request line over {MAX_REQUEST_LINE_BYTES} bytes")
+        # what is not HTTP (TLS, garbage) is refused without waiting for a blank line
+        line = bytes(buf[:line_end] if line_end >= 0 else buf[:MAX_METHOD_BYTES + 1])
+        method = line.split(b" ", 1)[0]
+        if len(method) > MAX_METHOD_BYTES or (line and not _TOKEN.fullmatch(method)):
+            raise _Refusal(400, "malformed request line: expected METHOD TARGET HTTP/1.1")
+        if line_end >= 0:
+            _parse_request_line(line)
+
+    def _frame(self) -> None:
+        """How the body of the request just parsed is delimited; refuses bodies over the limit
+        before reading them."""
+        assert self._head is not None
+        _, _, version, headers = self._head
+        limit = self.server.body_limit
+        coding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if coding is not None:
+            if length is not None:
+                raise _Refusal(400, "both Content-Length and Transfer-Encoding were sent")
+            if coding.strip().lower() != "chunked" or version == "HTTP/1.0":
+                raise _Refusal(400, f"unsupported Transfer-Encoding {coding!r} (only chunked, "
+                               "in HTTP/1.1)")
+            self._chunked = _Chunked()
+        elif length is not None:
+            values = {v.strip() for v in length.split(",")}
+            if len(values) != 1 or not all(v.isdigit() and v.isascii() for v in values):
+                raise _Refusal(400, f"invalid Content-Length {length!r}")
+            n = int(values.pop())
+            if n > limit:
+                raise _Refusal(413, f"request body of {n} bytes exceeds the limit of {limit} "
+                               "bytes (server.max_body_bytes)")
+            self._body_end = n
+        waiting = self._chunked is not None or len(self._buf) < self._body_end
+        if (waiting and not self._buf and headers.get("expect", "").lower() == "100-continue"
+                and self.transport is not None):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    async def _run(self, request: Request) -> None:
+        try:
+            try:
+                response = await self.server.router.dispatch(request)
+            except Exception as exc:
+                self.server.log.exception("%s %s failed", request.method, request.path)
+                response = error_response(500, f"internal error: {type(exc).__name__}")
+            self._answer(request, response)
+            if self._write_paused and self.transport is not None:
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
+                self._drained = None
+        finally:
+            self.task = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self._buf:
+            self._advance()
+        if self.task is None and not self._lingering:
+            if self.server.closing or self._eof:
+                self.transport.close()
+            else:
+                self._arm_timer()
+
+    def _answer(self, request: Request, response: Response) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        conn = request.headers.get("connection", "").lower()
+        keep_10 = request.version == "HTTP/1.0" and "keep-alive" in conn
+        close = (response.close or self.server.closing or "close" in conn
+                 or (request.version == "HTTP/1.0" and not keep_10))
+        body = b"" if request.method == "HEAD" else response.body
+        head = _head_bytes(response.status, response.content_type, len(response.body),
+                           response.headers, close, keep_10)
+        if len(body) > BIG_BODY_BYTES:
+            self.transport.writelines([head, body])
+        else:
+            self.transport.write(head + body)
+        if close:
+            self.transport.close()
+
+    # ------------------------------------------------------------------------- endings
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer ``status`` with ``reason``, then drop what still arrives and end the
+        connection once the client stops sending (or after LINGER_S)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = json.dumps({"error": reason}).encode()
+        transport.write(_head_bytes(status, "application/json; charset=utf-8", len(body), None,
+                                    True, False) + body)
+        self._buf.clear()
+        self._head = None
+        self._chunked = None
+        self._lingering = True
+        if self._eof:
+            transport.close()
+            return
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            transport.write_eof()
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
+    def close_if_idle(self) -> None:
+        if self.task is None and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm_timer(self) -> None:
+        """Start the time for the next request (one timer per connection, not per request)."""
+        loop = asyncio.get_running_loop()
+        self._waiting_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.server.idle_timeout_s, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._waiting_since is None or self.transport is None or self._lingering:
+            return
+        loop = asyncio.get_running_loop()
+        left_s = self._waiting_since + self.server.idle_timeout_s - loop.time()
+        if left_s > 0:
+            self._timer = loop.call_later(left_s, self._timed_out)
+            return
+        if self._buf or self._head is not None:  # a request started and did not finish
+            self._refuse(408, f"the request did not arrive within {self.server.idle_timeout_s:g} "
+                         "s (server.idle_timeout_s)")
+        else:
+            self.transport.close()
+
+
+def _parse_head(raw: bytes) -> tuple[str, str, str, dict[str, str]]:
+    """Request line and headers; raises _Refusal when they are not HTTP/1.x."""
+    lines = raw.split(b"\r\n")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _Refusal(431, f"more than {MAX_HEADERS} request headers")
+    method, target, version = _parse_request_line(lines[0])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise _Refusal(400, "malformed request header line")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return method, target, version, headers
+
+
+def _parse_request_line(line: bytes) -> tuple[str, str, str]:
+    parts = line.split(b" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
+        raise _Refusal(400, "malformed request line: expected METHOD TARGET HTTP/1.1")
+    if len(line) > MAX_REQUEST_LINE_BYTES:
+        raise _Refusal(414, f"request line over {MAX_REQUEST_LINE_BYTES} bytes")
+    version = parts[2].decode("latin-1")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _Refusal(400, f"unsupported protocol {version[:20]!r}: this server speaks "
+                       "HTTP/1.0 and HTTP/1.1")
+    target = parts[1].decode("latin-1")
+    if not target.startswith("/"):
+        raise _Refusal(400, "the request target must be a path starting with /")
+    return parts[0].decode("ascii"), target, version
+
+
+class _Chunked:
+    """Decodes a chunked body as it arrives (consuming the connection's buffer)."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.left = -1
+        """Bytes left in the current chunk; -1: a size line comes next."""
+        self.trailers = False
+
+    def feed(self, buf: bytearray, limit: int) -> bytes | None:
+        """The whole body once the last chunk and trailers are in, else None."""
+        while True:
+            if self.trailers:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        raise _Refusal(431, "chunked trailers too long")
+                    return None
+                del buf[:end + 2]
+                if end == 0:
+                    return bytes(self.body)
+                continue
+            if self.left < 0:
+                end = buf.find(b"\r\n", 0, MAX_CHUNK_LINE_BYTES)
+                if end < 0:
+                    if len(buf) >= MAX_CHUNK_LINE_BYTES:
+                        raise _Refusal(400, "malformed chunk size line")
+                    return None
+                size = bytes(buf[:end]).split(b";", 1)[0].strip()
+                if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF"
+                                                         for c in size):
+                    raise _Refusal(400, "malformed chunk size line")
+                del buf[:end + 2]
+                self.left = int(size, 16)
+                if self.left == 0:
+                    self.trailers = True
+                    continue
+                if len(self.body) + self.left > limit:
+                    raise _Refusal(413, f"request body exceeds the limit of {limit} bytes "
+                                   "(server.max_body_bytes)")
+            if len(buf) < self.left + 2:
+                return None
+            if buf[self.left:self.left + 2] != b"\r\n":
+                raise _Refusal(400, "malformed chunk: no CRLF after its data")
+            self.body += buf[:self.left]
+            del buf[:self.left + 2]
+            self.left = -1
