@@ -2,21 +2,25 @@
 
 Each server runs in its own process on a unix socket with uvloop (when installed) and answers
 ``POST /v2/models/m/infer`` the way the daemon's thin transport does: read the body, parse it as
-JSON, answer a small JSON document. Clients use ``http.client`` with keep-alive connections.
+JSON, answer a small JSON document. Clients use the bundled client's lean HTTP/1.1
+:class:`~edgesched.client.Connection` (raw socket, one keep-alive connection each), so that the
+figures are mostly the server's.
 
-- ``aiohttp`` (the daemon's choice): ``web.Application`` with one handler.
+- ``edgesched``: the daemon's own HTTP/1.1 server (:mod:`edgesched.server.http1`), one route.
+- ``aiohttp``: ``web.Application`` with one handler (the daemon's server before its own).
 - ``uvicorn`` (httptools parser) with a bare ASGI callable: the usual fast alternative.
 
 Figures per library: ``p50_us``/``p99_us`` of one client sending requests one at a time, and
 ``throughput_rps`` with ``--clients`` client processes.
 
 Usage: python bench/http_libs.py [--requests 3000] [--seconds 4] [--clients 8]
-(needs ``pip install uvicorn httptools`` for the alternative)
+(``aiohttp`` and ``uvicorn httptools`` are measured when installed, skipped otherwise)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +34,8 @@ from typing import Any
 import numpy as np
 from _daemon import parallel_rate
 
-from edgesched.client import UnixHTTPConnection
+from edgesched.client import Connection
+from edgesched.errors import ClientError
 
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 120], "datatype": "INT8",
                                "data": [0] * 120}], "parameters": {"priority": 1}}).encode()
@@ -44,6 +49,29 @@ def _answer(doc: dict[str, Any]) -> bytes:
 
 
 # ------------------------------------------------------------------------------ servers
+def serve_edgesched(sock_path: str) -> None:
+    import asyncio
+
+    from edgesched.server.http1 import Request, Response, Router, Server, error_response
+
+    async def infer(request: Request) -> Response:
+        return Response(200, _answer(json.loads(request.body)), content_type="application/json")
+
+    async def fallback(request: Request, allowed: set[str]) -> Response:
+        return error_response(405 if allowed else 404, "no such route")
+
+    async def run() -> None:
+        router = Router(fallback)
+        router.add("POST", PATH, infer)
+        server = await asyncio.get_running_loop().create_unix_server(
+            Server(router, body_limit=1 << 20, idle_timeout_s=60.0), sock_path)
+        async with server:
+            await server.serve_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
 def serve_aiohttp(sock_path: str) -> None:
     from aiohttp import web
 
@@ -86,20 +114,18 @@ def _has(module: str) -> bool:
     return True
 
 
-SERVERS = {"aiohttp": serve_aiohttp, "uvicorn": serve_uvicorn}
+SERVERS = {"edgesched": serve_edgesched, "aiohttp": serve_aiohttp, "uvicorn": serve_uvicorn}
 
 
 # ------------------------------------------------------------------------------ clients
-def _round_trip(conn: UnixHTTPConnection) -> None:
-    conn.request("POST", PATH, body=BODY, headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    resp.read()
+def _round_trip(conn: Connection) -> None:
+    resp = conn.request("POST", PATH, body=BODY, headers={"Content-Type": "application/json"})
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}")
 
 
 def _latency(sock: str, n: int) -> list[float]:
-    conn = UnixHTTPConnection(sock)
+    conn = Connection(sock)
     out: list[float] = []
     for i in range(n + 100):
         t0 = time.perf_counter()
@@ -111,7 +137,7 @@ def _latency(sock: str, n: int) -> list[float]:
 
 
 def _client(sock: str, seconds: float, barrier: Any, q: Any) -> None:
-    conn = UnixHTTPConnection(sock)
+    conn = Connection(sock)
     done = 0
     for _ in range(50):  # connect and warm up
         _round_trip(conn)
@@ -129,11 +155,10 @@ def _wait_socket(sock: str, proc: subprocess.Popen[bytes]) -> None:
     while time.monotonic() < limit and proc.poll() is None:
         if os.path.exists(sock):
             try:
-                conn = UnixHTTPConnection(sock, timeout=5)
-                _round_trip(conn)
-                conn.close()
+                with Connection(sock, timeout=5) as conn:
+                    _round_trip(conn)
                 return
-            except OSError:
+            except (OSError, ClientError):
                 pass
         time.sleep(0.05)
     raise SystemExit(f"server did not start (exit {proc.poll()})")
@@ -164,7 +189,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--libs", default="aiohttp,uvicorn")
+    ap.add_argument("--libs", default="edgesched,aiohttp,uvicorn")
     ap.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
     ap.add_argument("--socket", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -180,6 +205,9 @@ def main() -> int:
     for lib in args.libs.split(","):
         if lib == "uvicorn" and not (_has("uvicorn") and _has("httptools")):
             out["results"][lib] = {"skipped": "pip install uvicorn httptools"}
+            continue
+        if lib == "aiohttp" and not _has("aiohttp"):
+            out["results"][lib] = {"skipped": "pip install aiohttp"}
             continue
         out["results"][lib] = measure(lib, args)
     print(json.dumps(out))

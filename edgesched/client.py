@@ -1,4 +1,4 @@
-"""A small client for the daemon over its unix socket (or 127.0.0.1 TCP), on ``http.client``.
+"""A small client for the daemon over its unix socket (or TCP), on a lean HTTP/1.1 connection.
 
 One :class:`Client` keeps one HTTP/1.1 keep-alive connection; use one client per thread::
 
@@ -8,14 +8,20 @@ One :class:`Client` keeps one HTTP/1.1 keep-alive connection; use one client per
 
 Errors the daemon answers come back as :class:`~edgesched.errors.ClientError` with the HTTP
 status, the daemon's reason and the outcome (``deadline_missed``, ``shed``, ...).
+
+The wire code (:class:`Connection`) is written here on a plain socket rather than taken from
+``http.client``: clients run on the same small boards as the daemon, and ``http.client`` spends
+about as much CPU per small request as the daemon itself (``email`` header parsing, buffered
+file objects). A request is one ``sendall`` (head and a small body together); the answer is
+read with ``recv`` into one buffer and parsed in place.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,24 +40,330 @@ DATATYPES: dict[str, str] = {
 }
 DTYPES: dict[str, np.dtype[Any]] = {v: np.dtype(k) for k, v in DATATYPES.items()}
 
+MAX_HEAD_BYTES = 64 * 1024  # status line and headers (and, apart, a chunked body's trailers)
+SMALL_BODY_BYTES = 64 * 1024  # up to this, head and body go out in one sendall (one copy)
+_RECV_BYTES = 64 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # Content-Length: 0 when sent without body
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")  # in a method or a request target
+_HEADER_NAME = re.compile(r"[^:\s][^:\r\n]*")  # what a request may carry (as http.client)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # what a response's field name must be
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``HTTPConnection`` whose transport is a unix stream socket."""
 
-    def __init__(self, path: str, timeout: float | None = None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+# ------------------------------------------------------------------------------ HTTP/1.1 wire
+class Headers(Mapping[str, str]):
+    """The header fields of a response: a read-only mapping, case-insensitive in its names.
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.timeout is not None:
-            sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
+    A name sent more than once maps to its first value (:meth:`get_all` has every one);
+    iteration yields each name once, as the server spelled it first."""
+
+    __slots__ = ("_fields", "_values")
+
+    def __init__(self, fields: list[tuple[str, str]] | None = None) -> None:
+        self._fields = fields or []
+        self._values: dict[str, tuple[str, str]] = {}
+        for name, value in self._fields:
+            self._values.setdefault(name.lower(), (name, value))
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._values.values())
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in the order they came."""
+        key = name.lower()
+        return [v for n, v in self._fields if n.lower() == key]
+
+    def get_content_type(self) -> str:
+        """``type/subtype`` of Content-Type, lower case, without parameters ("text/plain" when
+        absent or invalid, as ``email.message.Message.get_content_type``)."""
+        ctype = self.get("Content-Type", "").partition(";")[0].strip().lower()
+        return ctype if ctype.count("/") == 1 else "text/plain"
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    reason: str
+    version: str  # "HTTP/1.1" or "HTTP/1.0"
+    headers: Headers
+    body: bytes
+    will_close: bool  # the connection is closed after this response
+    trailers: Headers | None = None  # a chunked body's trailer fields, if it had any
+
+
+class RemoteDisconnected(ConnectionResetError):
+    """The server closed the connection before sending any byte of a response."""
+
+
+class Connection:
+    """One HTTP/1.1 connection over a unix stream socket (``socket_path``) or TCP (``port``),
+    kept alive across requests and opened again after the server closed it.
+
+    :meth:`request` raises OSError as the socket does (FileNotFoundError,
+    ConnectionRefusedError, BrokenPipeError, TimeoutError, ...), :class:`RemoteDisconnected`
+    when the server closes the connection before answering, and ClientError (status 0) for a
+    malformed answer or one cut short. After any error the connection is closed."""
+
+    def __init__(self, socket_path: str | None = None, *, host: str | None = None,
+                 port: int | None = None, timeout: float | None = None) -> None:
+        if socket_path is None and port is None:
+            raise ValueError("Connection needs a socket path or a TCP port")
+        self.socket_path = socket_path
+        self.host = host or "127.0.0.1"
+        self.port = port
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self._buf = b""  # received, not yet consumed from self._pos on
+        self._pos = 0
+        self._what = ""  # "METHOD PATH" of the request in progress, for messages
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> socket.socket:
+        self.close()
+        if self.port is not None:
+            sock = socket.create_connection((self.host, self.port), self.timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                raise
+        elif self.socket_path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self.socket_path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            raise ValueError("Connection needs a socket path or a TCP port")
         self.sock = sock
+        return sock
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        self._buf, self._pos = b"", 0
+        if sock is not None:
+            sock.close()
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: Mapping[str, str] | None = None) -> Response:
+        """Send one request and read its response (connecting first if need be)."""
+        head = _request_head(method, path, body, headers)
+        self._what = f"{method} {path}"
+        try:
+            sock = self.sock or self.connect()
+            if not body:
+                sock.sendall(head)
+            elif len(body) <= SMALL_BODY_BYTES:
+                sock.sendall(b"".join((head, body)))
+            else:
+                sock.sendall(head)
+                sock.sendall(body)
+            resp = self._read_response(method == "HEAD")
+        except BaseException:
+            self.close()
+            raise
+        if self._pos < len(self._buf):  # bytes past the answer: out of step, start afresh
+            resp.will_close = True
+        if resp.will_close:
+            self.close()
+        return resp
+
+    # -------------------------------------------------------------------------- reading
+    def _malformed(self, why: str) -> ClientError:
+        return ClientError(0, f"malformed response from the daemon ({self._what}): {why}")
+
+    def _cut_short(self) -> ClientError:
+        return ClientError(0, f"the daemon closed the connection in the middle of its answer "
+                              f"({self._what})")
+
+    def _fill(self) -> None:
+        """Receive more bytes into the buffer; EOF here cuts an answer short."""
+        assert self.sock is not None
+        data = self.sock.recv(_RECV_BYTES)
+        if not data:
+            raise self._cut_short()
+        self._buf = self._buf[self._pos:] + data if self._pos else self._buf + data
+        self._pos = 0
+
+    def _read_response(self, head_only: bool) -> Response:
+        if self._pos == len(self._buf):  # EOF or a reset before any byte: the idle-close case
+            assert self.sock is not None
+            data = self.sock.recv(_RECV_BYTES)
+            if not data:
+                raise RemoteDisconnected("the server closed the connection")
+            self._buf, self._pos = data, 0
+        try:
+            return self._parse_response(head_only)
+        except ConnectionResetError:
+            raise self._cut_short() from None
+
+    def _parse_response(self, head_only: bool) -> Response:
+        while True:
+            status, reason, version, headers = self._read_head()
+            if status >= 200:
+                break
+            if status == 101:
+                raise self._malformed("101 Switching Protocols was not asked for")
+            # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        tokens = _tokens(headers.get("Connection"))
+        will_close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
+        trailers = None
+        if head_only or status in (204, 304):
+            body = b""
+        elif "Transfer-Encoding" in headers:
+            if _tokens(headers["Transfer-Encoding"])[-1:] == ["chunked"]:
+                body, trailers = self._read_chunked()
+            else:
+                body, will_close = self._read_to_close(), True
+        elif "Content-Length" in headers:
+            values = {v.strip() for v in ",".join(headers.get_all("Content-Length")).split(",")}
+            raw = values.pop()
+            if values or not (raw.isascii() and raw.isdigit()):
+                raise self._malformed(f"Content-Length {headers['Content-Length']!r}")
+            body = self._read_exact(int(raw))
+        else:
+            body, will_close = self._read_to_close(), True
+        return Response(status, reason, version, headers, body, will_close, trailers)
+
+    def _read_head(self) -> tuple[int, str, str, Headers]:
+        scan = self._pos
+        while True:
+            end = self._buf.find(b"\r\n\r\n", scan)
+            if end >= 0:
+                break
+            if len(self._buf) - self._pos > MAX_HEAD_BYTES:
+                raise self._malformed(f"no end of the header block within {MAX_HEAD_BYTES} bytes")
+            scan = max(len(self._buf) - 3, self._pos) - self._pos
+            self._fill()
+        if end - self._pos > MAX_HEAD_BYTES:
+            raise self._malformed(f"header block longer than {MAX_HEAD_BYTES} bytes")
+        lines = self._buf[self._pos:end].decode("latin-1").split("\r\n")
+        self._pos = end + 4
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if (len(version) != 8 or not version.startswith("HTTP/1.") or version[7] not in "0123456789"
+                or len(code) != 3 or not code.isascii() or not code.isdigit() or code[0] == "0"):
+            raise self._malformed(f"status line {lines[0][:80]!r}")
+        return int(code), reason.strip(), version, self._fields(lines[1:])
+
+    def _fields(self, lines: list[str]) -> Headers:
+        fields: list[tuple[str, str]] = []
+        for line in lines:
+            if line[:1] in (" ", "\t") and fields:  # obsolete line folding
+                name, value = fields[-1]
+                fields[-1] = (name, value + " " + line.strip(" \t"))
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or _TOKEN.fullmatch(name) is None:
+                raise self._malformed(f"header line {line[:80]!r}")
+            fields.append((name, value.strip(" \t")))
+        return Headers(fields)
+
+    def _read_exact(self, n: int) -> bytes:
+        have = len(self._buf) - self._pos
+        if have >= n:
+            start, self._pos = self._pos, self._pos + n
+            return self._buf[start:self._pos]
+        out = bytearray(n)
+        view = memoryview(out)
+        view[:have] = memoryview(self._buf)[self._pos:]
+        self._buf, self._pos = b"", 0
+        assert self.sock is not None
+        while have < n:
+            got = self.sock.recv_into(view[have:])
+            if not got:
+                raise self._cut_short()
+            have += got
+        view.release()
+        return bytes(out)
+
+    def _read_line(self, limit: int) -> bytes:
+        while True:
+            end = self._buf.find(b"\r\n", self._pos)
+            if end >= 0:
+                break
+            if len(self._buf) - self._pos > limit:
+                raise self._malformed("chunk size or trailer line too long")
+            self._fill()
+        line, self._pos = self._buf[self._pos:end], end + 2
+        return line
+
+    def _read_chunked(self) -> tuple[bytes, Headers | None]:
+        parts: list[bytes] = []
+        while True:
+            line = self._read_line(1024)
+            size = line.partition(b";")[0].strip(b" \t")
+            if not size or not _HEX.issuperset(size):
+                raise self._malformed(f"chunk size line {line[:80]!r}")
+            n = int(size, 16)
+            if n == 0:
+                break
+            parts.append(self._read_exact(n))
+            if self._read_exact(2) != b"\r\n":
+                raise self._malformed("chunk data not followed by CRLF")
+        lines: list[str] = []
+        budget = MAX_HEAD_BYTES
+        while line := self._read_line(budget):
+            budget -= len(line) + 2
+            if budget < 0:
+                raise self._malformed(f"trailers longer than {MAX_HEAD_BYTES} bytes")
+            lines.append(line.decode("latin-1"))
+        return b"".join(parts), (self._fields(lines) if lines else None)
+
+    def _read_to_close(self) -> bytes:
+        assert self.sock is not None
+        parts = [self._buf[self._pos:]]
+        self._buf, self._pos = b"", 0
+        while data := self.sock.recv(_RECV_BYTES):
+            parts.append(data)
+        return b"".join(parts)
+
+
+def _tokens(value: str | None) -> list[str]:
+    """The comma-separated tokens of a header value, lower case."""
+    return [t.strip().lower() for t in value.split(",")] if value else []
+
+
+def _request_head(method: str, path: str, body: bytes | None,
+                  headers: Mapping[str, str] | None) -> bytes:
+    if not method or _BAD_TARGET.search(method) or _BAD_TARGET.search(path):
+        raise ValueError(f"invalid method or path: {method!r} {path!r}")
+    lines = [f"{method} {path or '/'} HTTP/1.1\r\n"]
+    given = {name.lower() for name in headers} if headers else set()
+    if "host" not in given:
+        lines.append("Host: localhost\r\n")
+    if "content-length" not in given:
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        elif method in _BODY_METHODS:
+            lines.append("Content-Length: 0\r\n")
+    if headers:
+        for name, value in headers.items():
+            value = str(value)
+            if _HEADER_NAME.fullmatch(name) is None or "\r" in value or "\n" in value:
+                raise ValueError(f"invalid header {name!r}: {value!r}")
+            lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -127,7 +439,7 @@ class Client:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
 
     def __enter__(self) -> Client:
         return self
@@ -140,27 +452,23 @@ class Client:
             self._conn.close()
             self._conn = None
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> Connection:
         if self._conn is None:
             if self.port is not None:
-                self._conn = http.client.HTTPConnection(self.host or "127.0.0.1", self.port,
-                                                        timeout=self.timeout_s)
+                self._conn = Connection(host=self.host, port=self.port, timeout=self.timeout_s)
             else:
-                self._conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout_s)
+                self._conn = Connection(self.socket_path, timeout=self.timeout_s)
         return self._conn
 
     def request(self, method: str, path: str, body: bytes | None = None,
-                headers: Mapping[str, str] | None = None,
-                ) -> tuple[int, http.client.HTTPMessage, bytes]:
+                headers: Mapping[str, str] | None = None) -> tuple[int, Headers, bytes]:
         """One round trip; reconnects once if an idle keep-alive connection was closed."""
         for attempt in (0, 1):
             conn = self._connection()
             fresh = conn.sock is None
             try:
-                conn.request(method, path, body=body, headers=dict(headers or {}))
-                resp = conn.getresponse()
-                data = resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                resp = conn.request(method, path, body, headers)
+            except (BrokenPipeError, ConnectionResetError):  # incl. RemoteDisconnected
                 self.close()
                 if fresh or attempt:
                     raise ClientError(0, f"the daemon closed the connection ({method} "
@@ -168,13 +476,16 @@ class Client:
                 continue
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 self.close()
-                where = (f"127.0.0.1:{self.port}" if self.port is not None
+                where = (f"{self.host or '127.0.0.1'}:{self.port}" if self.port is not None
                          else self.socket_path)
                 raise ClientError(0, f"cannot reach the daemon at {where} ({exc.strerror}); "
                                   "is `edgesched serve` running?") from None
+            except BaseException:
+                self.close()
+                raise
             if resp.will_close:
                 self.close()
-            return resp.status, resp.msg, data
+            return resp.status, resp.headers, resp.body
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _json(self, method: str, path: str, ok: tuple[int, ...] = (200,)) -> Any:
