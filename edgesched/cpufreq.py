@@ -86,12 +86,25 @@ class SysfsIO(Protocol):
         """Write ``value`` to an existing file (raises OSError as the kernel would)."""
 
 
+def read_small_file(path: Path) -> str:
+    """A small file's whole text (ASCII), read with plain system calls: a frequency change
+    reads several attributes, and ``open()`` with its text wrapper costs several times the read
+    itself. A sysfs attribute comes whole in the first read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii")
+
+
 class PlainSysfsIO:
     """Reads and writes the files themselves (real sysfs or a plain fake tree)."""
 
     def read_text(self, path: Path) -> str:
-        with open(path, encoding="ascii") as f:
-            return f.read()
+        return read_small_file(path)
 
     def write_text(self, path: Path, value: str) -> None:
         # sysfs refuses a write to a file without write bits with EACCES even for root

@@ -36,7 +36,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgesched.cpufreq import CPUFREQ_REL, PlainSysfsIO, SysfsIO, derive_steps_khz
+from edgesched.cpufreq import (
+    CPUFREQ_REL,
+    PlainSysfsIO,
+    SysfsIO,
+    derive_steps_khz,
+    read_small_file,
+)
 from edgesched.device import DeviceProfile, load_profile
 
 SHAPES = ("rk3399", "rpi4", "no-userspace", "read-only")
@@ -51,6 +57,24 @@ def _put(path: Path, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
+def _store(path: Path, text: str) -> None:
+    """Replace a small file's content in place: write at offset 0, then cut the file to length.
+
+    Not ``open(path, "w")``: truncating a file to zero and writing it again frees and reallocates
+    its block, which on ext4 costs about 0.4 ms a file against 15 us in place, and a virtual
+    board writes several files per frequency change."""
+    data = text.encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 def _force_write(path: Path, text: str) -> None:
     """Write a file the kernel itself updates (scaling_cur_freq), whatever its mode."""
     try:
@@ -60,11 +84,11 @@ def _force_write(path: Path, text: str) -> None:
     if not mode & stat.S_IWUSR:
         os.chmod(path, mode | stat.S_IWUSR)
         try:
-            path.write_text(text + "\n", encoding="ascii")
+            _store(path, text + "\n")
         finally:
             os.chmod(path, mode)
     else:
-        path.write_text(text + "\n", encoding="ascii")
+        _store(path, text + "\n")
 
 
 def from_profile(root: Path, profile: DeviceProfile, *,
@@ -198,15 +222,16 @@ class FakeKernel:
 
     # SysfsIO
     def read_text(self, path: Path) -> str:
-        with open(path, encoding="ascii") as f:
-            return f.read()
+        return read_small_file(path)
 
     def write_text(self, path: Path, value: str) -> None:
         path = Path(path)
         pdir = path.parent
-        if not pdir.is_dir() or not path.exists():
-            raise _err(errno.ENOENT, path)
-        mode = stat.S_IMODE(path.stat().st_mode)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _err(errno.ENOENT, path) from None
+        mode = stat.S_IMODE(st.st_mode)
         if not mode & 0o222 or path.name not in WRITABLE:
             raise _err(errno.EACCES, path)  # kernfs refuses even root without write bits
         text = value.strip()
@@ -244,7 +269,7 @@ class FakeKernel:
                 self._sync_policy(pdir)
 
     def _read(self, path: Path) -> str:
-        return path.read_text(encoding="ascii").strip()
+        return read_small_file(path).strip()
 
     def _available(self, pdir: Path) -> list[int]:
         avail = pdir / "scaling_available_frequencies"
@@ -259,12 +284,12 @@ class FakeKernel:
         hi = int(self._read(pdir / "scaling_max_freq"))
         cur = int(self._read(pdir / "scaling_cur_freq"))
         inside = [f for f in self._available(pdir) if lo <= f <= hi] or [lo]
+        sp = self._read(pdir / "scaling_setspeed")
         if gov == "performance":
             new = inside[-1]
         elif gov == "powersave":
             new = inside[0]
         elif gov == "userspace":
-            sp = self._read(pdir / "scaling_setspeed")
             want = int(sp) if sp.isdigit() else cur
             new = next((f for f in inside if f >= want), inside[-1])
         else:
@@ -272,7 +297,9 @@ class FakeKernel:
         if new != cur:
             self.transitions[pdir.name] = self.transitions.get(pdir.name, 0) + 1
             _force_write(pdir / "scaling_cur_freq", str(new))
-        _force_write(pdir / "scaling_setspeed", str(new) if gov == "userspace" else UNSUPPORTED)
+        setspeed = str(new) if gov == "userspace" else UNSUPPORTED
+        if sp != setspeed:
+            _force_write(pdir / "scaling_setspeed", setspeed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -286,6 +286,24 @@ def test_kernel_rejects_setspeed_without_userspace(tmp_path: Path) -> None:
     assert read_attr(root, "policy4", "scaling_cur_freq") == "408000"
 
 
+def test_kernel_rewrites_files_whole_when_a_value_gets_shorter(tmp_path: Path) -> None:
+    """The fake kernel rewrites attributes in place (no truncation to zero); every file must
+    still hold exactly the new value and its newline, with nothing of a longer old one left."""
+    root, _, kernel = tree(tmp_path)
+    pdir = policy_dir(root, "policy4")
+    kernel.write_text(pdir / "scaling_governor", "performance")
+    assert (pdir / "scaling_cur_freq").read_bytes() == b"1800000\n"
+    assert (pdir / "scaling_setspeed").read_bytes() == b"<unsupported>\n"
+    kernel.write_text(pdir / "scaling_governor", "userspace")
+    kernel.write_text(pdir / "scaling_setspeed", "408000")
+    assert (pdir / "scaling_setspeed").read_bytes() == b"408000\n"
+    assert (pdir / "scaling_cur_freq").read_bytes() == b"408000\n"
+    assert (pdir / "scaling_governor").read_bytes() == b"userspace\n"
+    kernel.write_text(pdir / "scaling_governor", "powersave")
+    assert (pdir / "scaling_governor").read_bytes() == b"powersave\n"
+    assert (pdir / "scaling_setspeed").read_bytes() == b"<unsupported>\n"
+
+
 def test_vanished_policy_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root, state, kernel = tree(tmp_path)
     before = snapshot(root)
