@@ -25,6 +25,8 @@ import numpy as np
 from edgesched.device import Cluster, DeviceProfile, Work
 
 OBS_VERSION = 1
+URGENT_WINDOW_S = 10.0
+"""How long a priority-1 request's timeout counts towards ``DecisionContext.urgent_timeout_s``."""
 MAX_CLUSTERS = 2
 LEVELS = 20
 N_ACTIONS = MAX_CLUSTERS * LEVELS
@@ -172,6 +174,11 @@ class DecisionContext:
     """PELT-style utilisation per cluster in [0, 1] (frequency- and capacity-invariant)."""
     busy_fraction_by_cluster: list[float]
     """Busy fraction per cluster over the last governor sampling window."""
+    urgent_timeout_s: float = math.inf
+    """The shortest timeout (deadline minus arrival) of the priority-1 requests that arrived in
+    the last ``URGENT_WINDOW_S`` seconds; inf when none did. Not part of the observation vector:
+    the learned policies' shield keeps a lower-priority run short enough that a priority-1
+    request arriving just after it started still meets its deadline."""
 
 
 def _work_constants(view: BoardView, work: Work) -> tuple[float, float, tuple[float, ...]]:

@@ -13,6 +13,7 @@ conservative do from idle-time counters (drivers/cpufreq/cpufreq_governor.c ``db
 from __future__ import annotations
 
 import math
+from collections import deque
 
 PELT_HALFLIFE_S = 0.032
 PELT_TAU_S = PELT_HALFLIFE_S / math.log(2.0)
@@ -109,3 +110,28 @@ class BusyAverage:
             self.value = self.value * decay + 1.0 - decay
             self.last_s = end_s
         return self.value
+
+
+class RecentMin:
+    """The least value added within the last ``window_s`` seconds (``inf`` when none was): a
+    sliding-window minimum, O(1) amortised per call. Times must not go backwards."""
+
+    __slots__ = ("_items", "window_s")
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._items: deque[tuple[float, float]] = deque()
+        """(time, value), values strictly increasing from the front."""
+
+    def add(self, now_s: float, value: float) -> None:
+        items = self._items
+        while items and items[-1][1] >= value:
+            items.pop()
+        items.append((now_s, value))
+
+    def value(self, now_s: float) -> float:
+        items = self._items
+        limit = now_s - self.window_s
+        while items and items[0][0] < limit:
+            items.popleft()
+        return items[0][1] if items else math.inf

@@ -22,6 +22,7 @@ from edgesched.observation import (
 )
 from edgesched.policy.base import Policy
 from edgesched.policy.learned import (
+    BLOCKING_SHARE,
     LearnedPolicy,
     load_learned,
     make_random_policy,
@@ -115,42 +116,69 @@ def test_decide_matches_reference_on_real_observations(tmp_path: Path) -> None:
             assert policy.decide(view, ctx) == view.decode(int(np.argmax(logits)))
 
 
-def test_the_shield_keeps_a_priority_1_request_in_time(tmp_path: Path) -> None:
-    profile = load_profile("rk3399")
-    view = BoardView.of(profile)
-    ctx0 = context("rk3399")
-    allowed = [int(a) for a in np.flatnonzero(view.mask)]
+class SlowestFirst:
+    """A one-layer network that ranks rk3399's actions slowest first: left alone it always
+    picks the slowest, so every faster pick is the shield's."""
 
-    def finish_s(a: int) -> float:
-        d = view.decode(a)
-        switch = view.transition_s[d.cluster] if d.opp != ctx0.cur_opp[d.cluster] else 0.0
-        return profile.latency_ms(ctx0.head_work, d.cluster, d.opp) / 1000.0 + switch
+    def __init__(self, tmp_path: Path) -> None:
+        self.profile = load_profile("rk3399")
+        self.view = BoardView.of(self.profile)
+        self.ctx0 = context("rk3399")
+        self.allowed = [int(a) for a in np.flatnonzero(self.view.mask)]
+        bias = np.full(N_ACTIONS, -1e3)
+        for a in self.allowed:
+            bias[a] = self.finish_s(a) * 1e3
+        save_learned(tmp_path / "slow", [(np.zeros((OBS_DIM, N_ACTIONS)), bias)],
+                     {"devices": ["rk3399"], "algo": "test", "seed": 0})
+        self.policy = load_learned(tmp_path / "slow")
+        self.slowest = max(self.allowed, key=self.finish_s)
+        self.fastest = min(self.allowed, key=self.finish_s)
 
-    # a network that ranks actions slowest first: left alone it always picks the slowest
-    bias = np.full(N_ACTIONS, -1e3)
-    for a in allowed:
-        bias[a] = finish_s(a) * 1e3
-    save_learned(tmp_path / "slow", [(np.zeros((OBS_DIM, N_ACTIONS)), bias)],
-                 {"devices": ["rk3399"], "algo": "test", "seed": 0})
-    policy = load_learned(tmp_path / "slow")
-    slowest = max(allowed, key=finish_s)
-    fastest = min(allowed, key=finish_s)
-    assert finish_s(fastest) < 0.015 < finish_s(slowest)
+    def finish_s(self, a: int) -> float:
+        d = self.view.decode(a)
+        switch = self.view.transition_s[d.cluster] if d.opp != self.ctx0.cur_opp[d.cluster] else 0.0
+        return self.profile.latency_ms(self.ctx0.head_work, d.cluster, d.opp) / 1000.0 + switch
 
-    def decide(slack_s: float, priority: int = 1) -> int:
+    def best_within(self, limit_s: float) -> int:
+        return max((a for a in self.allowed if self.finish_s(a) <= limit_s), key=self.finish_s)
+
+    def decide(self, slack_s: float, priority: int = 1,
+               urgent_timeout_s: float = float("inf")) -> int:
         ctx = context("rk3399", slack_s)
         ctx.head_priority = priority
-        return view.encode(policy.decide(view, ctx))
+        ctx.urgent_timeout_s = urgent_timeout_s
+        return self.view.encode(self.policy.decide(self.view, ctx))
 
-    assert decide(1.0) == slowest, "enough time: the network's choice"
-    in_time = decide(0.015)
-    assert finish_s(in_time) <= 0.015
-    assert in_time == max((a for a in allowed if finish_s(a) <= 0.015), key=finish_s), (
-        "the best-ranked action that is in time")
-    assert decide(finish_s(fastest) / 2) == fastest, "none in time: the fastest"
-    assert decide(0.015, priority=2) == slowest, "only priority 1 is shielded"
-    policy.deadline_shield = False
-    assert decide(0.015) == slowest
+
+def test_the_shield_keeps_a_priority_1_request_in_time(tmp_path: Path) -> None:
+    net = SlowestFirst(tmp_path)
+    assert net.finish_s(net.fastest) < 0.015 < net.finish_s(net.slowest)
+    assert net.decide(1.0) == net.slowest, "enough time: the network's choice"
+    in_time = net.decide(0.015)
+    assert net.finish_s(in_time) <= 0.015
+    assert in_time == net.best_within(0.015), "the best-ranked action that is in time"
+    assert net.decide(net.finish_s(net.fastest) / 2) == net.fastest, "none in time: the fastest"
+    assert net.decide(0.015, priority=2) == net.slowest, (
+        "a lower priority's own deadline is not shielded")
+    net.policy.deadline_shield = False
+    assert net.decide(0.015) == net.slowest
+
+
+def test_the_shield_keeps_lower_priority_runs_short_while_priority_1_comes(
+        tmp_path: Path) -> None:
+    """A run cannot be interrupted: with priority-1 requests of 20 ms timeouts about, a
+    priority-2 run is kept within BLOCKING_SHARE of 20 ms when some action allows it."""
+    net = SlowestFirst(tmp_path)
+    limit_s = 0.020 * BLOCKING_SHARE
+    assert net.finish_s(net.fastest) < limit_s < net.finish_s(net.slowest)
+    assert net.decide(1.0, priority=2) == net.slowest, "no priority-1 traffic: the network's"
+    assert net.decide(1.0, priority=2, urgent_timeout_s=10.0) == net.slowest, "long timeouts"
+    short = net.decide(1.0, priority=2, urgent_timeout_s=0.020)
+    assert short == net.best_within(limit_s), "the best-ranked action that is short enough"
+    assert net.decide(1.0, priority=3, urgent_timeout_s=net.finish_s(net.fastest) / 2) == (
+        net.fastest), "none short enough: the fastest"
+    net.policy.deadline_shield = False
+    assert net.decide(1.0, priority=2, urgent_timeout_s=0.020) == net.slowest
 
 
 @pytest.mark.parametrize(("key", "value", "what"), [

@@ -15,7 +15,7 @@ from edgesched.board import RunCost
 from edgesched.device import load_profile
 from edgesched.energy import CarbonAccount
 from edgesched.errors import AdmissionError
-from edgesched.observation import BoardView, Decision, DecisionContext
+from edgesched.observation import URGENT_WINDOW_S, BoardView, Decision, DecisionContext
 from edgesched.policy.base import Performance
 from edgesched.queue import RequestQueue
 from edgesched.server.admission import InferRequest
@@ -108,11 +108,12 @@ class Rig:
         self.answers: dict[str, Outcome] = {}
         self.answered = threading.Condition()
 
-    def submit(self, rid: str, priority: int = 2, deadline_s: float = float("inf")) -> None:
+    def submit(self, rid: str, priority: int = 2, deadline_s: float = float("inf"),
+               timeout_us: int | None = None) -> None:
         req = InferRequest(model=self.model.name, request_id=rid,
                            inputs={NABU_IN: np.zeros((1, 3, 40), np.int8)},
                            outputs=(("StatefulPartitionedCall:0", True),), priority=priority,
-                           timeout_us=None, size_bytes=200)
+                           timeout_us=timeout_us, size_bytes=200)
 
         def answer(out: Outcome) -> None:
             with self.answered:
@@ -201,7 +202,7 @@ def test_context_and_ticks(nabu: LoadedModel) -> None:
     r.dispatcher.start()
     try:
         r.block_on_first()
-        r.submit("b", priority=1)
+        r.submit("b", priority=1, deadline_s=r.clock.now_s + 0.5, timeout_us=500_000)
         r.clock.now_s += 0.05
         r.board.gate.release()
         r.board.gate.release()
@@ -209,9 +210,16 @@ def test_context_and_ticks(nabu: LoadedModel) -> None:
         r.clock.now_s += 0.05
         with r.answered:  # the loop wakes every idle_wait_s and ticks when due
             assert r.answered.wait_for(lambda: len(policy.ticks) >= 2, 30)
+        r.clock.now_s += URGENT_WINDOW_S  # the priority-1 timeout is too old to count now
+        r.submit("c")
+        r.board.gate.release()
+        r.wait_for("c")
     finally:
         r.dispatcher.close(0.0)
         assert r.dispatcher.join(30)
+    assert policy.contexts[0].urgent_timeout_s == float("inf"), "no priority 1 seen yet"
+    assert policy.contexts[1].urgent_timeout_s == pytest.approx(0.5)
+    assert policy.contexts[2].urgent_timeout_s == float("inf")
     ctx = policy.contexts[1]
     assert ctx.head_priority == 1 and ctx.queue_len == 0
     assert len(ctx.util_by_cluster) == len(ctx.busy_fraction_by_cluster) == 2

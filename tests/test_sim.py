@@ -13,7 +13,16 @@ from gymnasium.utils.env_checker import check_env
 import edgesched_sim
 from edgesched.device import load_profile
 from edgesched.errors import ConfigError
-from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW, BoardView
+from edgesched.observation import (
+    N_ACTIONS,
+    OBS_DIM,
+    OBS_HIGH,
+    OBS_LOW,
+    URGENT_WINDOW_S,
+    BoardView,
+    Decision,
+    DecisionContext,
+)
 from edgesched.policy.base import Performance, Powersave
 from edgesched_sim.engine import Engine, Outcome
 from edgesched_sim.env import EdgeDVFSEnv
@@ -104,6 +113,27 @@ def test_every_request_gets_exactly_one_outcome() -> None:
     assert np.all(np.isfinite(stats.finish_s[ran])) and np.all(np.isnan(stats.finish_s[~ran]))
     # powersave on a heavy load must overflow its deadlines
     assert (stats.outcome == Outcome.EXPIRED).any()
+
+
+def test_context_carries_the_shortest_recent_priority_1_timeout() -> None:
+    """``urgent_timeout_s`` against a brute-force scan of the job set (releases up to now)."""
+    prof = load_profile("rk3399")
+    jobs = generate(load_scenario("mixed-priority"), seed=1, duration_s=30.0)
+    seen: list[tuple[float, float]] = []
+
+    class Recording(Performance):
+        def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+            seen.append((ctx.now_s, ctx.urgent_timeout_s))
+            return super().decide(view, ctx)
+
+    Engine(prof, jobs, 30.0).run(Recording())
+    p1 = [(r, d - r) for r, d, p in zip(jobs.release_s, jobs.deadline_s, jobs.priority,
+                                         strict=True) if p == 1 and math.isfinite(d)]
+    assert len(p1) > 10 and len(seen) > 100
+    for now, got in seen:
+        want = min((t for r, t in p1 if now - URGENT_WINDOW_S <= r <= now), default=math.inf)
+        assert got == pytest.approx(want), now
+    assert any(math.isfinite(got) for _, got in seen)
 
 
 def test_builtin_scenarios_and_generation_is_deterministic() -> None:

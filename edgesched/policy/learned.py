@@ -50,6 +50,10 @@ from edgesched.policy.base import StaticPolicy
 
 POLICY_FORMAT = "edgesched-policy/1"
 ACTIVATIONS = ("tanh", "relu")
+BLOCKING_SHARE = 0.8
+"""A lower-priority run is kept within this share of the shortest recent priority-1 timeout
+(``DecisionContext.urgent_timeout_s``) when some action allows it; the rest is left for the
+priority-1 request's own run and the serving around it."""
 RESERVED_KEYS = ("format", "obs_version", "obs_dim", "n_actions", "action_map", "sha256", "layers",
                  "weights")
 _ZERO = np.float32(0.0)
@@ -92,8 +96,9 @@ class LearnedPolicy(StaticPolicy):
     """An exported MLP behind the :class:`~edgesched.policy.base.Policy` protocol.
 
     ``decide`` builds the shared observation, runs the forward pass in preallocated buffers, and
-    takes the argmax of the logits over the board's unmasked actions; for a priority-1 request
-    the deadline shield (:meth:`_shield`) may take a faster one.
+    takes the argmax of the logits over the board's unmasked actions; the deadline shield
+    (:meth:`_shield`) may take a faster one: for a priority-1 request that would miss its
+    deadline, or for a lower-priority run long enough to hold up a priority-1 request.
     """
 
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], *, activation: str,
@@ -187,22 +192,33 @@ class LearnedPolicy(StaticPolicy):
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
         logits = self._run(build_observation(view, ctx), self._mask_for(view))
         choice = view.decode(int(logits.argmax()))
-        if self.deadline_shield and ctx.head_priority == 1 and math.isfinite(ctx.head_deadline_s):
-            choice = self._shield(view, ctx, choice, logits)
+        if not self.deadline_shield:
+            return choice
+        if ctx.head_priority == 1:
+            if math.isfinite(ctx.head_deadline_s):
+                choice = self._shield(view, ctx, choice, logits,
+                                      ctx.head_deadline_s - ctx.now_s)
+        elif math.isfinite(ctx.urgent_timeout_s):
+            choice = self._shield(view, ctx, choice, logits,
+                                  ctx.urgent_timeout_s * BLOCKING_SHARE)
         return choice
 
     def _shield(self, view: BoardView, ctx: DecisionContext, choice: Decision,
-                logits: np.ndarray) -> Decision:
-        """A priority-1 request never runs at a speed that, by the board's latency model,
-        misses its deadline while another would meet it: the best-ranked action that meets it,
-        else the fastest one."""
-        left_s = ctx.head_deadline_s - ctx.now_s
+                logits: np.ndarray, limit_s: float) -> Decision:
+        """Keep the run within ``limit_s`` when some action can: the network's choice if it
+        does, else the best-ranked action that does, else the fastest one.
+
+        For a priority-1 request the limit is its deadline: it never runs at a speed that, by
+        the board's latency model, misses while another speed would meet it. For a
+        lower-priority request it is ``BLOCKING_SHARE`` of the shortest recent priority-1
+        timeout: a run cannot be interrupted, and a priority-1 request arriving just after a
+        longer one started would miss its deadline waiting for it."""
 
         def finish_s(d: Decision) -> float:
             switch_s = view.transition_s[d.cluster] if d.opp != ctx.cur_opp[d.cluster] else 0.0
             return view.profile.latency_ms(ctx.head_work, d.cluster, d.opp) / 1000.0 + switch_s
 
-        if finish_s(choice) <= left_s:
+        if finish_s(choice) <= limit_s:
             return choice
         fastest, fastest_s = choice, math.inf
         for a in np.argsort(-logits, kind="stable"):
@@ -210,7 +226,7 @@ class LearnedPolicy(StaticPolicy):
                 continue
             d = view.decode(int(a))
             t = finish_s(d)
-            if t <= left_s:
+            if t <= limit_s:
                 return d
             if t < fastest_s:
                 fastest, fastest_s = d, t

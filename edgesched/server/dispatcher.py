@@ -27,13 +27,13 @@ import numpy as np
 from edgesched.board import Board
 from edgesched.device import Work
 from edgesched.errors import AdmissionError, QueueFullError
-from edgesched.observation import Decision, DecisionContext
+from edgesched.observation import URGENT_WINDOW_S, Decision, DecisionContext
 from edgesched.policy.base import Policy
 from edgesched.queue import Entry, RequestQueue
 from edgesched.server.admission import InferRequest
 from edgesched.server.metrics import Metrics
 from edgesched.server.runner import LoadedModel
-from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter
+from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter, RecentMin
 
 log = logging.getLogger("edgesched.server")
 
@@ -93,6 +93,7 @@ class Dispatcher:
         self._board_busy = BusyAverage(now_s=now)
         self._busy = [BusyWindow(now) for _ in range(n)]
         self._rate = RateMeter(now_s=now)
+        self._urgent = RecentMin(URGENT_WINDOW_S)
         self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
         self._quiescent = False
         self._cur_opps = list(board.current_opps())
@@ -128,6 +129,8 @@ class Dispatcher:
                 raise AdmissionError(self.queue_full_status, exc.reason,
                                      retry_after_s=self.retry_after_s) from None
             self._rate.event(now)
+            if entry.priority == 1 and job.req.timeout_us is not None:
+                self._urgent.add(now, job.req.timeout_us / 1e6)
             if self._quiescent:
                 self._quiescent = False
                 self._next_tick_s = now + self.policy.tick_s
@@ -308,6 +311,7 @@ class Dispatcher:
             backlog_ms = self.queue.backlog_ms
             earliest = self.queue.earliest_deadline_s()  # of those still waiting, as in the simulator
             rate = self._rate.rate_hz(now)
+            urgent_timeout_s = self._urgent.value(now)
         utils = [p.advance(now, 0.0) for p in self._pelt]
         busy = [self._busy_fraction(c, now) for c in range(self.view.n_clusters)]
         return DecisionContext(
@@ -316,7 +320,7 @@ class Dispatcher:
             urgent_waiting=urgent, backlog_ms=backlog_ms, earliest_deadline_s=earliest,
             cur_opp=list(self._cur_opps), arrival_rate_hz=rate,
             utilisation=self._board_busy.advance(now, False), util_by_cluster=utils,
-            busy_fraction_by_cluster=busy)
+            busy_fraction_by_cluster=busy, urgent_timeout_s=urgent_timeout_s)
 
     def _busy_fraction(self, cluster: int, now: float) -> float:
         """Busy fraction of the current window, without starting a new one."""

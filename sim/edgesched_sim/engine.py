@@ -25,10 +25,16 @@ import numpy as np
 
 from edgesched.device import DeviceProfile
 from edgesched.errors import QueueFullError
-from edgesched.observation import BoardView, Decision, DecisionContext, observation_from
+from edgesched.observation import (
+    URGENT_WINDOW_S,
+    BoardView,
+    Decision,
+    DecisionContext,
+    observation_from,
+)
 from edgesched.policy.base import Policy
 from edgesched.queue import Entry, RequestQueue
-from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter
+from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter, RecentMin
 from edgesched_sim.scenarios import JobSet
 from edgesched_sim.workloads import MODELS
 
@@ -131,6 +137,7 @@ class Engine:
         self.pelt = [PeltTracker() for _ in range(nc)]
         self.windows = [BusyWindow() for _ in range(nc)]
         self.rate = RateMeter()
+        self.urgent = RecentMin(URGENT_WINDOW_S)
         self.busy_avg = BusyAverage()
         self.next_tick_s = math.inf
         self.extra_j = 0.0
@@ -156,12 +163,15 @@ class Engine:
         i = self.next_job
         push = self.queue.push
         event = self.rate.event
+        urgent = self.urgent.add
         models, prios, deadlines = self.job_model, self.job_prio, self.job_deadline
         sizes, service_ms = self.input_bytes, self.top_ms
         while i < n and rel[i] <= t:
             r = rel[i]
             m = models[i]
             event(r)
+            if prios[i] == 1 and deadlines[i] != math.inf:
+                urgent(r, deadlines[i] - r)
             # positional: request_id, priority, deadline_s, enqueued_s, size_bytes, service_ms
             entry = Entry(i, prios[i], deadlines[i], r, sizes[m], service_ms[m])
             try:
@@ -217,7 +227,7 @@ class Engine:
             cur_opp=self.cur_opp, arrival_rate_hz=self.rate.rate_hz(now),
             utilisation=self.busy_avg.value,
             util_by_cluster=[p.util for p in self.pelt] if self.track_pelt else self._zeros,
-            busy_fraction_by_cluster=self._zeros)
+            busy_fraction_by_cluster=self._zeros, urgent_timeout_s=self.urgent.value(now))
 
     def observation(self, head: Entry) -> np.ndarray:
         """The shared observation for ``head`` (same values as building it from ``context``)."""
