@@ -144,7 +144,8 @@ class Connection:
             except OSError:
                 sock.close()
                 raise
-        elif self.socket_path is not None:
+        else:
+            assert self.socket_path is not None  # checked in __init__
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.settimeout(self.timeout)
@@ -152,8 +153,6 @@ class Connection:
             except BaseException:
                 sock.close()
                 raise
-        else:
-            raise ValueError("Connection needs a socket path or a TCP port")
         self.sock = sock
         return sock
 
@@ -480,11 +479,6 @@ class Client:
                          else self.socket_path)
                 raise ClientError(0, f"cannot reach the daemon at {where} ({exc.strerror}); "
                                   "is `edgesched serve` running?") from None
-            except BaseException:
-                self.close()
-                raise
-            if resp.will_close:
-                self.close()
             return resp.status, resp.headers, resp.body
         raise AssertionError("unreachable")  # pragma: no cover
 
