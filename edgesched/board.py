@@ -40,6 +40,10 @@ class Board(Protocol):
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
         """CPUs to pin the inference thread to for ``cluster`` (empty: no pinning)."""
 
+    def longest_run_s(self, top_s: float) -> float:
+        """The longest a run that takes ``top_s`` at the top speed can take on this board (at
+        its slowest operating point, by the profile's latency model)."""
+
     def settle(self, decision: Decision, host_s: float, started_s: float, *,
                reference_s: float | None = None) -> RunCost:
         """Called after an inference that took ``host_s`` on the host; the virtual board waits

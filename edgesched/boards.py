@@ -57,6 +57,14 @@ def _price_model_j(profile: DeviceProfile, cluster: int, opp: int, busy_s: float
     return profile.clusters[cluster].busy_power_uw(opp, 1) * busy_s * 1e-6
 
 
+def slowest_ratio(profile: DeviceProfile) -> float:
+    """How many times longer a run takes at the profile's slowest operating point than at the
+    top one of its fastest cluster (its latency model is linear in the work)."""
+    work = profile.work_from_top_latency(1.0)
+    return max(profile.latency_ms(work, c, o) for c, cl in enumerate(profile.clusters)
+               for o in range(len(cl.opps)))
+
+
 class NullBoard:
     """No frequency control: remembers decisions, charges the model for the host's time."""
 
@@ -77,6 +85,9 @@ class NullBoard:
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
         del cluster
         return ()
+
+    def longest_run_s(self, top_s: float) -> float:
+        return top_s  # nothing changes the speed: every run takes the host's time
 
     def settle(self, decision: Decision, host_s: float, started_s: float, *,
                reference_s: float | None = None) -> RunCost:
@@ -117,6 +128,7 @@ class _CpufreqBoard:
         self.log = log
         self.clock = clock
         self.recheck_s = recheck_s
+        self._slowest_ratio = slowest_ratio(profile)
         self._checked_s = [-math.inf] * len(profile.clusters)  # set and read back
         self.control_error: str | None = None
         self._logged: set[str] = set()
@@ -158,6 +170,9 @@ class _CpufreqBoard:
                 self._known[i] = self._read_opp(i)
                 self._seen_s[i] = now
         return list(self._known)
+
+    def longest_run_s(self, top_s: float) -> float:
+        return top_s * self._slowest_ratio
 
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
         return self.policies[cluster].related_cpus

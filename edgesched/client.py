@@ -12,8 +12,9 @@ status, the daemon's reason and the outcome (``deadline_missed``, ``shed``, ...)
 The wire code (:class:`Connection`) is written here on a plain socket rather than taken from
 ``http.client``: clients run on the same small boards as the daemon, and ``http.client`` spends
 about as much CPU per small request as the daemon itself (``email`` header parsing, buffered
-file objects). A request is one ``sendall`` (head and a small body together); the answer is
-read with ``recv`` into one buffer and parsed in place.
+file objects). A request is one ``sendall`` (head and a small body together), or one
+``sendmsg`` of the head and the tensors' own memory for a large one; the answer is read with
+``recv`` into one buffer and parsed in place.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,9 @@ DTYPES: dict[str, np.dtype[Any]] = {v: np.dtype(k) for k, v in DATATYPES.items()
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers (and, apart, a chunked body's trailers)
 SMALL_BODY_BYTES = 64 * 1024  # up to this, head and body go out in one sendall (one copy)
 _RECV_BYTES = 64 * 1024
+
+Body = bytes | bytearray | memoryview | Sequence[bytes | memoryview]
+"""A request body: bytes, or pieces sent one after the other without joining them."""
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # Content-Length: 0 when sent without body
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")  # in a method or a request target
 _HEADER_NAME = re.compile(r"[^:\s][^:\r\n]*")  # what a request may carry (as http.client)
@@ -162,20 +166,22 @@ class Connection:
         if sock is not None:
             sock.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
+    def request(self, method: str, path: str, body: Body | None = None,
                 headers: Mapping[str, str] | None = None) -> Response:
         """Send one request and read its response (connecting first if need be)."""
-        head = _request_head(method, path, body, headers)
+        pieces = ([body] if isinstance(body, (bytes, bytearray, memoryview))
+                  else list(body or ()))
+        length = sum(memoryview(p).nbytes for p in pieces) if body is not None else None
+        head = _request_head(method, path, length, headers)
         self._what = f"{method} {path}"
         try:
             sock = self.sock or self.connect()
-            if not body:
+            if not length:
                 sock.sendall(head)
-            elif len(body) <= SMALL_BODY_BYTES:
-                sock.sendall(b"".join((head, body)))
+            elif length <= SMALL_BODY_BYTES:
+                sock.sendall(b"".join((head, *pieces)))
             else:
-                sock.sendall(head)
-                sock.sendall(body)
+                _send_pieces(sock, [head, *pieces])
             resp = self._read_response(method == "HEAD")
         except BaseException:
             self.close()
@@ -337,12 +343,26 @@ class Connection:
         return b"".join(parts)
 
 
+def _send_pieces(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
+    """``sendall`` of the pieces one after the other, with as few system calls as the kernel
+    takes them in (``sendmsg``), without joining them."""
+    views = [memoryview(p).cast("B") for p in pieces if memoryview(p).nbytes]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            if sent >= views[0].nbytes:
+                sent -= views.pop(0).nbytes
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
 def _tokens(value: str | None) -> list[str]:
     """The comma-separated tokens of a header value, lower case."""
     return [t.strip().lower() for t in value.split(",")] if value else []
 
 
-def _request_head(method: str, path: str, body: bytes | None,
+def _request_head(method: str, path: str, length: int | None,
                   headers: Mapping[str, str] | None) -> bytes:
     if not method or _BAD_TARGET.search(method) or _BAD_TARGET.search(path):
         raise ValueError(f"invalid method or path: {method!r} {path!r}")
@@ -351,8 +371,8 @@ def _request_head(method: str, path: str, body: bytes | None,
     if "host" not in given:
         lines.append("Host: localhost\r\n")
     if "content-length" not in given:
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}\r\n")
+        if length is not None:
+            lines.append(f"Content-Length: {length}\r\n")
         elif method in _BODY_METHODS:
             lines.append("Content-Length: 0\r\n")
     if headers:
@@ -384,6 +404,16 @@ def encode_infer(inputs: Mapping[str, np.ndarray], priority: int = 0,
                  timeout_us: int | None = None, binary: bool = True, request_id: str = "",
                  ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of an infer request."""
+    pieces, headers = encode_infer_pieces(inputs, priority, timeout_us, binary, request_id)
+    return b"".join(pieces), headers
+
+
+def encode_infer_pieces(inputs: Mapping[str, np.ndarray], priority: int = 0,
+                        timeout_us: int | None = None, binary: bool = True,
+                        request_id: str = "",
+                        ) -> tuple[list[bytes | memoryview], dict[str, str]]:
+    """The body of an infer request as pieces (the JSON header, then byte views of the input
+    arrays, which must not change until they are sent), and its headers."""
     params: dict[str, Any] = {}
     if priority:
         params["priority"] = int(priority)
@@ -392,7 +422,7 @@ def encode_infer(inputs: Mapping[str, np.ndarray], priority: int = 0,
     if binary:
         params["binary_data_output"] = True
     tensors: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[memoryview] = []
     for name, value in inputs.items():
         arr = np.asarray(value)
         tensors.append(encode_tensor(name, arr, datatype_of(arr), binary, blobs))
@@ -404,9 +434,9 @@ def encode_infer(inputs: Mapping[str, np.ndarray], priority: int = 0,
     head = json.dumps(head_doc, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json"}
     if not binary:
-        return head, headers
+        return [head], headers
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
-    return b"".join([head, *blobs]), headers
+    return [head, *blobs], headers
 
 
 def decode_infer(body: bytes, header_length: int | None) -> InferResult:
@@ -459,7 +489,7 @@ class Client:
                 self._conn = Connection(self.socket_path, timeout=self.timeout_s)
         return self._conn
 
-    def request(self, method: str, path: str, body: bytes | None = None,
+    def request(self, method: str, path: str, body: Body | None = None,
                 headers: Mapping[str, str] | None = None) -> tuple[int, Headers, bytes]:
         """One round trip; reconnects once if an idle keep-alive connection was closed."""
         for attempt in (0, 1):
@@ -518,7 +548,7 @@ class Client:
               timeout_us: int | None = None, binary: bool = True, request_id: str = "",
               ) -> InferResult:
         """Run ``model``; raises ClientError for any non-200 answer (with its outcome)."""
-        body, headers = encode_infer(inputs, priority, timeout_us, binary, request_id)
+        body, headers = encode_infer_pieces(inputs, priority, timeout_us, binary, request_id)
         status, msg, data = self.request("POST", f"/v2/models/{model}/infer", body, headers)
         if status != 200:
             try:

@@ -59,6 +59,9 @@ class GatedBoard:
     def cpus_for(self, cluster: int) -> tuple[int, ...]:
         return ()
 
+    def longest_run_s(self, top_s: float) -> float:
+        return top_s * 4.0
+
     def settle(self, decision: Decision, host_s: float, started_s: float, *,
                reference_s: float | None = None) -> RunCost:
         self.running.set()
@@ -95,7 +98,7 @@ def nabu() -> LoadedModel:
 
 class Rig:
     def __init__(self, model: LoadedModel, max_count: int, policy: Performance | None = None,
-                 ) -> None:
+                 inline_max_s: float = 0.0) -> None:
         self.model = model
         self.clock = FakeClock()
         self.board = GatedBoard()
@@ -104,12 +107,21 @@ class Rig:
         self.dispatcher = Dispatcher(self.board, self.policy,
                                      RequestQueue(levels=3, max_count=max_count),
                                      self.metrics, clock=self.clock, pin_threads=False,
-                                     idle_wait_s=0.01)
+                                     idle_wait_s=0.01, inline_max_s=inline_max_s)
         self.answers: dict[str, Outcome] = {}
+        self.order: list[str] = []
         self.answered = threading.Condition()
 
     def submit(self, rid: str, priority: int = 2, deadline_s: float = float("inf"),
                timeout_us: int | None = None) -> None:
+        self.dispatcher.submit(self.job(rid, priority, deadline_s, timeout_us))
+
+    def inline(self, rid: str, priority: int = 2) -> bool:
+        """``run_inline`` of request ``rid`` on the calling thread."""
+        return self.dispatcher.run_inline(self.job(rid, priority))
+
+    def job(self, rid: str, priority: int = 2, deadline_s: float = float("inf"),
+            timeout_us: int | None = None) -> Job:
         req = InferRequest(model=self.model.name, request_id=rid,
                            inputs={NABU_IN: np.zeros((1, 3, 40), np.int8)},
                            outputs=(("StatefulPartitionedCall:0", True),), priority=priority,
@@ -119,10 +131,10 @@ class Rig:
             with self.answered:
                 assert rid not in self.answers, "answered twice"
                 self.answers[rid] = out
+                self.order.append(rid)
                 self.answered.notify_all()
 
-        self.dispatcher.submit(Job(req=req, model=self.model, deadline_s=deadline_s,
-                                   answer=answer))
+        return Job(req=req, model=self.model, deadline_s=deadline_s, answer=answer)
 
     def wait_for(self, *rids: str) -> None:
         with self.answered:
@@ -134,15 +146,18 @@ class Rig:
         assert self.board.running.wait(30)
 
 
-@pytest.fixture
-def rig(nabu: LoadedModel) -> Iterator[Rig]:
-    r = Rig(nabu, max_count=2)
+def _running(r: Rig) -> Iterator[Rig]:
     r.dispatcher.start()
     yield r
     r.dispatcher.close(0.0)
     for _ in range(8):
         r.board.gate.release()
     assert r.dispatcher.join(30)
+
+
+@pytest.fixture
+def rig(nabu: LoadedModel) -> Iterator[Rig]:
+    yield from _running(Rig(nabu, max_count=2))
 
 
 def test_queue_full_then_shed(rig: Rig) -> None:
@@ -263,3 +278,61 @@ def test_ticks_pause_when_idle_and_resume_on_a_request(nabu: LoadedModel) -> Non
     finally:
         r.dispatcher.close(0.0)
         assert r.dispatcher.join(30)
+
+
+@pytest.fixture
+def inline_rig(nabu: LoadedModel) -> Iterator[Rig]:
+    yield from _running(Rig(nabu, max_count=8, inline_max_s=1.0))
+
+
+def test_an_idle_dispatcher_serves_inline_on_the_calling_thread(inline_rig: Rig) -> None:
+    r = inline_rig
+    threads: list[int] = []
+    settle = r.board.settle
+
+    def recording_settle(*args: object, **kw: object) -> RunCost:
+        threads.append(threading.get_ident())
+        return settle(*args, **kw)  # type: ignore[arg-type]
+
+    r.board.settle = recording_settle  # type: ignore[method-assign]
+    r.board.gate.release()
+    assert r.inline("a") and "a" in r.answers, "answered before run_inline returned"
+    assert r.answers["a"].status == 200 and r.answers["a"].outcome == "ok"
+    assert threads == [threading.get_ident()] and r.dispatcher.inlined == 1
+    assert r.answers["a"].parameters["energy_j"] == 0.5 and r.board.applied
+    assert r.metrics.totals()["by_outcome"] == {"ok": 1}
+
+
+def test_no_inline_while_busy_and_queued_work_keeps_its_order(inline_rig: Rig) -> None:
+    r = inline_rig
+    runner = threading.Thread(target=r.inline, args=("a",))
+    runner.start()  # holds the run token, blocked in settle
+    assert r.board.running.wait(30)
+    assert not r.inline("b"), "a run in progress: hand it to the dispatcher"
+    r.submit("low", priority=3)
+    r.submit("high", priority=1)
+    assert not r.inline("c"), "work queued: the queue decides the order"
+    for _ in range(3):
+        r.board.gate.release()
+    runner.join(30)
+    r.wait_for("a", "low", "high")
+    assert r.order == ["a", "high", "low"], "the dispatcher took the token before the head"
+    assert "b" not in r.answers and "c" not in r.answers and r.dispatcher.inlined == 1
+
+
+def test_no_inline_for_a_long_model_or_a_closing_dispatcher(nabu: LoadedModel) -> None:
+    r = Rig(nabu, max_count=8, inline_max_s=nabu.service_s * 3.9)  # the board's longest is 4x
+    r.dispatcher.start()
+    try:
+        assert not r.inline("a")
+        r.dispatcher.inline_max_s = nabu.service_s * 4.1
+        r.dispatcher.models_changed()
+        r.board.gate.release()
+        assert r.inline("b")
+        r.dispatcher.close(5.0)
+        assert not r.inline("c")
+    finally:
+        r.dispatcher.close(0.0)
+        r.board.gate.release()
+        assert r.dispatcher.join(30)
+    assert set(r.answers) == {"b"}

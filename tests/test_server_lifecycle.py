@@ -367,14 +367,22 @@ sys.exit(asyncio.run(run_daemon(cfg)))
 """
 
 
-def test_a_dispatcher_that_dies_answers_its_request_and_the_daemon_exits_1(
-        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
-    home = tmp_path / "crash"
+def _crashing_daemon(home: Path, start_daemon: Callable[..., Daemon], inline_max_us: int,
+                     ) -> Daemon:
+    """A daemon whose dispatcher code fails on the request with id 'crash'."""
     home.mkdir()
     (home / "launch.py").write_text(CRASHING)
     cmd = [sys.executable, str(home / "launch.py"), str(home / "config.toml"),
            str(home / "s.sock"), str(home)]
-    d = start_daemon(home=home, command=cmd)  # no watchdog: the daemon checks by itself
+    return start_daemon(home=home, command=cmd,
+                        config={"server": {"inline_max_us": inline_max_us}})
+
+
+def test_a_dispatcher_that_dies_answers_its_request_and_the_daemon_exits_1(
+        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    # no watchdog: the daemon checks by itself; nothing served inline, so the dispatcher thread
+    # runs the request that sets off the bug
+    d = _crashing_daemon(tmp_path / "crash", start_daemon, 0)
     x = {NABU_IN: np.zeros((1, 3, 40), np.int8)}
     with d.client() as c:
         assert c.infer(NABU, x).parameters["outcome"] == "ok"
@@ -384,3 +392,20 @@ def test_a_dispatcher_that_dies_answers_its_request_and_the_daemon_exits_1(
     assert d.proc.wait(START_LIMIT_S) == 1, "a failure exit, so the service manager restarts it"
     log = d.stderr()
     assert "dispatcher crashed" in log and "the dispatcher stopped; exiting" in log
+
+
+def test_a_bug_in_an_inline_run_answers_500_and_the_daemon_goes_on(
+        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    d = _crashing_daemon(tmp_path / "inline-crash", start_daemon, 5000)
+    x = {NABU_IN: np.zeros((1, 3, 40), np.int8)}
+    with d.client() as c:
+        assert c.infer(NABU, x).parameters["outcome"] == "ok"
+        with pytest.raises(ClientError) as err:
+            c.infer(NABU, x, request_id="crash")
+        assert c.infer(NABU, x).parameters["outcome"] == "ok"
+        status = c.status()
+    assert err.value.status == 500 and "internal error" in str(err.value)
+    assert status["served_inline"] == 3, "the idle daemon took all three on the HTTP thread"
+    assert status["requests"]["by_outcome"]["error"] == 1
+    assert d.terminate() == 0
+    assert "'crash' on the HTTP thread failed" in d.stderr()

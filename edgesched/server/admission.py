@@ -225,18 +225,28 @@ def check_deadline(req: InferRequest, service_s: float, margin: float, status: i
                              f"frequency, about {math.ceil(need_us)} us")
 
 
-def encode_response(model: LoadedModel, request_id: str, results: Mapping[str, np.ndarray],
-                    outputs: tuple[tuple[str, bool], ...], parameters: Mapping[str, Any],
-                    ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary outputs follow it."""
+def encode_response_parts(model: LoadedModel, request_id: str,
+                          results: Mapping[str, np.ndarray], outputs: tuple[tuple[str, bool], ...],
+                          parameters: Mapping[str, Any]) -> tuple[bytes, list[memoryview]]:
+    """The response's JSON (the header, when binary outputs follow it) and byte views of the
+    binary outputs, in order (the result arrays must not change until they are sent)."""
     specs = model.output_by_name
     out_docs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[memoryview] = []
     for name, binary in outputs:
         out_docs.append(encode_tensor(name, results[name], specs[name].datatype, binary, blobs))
     head = json.dumps({"model_name": model.name, "model_version": "1", "id": request_id,
                        "parameters": dict(parameters), "outputs": out_docs},
                       separators=(",", ":")).encode()
+    return head, blobs
+
+
+def encode_response(model: LoadedModel, request_id: str, results: Mapping[str, np.ndarray],
+                    outputs: tuple[tuple[str, bool], ...], parameters: Mapping[str, Any],
+                    ) -> tuple[bytes, int | None]:
+    """The response body in one piece, and the JSON header's length when binary outputs
+    follow it."""
+    head, blobs = encode_response_parts(model, request_id, results, outputs, parameters)
     if not blobs:
         return head, None
     return b"".join([head, *blobs]), len(head)

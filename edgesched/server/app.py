@@ -35,7 +35,7 @@ from edgesched.policy.base import Policy
 from edgesched.queue import RequestQueue
 from edgesched.server import systemd
 from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of, system_identity
-from edgesched.server.admission import check_deadline, encode_response, parse_infer
+from edgesched.server.admission import check_deadline, encode_response_parts, parse_infer
 from edgesched.server.config import PRIORITY_SOCKET_AUTO, Config, config_to_dict, priority_socket_path
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
 from edgesched.server.gate import ConnectionGate, ensure_fd_limit
@@ -190,23 +190,24 @@ async def infer(st: ServerState, request: Request) -> Response:
             check_deadline(req, st.dispatcher.top_service_s(model),
                            cfg.admission.deadline_margin,
                            cfg.admission.infeasible_status)
-        loop = asyncio.get_running_loop()
-        mailbox = st.mailboxes.get(loop)
-        if mailbox is None:
-            mailbox = st.mailboxes.setdefault(loop, Mailbox(loop))
-        fut: asyncio.Future[Outcome] = mailbox.loop.create_future()
-
-        def deliver(out: Outcome) -> None:
-            mailbox.put(fut, out)
-
         deadline_s = (arrived_s + req.timeout_us / 1e6 if req.timeout_us is not None
                       else math.inf)
-        st.dispatcher.submit(Job(req=req, model=model, deadline_s=deadline_s, answer=deliver))
+        done: list[Outcome] = []
+        job = Job(req=req, model=model, deadline_s=deadline_s, answer=done.append)
+        fut: asyncio.Future[Outcome] | None = None
+        if not st.dispatcher.run_inline(job):  # busy, or a long model: the dispatcher thread
+            loop = asyncio.get_running_loop()
+            mailbox = st.mailboxes.get(loop)
+            if mailbox is None:
+                mailbox = st.mailboxes.setdefault(loop, Mailbox(loop))
+            fut = loop.create_future()
+            job.answer = functools.partial(mailbox.put, fut)
+            st.dispatcher.submit(job)
     except AdmissionError as exc:
         known = model_name if model_name in st.models else ""
         st.metrics.count(known, priority, "rejected")
         return _admission_response(exc)
-    out = await fut
+    out = done[0] if fut is None else await fut
     params = {**out.parameters, "outcome": out.outcome}
     if out.results is None:
         headers = None
@@ -215,10 +216,11 @@ async def infer(st: ServerState, request: Request) -> Response:
         return json_response({"error": out.reason, "id": req.request_id, "outcome":
                               out.outcome, "parameters": params}, status=out.status,
                              headers=headers)
-    body, head_len = encode_response(model, req.request_id, out.results, req.outputs, params)
-    if head_len is None:
-        return Response(200, body)
-    return Response(200, body, "application/octet-stream", {HEADER_LENGTH: str(head_len)})
+    head, blobs = encode_response_parts(model, req.request_id, out.results, req.outputs, params)
+    if not blobs:
+        return Response(200, head)
+    return Response(200, head, "application/octet-stream", {HEADER_LENGTH: str(len(head))},
+                    parts=tuple(blobs))
 
 
 def _freqs(st: ServerState, cur_opps: list[int]) -> list[tuple[str, int]]:
@@ -272,6 +274,7 @@ async def status(st: ServerState, request: Request) -> Response:
         "config": config_to_dict(st.config),
         "switch_interval_us": round(sys.getswitchinterval() * 1e6),
         "dispatcher_nice": st.dispatcher.thread_nice,
+        "served_inline": st.dispatcher.inlined,
         "priority_socket": st.lane.name.removeprefix("unix:") if st.lane else None,
         "priority_lane_nice": st.lane.thread_nice if st.lane else None,
     }
@@ -658,7 +661,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         dispatcher = Dispatcher(board, policy, queue, meter, clock=clock,
                                 queue_full_status=cfg.server.queue_full_status,
                                 retry_after_s=cfg.server.retry_after_s,
-                                nice=cfg.server.dispatcher_nice)
+                                nice=cfg.server.dispatcher_nice,
+                                inline_max_s=cfg.server.inline_max_us / 1e6)
         # a thread that ends while the daemon serves wakes the main loop at once (no polling)
         ended: list[str] = []
 

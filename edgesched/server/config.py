@@ -45,8 +45,9 @@ class ServerSection:
     max_connections: int = 1024
     idle_timeout_s: float = 60.0
     dispatcher_nice: int = -10
-    """The interpreter's thread switch interval (sys.setswitchinterval): how long the HTTP
-    thread may hold the GIL while the dispatcher thread waits for it."""
+    inline_max_us: int = 5000
+    """An idle daemon serves a request on the HTTP thread itself when its model's longest
+    expected run on the board is at most this (0: always through the dispatcher thread)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,9 @@ def _validate(cfg: Config) -> Config:
     if not 50 <= s.switch_interval_us <= 100_000:
         raise bad("server.switch_interval_us", "microseconds in 50..100000",
                   s.switch_interval_us)
+    if not 0 <= s.inline_max_us <= 10_000_000:
+        raise bad("server.inline_max_us", "microseconds in 0..10000000 (0: off)",
+                  s.inline_max_us)
     if m.num_threads < 1:
         raise bad("models.num_threads", "an integer >= 1", m.num_threads)
     if m.warmup_runs < 0:

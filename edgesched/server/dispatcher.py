@@ -5,6 +5,13 @@ It also drives the policy's periodic ``tick`` (governors that re-evaluate every 
 the same loop, keeps PELT utilisation and busy windows per cluster, and accounts energy. Waiting
 is on a condition variable with a timeout, so a new request wakes it at once.
 
+The run token: whatever touches the board and the policy (a request, a tick, a command) holds
+one lock. When nothing is queued and nothing runs, :meth:`Dispatcher.run_inline` lets the thread
+that received a short request (the HTTP thread) take the token and serve it at once, with the
+same code, instead of handing it to the dispatcher thread and back: on an idle daemon that
+hand-off (two thread wake-ups and two interpreter-lock hand-overs) is most of the serving
+overhead. Anything queued meanwhile waits for the token like it waits for a running inference.
+
 Every entry that enters the queue leaves with exactly one answer: a result, an error, "deadline
 missed" (504), "shed" (503) or "shutting down" (503).
 """
@@ -69,7 +76,7 @@ class Dispatcher:
     def __init__(self, board: Board, policy: Policy, queue: RequestQueue, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic, pin_threads: bool = True,
                  idle_wait_s: float = 1.0, queue_full_status: int = 429,
-                 retry_after_s: float = 1.0, nice: int = 0) -> None:
+                 retry_after_s: float = 1.0, nice: int = 0, inline_max_s: float = 0.0) -> None:
         self.board = board
         self.policy = policy
         self.queue = queue
@@ -80,6 +87,12 @@ class Dispatcher:
         self.queue_full_status = queue_full_status
         self.retry_after_s = retry_after_s
         self.nice = nice
+        self.inline_max_s = inline_max_s
+        """Longest expected run (slowest OPP) of a model served inline; 0: never inline."""
+        self.inlined = 0
+        """Requests served by :meth:`run_inline`."""
+        self._token = threading.Lock()
+        self._inline_ok: dict[str, bool] = {}
         self.thread_nice: int | None = None
         """The dispatcher thread's nice value once it runs."""
         self._cond = threading.Condition()
@@ -100,7 +113,8 @@ class Dispatcher:
         self._allowed_cpus: set[int] = set()
         if pin_threads and hasattr(os, "sched_getaffinity"):
             self._allowed_cpus = set(os.sched_getaffinity(0))
-        self._pinned: frozenset[int] = frozenset()
+        self._pinned: dict[int, frozenset[int]] = {}
+        """CPUs each thread that ran inferences is pinned to (by thread id)."""
         self.heartbeat_s = now
         self.served = 0
         self._work: dict[str, Work] = {}
@@ -118,26 +132,69 @@ class Dispatcher:
                 raise AdmissionError(503, "shutting down: the daemon no longer accepts requests",
                                      retry_after_s=self.retry_after_s, outcome="shutting_down")
             now = self.clock()
-            self._ids += 1
-            entry = Entry(request_id=self._ids, priority=job.req.priority,
-                          deadline_s=job.deadline_s, size_bytes=job.req.size_bytes,
-                          service_ms=self.top_service_s(job.model) * 1000.0,
-                          payload=job)
+            entry = self._entry(job)
             try:
                 shed = self.queue.push(entry, now)
             except QueueFullError as exc:
                 raise AdmissionError(self.queue_full_status, exc.reason,
                                      retry_after_s=self.retry_after_s) from None
-            self._rate.event(now)
-            if entry.priority == 1 and job.req.timeout_us is not None:
-                self._urgent.add(now, job.req.timeout_us / 1e6)
-            if self._quiescent:
-                self._quiescent = False
-                self._next_tick_s = now + self.policy.tick_s
+            self._arrived(entry, now)
             self._cond.notify()
         for victim in shed:
             self._finish(victim, Outcome(503, "shed", "shed: displaced from a full queue by a "
                                          "higher-priority request; retry later"))
+
+    def run_inline(self, job: Job) -> bool:
+        """Serve ``job`` on the calling thread if the daemon is idle (nothing queued, nothing
+        running, no command waiting) and its model's longest expected run on this board is
+        within ``inline_max_s``; its answer is delivered before this returns. False: nothing was
+        done, :meth:`submit` it."""
+        if not self._inline_allowed(job.model):
+            return False
+        with self._cond:
+            if (self._closing or len(self.queue) or self._calls or not self.alive()
+                    or not self._token.acquire(blocking=False)):
+                return False
+            now = self.clock()
+            entry = self._entry(job)
+            if self._arrived(entry, now):
+                self._cond.notify()  # the dispatcher thread's wait is for the next tick
+        try:
+            self.inlined += 1
+            self._serve(entry, inline=True)
+        except Exception:  # a bug: this request is answered, the daemon goes on
+            log.exception("serving request %r on the HTTP thread failed", job.req.request_id)
+            self._finish(entry, Outcome(500, "error", "internal error: the request failed"))
+        finally:
+            self._pin(None)  # the HTTP thread goes back to every CPU it may use
+            self._token.release()
+        return True
+
+    def _inline_allowed(self, model: LoadedModel) -> bool:
+        ok = self._inline_ok.get(model.name)
+        if ok is None:
+            ok = (self.inline_max_s > 0
+                  and self.board.longest_run_s(self.top_service_s(model)) <= self.inline_max_s)
+            self._inline_ok[model.name] = ok
+        return ok
+
+    def _entry(self, job: Job) -> Entry:
+        self._ids += 1
+        return Entry(request_id=self._ids, priority=job.req.priority, deadline_s=job.deadline_s,
+                     size_bytes=job.req.size_bytes,
+                     service_ms=self.top_service_s(job.model) * 1000.0, payload=job)
+
+    def _arrived(self, entry: Entry, now: float) -> bool:
+        """Count an arrival (under ``_cond``); True when it ends a quiescent period."""
+        self._rate.event(now)
+        job: Job = entry.payload
+        if entry.priority == 1 and job.req.timeout_us is not None:
+            self._urgent.add(now, job.req.timeout_us / 1e6)
+        if self._quiescent:
+            self._quiescent = False
+            self._next_tick_s = now + self.policy.tick_s
+            return True
+        return False
 
     def top_service_s(self, model: LoadedModel) -> float:
         """``model``'s service time at the board's top speed: its start-up host time, scaled
@@ -171,6 +228,7 @@ class Dispatcher:
     def models_changed(self) -> None:
         """Forget per-model work estimates (call through :meth:`call` after a reload)."""
         self._work.clear()
+        self._inline_ok.clear()
 
     def _run_calls(self) -> None:
         with self._cond:
@@ -261,43 +319,56 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while True:
-            expired: list[Entry] = []
-            leftovers: list[Entry] = []
-            entry: Entry | None = None
-            stop = False
-            with self._cond:
-                now = self.clock()
-                self.heartbeat_s = now
-                if self._closing and now >= self._drain_until_s:
-                    leftovers = self.queue.drain()
-                    stop = True
-                else:
-                    expired = self.queue.pop_expired(now)
-                    entry = self.queue.pop(now)
-                    if entry is None and not expired and not self._calls:
-                        if self._closing:
-                            stop = True
-                        else:
-                            wait = min(self.idle_wait_s, self._next_tick_s - now)
-                            if wait > 0:
-                                self._cond.wait(wait)
-            for e in expired:
-                job: Job = e.payload
-                late_ms = (self.clock() - e.deadline_s) * 1000.0
-                self._finish(e, Outcome(504, "deadline_missed", f"deadline missed: the request's "
-                                        f"deadline passed {late_ms:.1f} ms ago while it was queued "
-                                        f"(timeout {job.req.timeout_us} us)"))
-            for e in leftovers:
-                self._finish(e, Outcome(503, "shutting_down", "shutting down: the daemon stopped "
-                                        "before this request could run; retry later"))
-            if stop:
+            with self._token:
+                wait_s = self._step()
+            if wait_s is None:
                 return
-            if self._calls:
-                self._run_calls()
-            if entry is not None:
-                self._serve(entry)
-            if self.policy.tick_s > 0 and self.clock() >= self._next_tick_s:
-                self._tick()
+            if wait_s > 0:
+                with self._cond:  # nothing arrived since the step looked: wait for something
+                    if not (len(self.queue) or self._calls or self._closing):
+                        self._cond.wait(wait_s)
+
+    def _step(self) -> float | None:
+        """One turn of the loop, holding the run token: answer what expired, run the waiting
+        commands, serve the head of the queue, tick. Returns how long to wait for work (0: go
+        on at once) or None to stop."""
+        expired: list[Entry] = []
+        leftovers: list[Entry] = []
+        entry: Entry | None = None
+        stop = False
+        wait_s = 0.0
+        with self._cond:
+            now = self.clock()
+            self.heartbeat_s = now
+            if self._closing and now >= self._drain_until_s:
+                leftovers = self.queue.drain()
+                stop = True
+            else:
+                expired = self.queue.pop_expired(now)
+                entry = self.queue.pop(now)
+                if entry is None and not expired and not self._calls:
+                    if self._closing:
+                        stop = True
+                    else:
+                        wait_s = min(self.idle_wait_s, self._next_tick_s - now)
+        for e in expired:
+            job: Job = e.payload
+            late_ms = (self.clock() - e.deadline_s) * 1000.0
+            self._finish(e, Outcome(504, "deadline_missed", f"deadline missed: the request's "
+                                    f"deadline passed {late_ms:.1f} ms ago while it was queued "
+                                    f"(timeout {job.req.timeout_us} us)"))
+        for e in leftovers:
+            self._finish(e, Outcome(503, "shutting_down", "shutting down: the daemon stopped "
+                                    "before this request could run; retry later"))
+        if stop:
+            return None
+        if self._calls:
+            self._run_calls()
+        if entry is not None:
+            self._serve(entry)
+        if self.policy.tick_s > 0 and self.clock() >= self._next_tick_s:
+            self._tick()
+        return wait_s
 
     def _context(self, entry: Entry, job: Job, now: float) -> DecisionContext:
         work = self._work.get(job.model.name)
@@ -336,23 +407,28 @@ class Dispatcher:
         self.board.apply(decision)
         self._cur_opps = list(self.board.current_opps())
 
-    def _pin(self, cluster: int) -> None:
+    def _pin(self, cluster: int | None) -> None:
+        """Pin the calling thread to ``cluster``'s CPUs (None: to every CPU it may use)."""
         if not self._allowed_cpus:
             return
-        cpus = frozenset(self.board.cpus_for(cluster)) & self._allowed_cpus
-        target = cpus or frozenset(self._allowed_cpus)
-        if target == self._pinned:
+        everywhere = frozenset(self._allowed_cpus)
+        target = everywhere
+        if cluster is not None:
+            target = frozenset(self.board.cpus_for(cluster)) & everywhere or everywhere
+        tid = threading.get_ident()
+        if target == self._pinned.get(tid):
             return
         try:
             os.sched_setaffinity(0, target)
-            self._pinned = target
+            self._pinned[tid] = target
         except OSError as exc:
             log.warning("cannot pin the inference thread to CPUs %s (%s); not pinning",
                         sorted(target), exc.strerror)
             self._allowed_cpus = set()
 
-    def _serve(self, entry: Entry) -> None:
-        self._current = entry  # answered by _finish, or by the crash path if it never gets there
+    def _serve(self, entry: Entry, inline: bool = False) -> None:
+        if not inline:  # answered by _finish, or by the crash path if it never gets there
+            self._current = entry
         job: Job = entry.payload
         now = self.clock()
         ctx = self._context(entry, job, now)

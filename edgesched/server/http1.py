@@ -67,17 +67,24 @@ class Request:
 
 
 class Response:
-    __slots__ = ("body", "close", "content_type", "headers", "status")
+    __slots__ = ("body", "close", "content_type", "headers", "parts", "status")
 
     def __init__(self, status: int = 200, body: bytes = b"",
                  content_type: str = "application/json; charset=utf-8",
-                 headers: Mapping[str, str] | None = None, close: bool = False) -> None:
+                 headers: Mapping[str, str] | None = None, close: bool = False,
+                 parts: tuple[memoryview, ...] = ()) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
         self.close = close
         """End the connection after this answer."""
+        self.parts = parts
+        """Byte views written after ``body``, as they are (binary tensors: no copy)."""
+
+    @property
+    def length(self) -> int:
+        return len(self.body) + sum(p.nbytes for p in self.parts)
 
 
 def json_response(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None,
@@ -282,10 +289,16 @@ class Connection(asyncio.Protocol):
             if body is None:
                 return None
         else:
-            if len(buf) < self._body_end:
+            n = self._body_end
+            if len(buf) < n:
                 return None
-            body = bytes(buf[:self._body_end])
-            del buf[:self._body_end]
+            if len(buf) == n:  # the usual case, nothing pipelined behind it: one copy, not two
+                body = bytes(buf)
+                buf.clear()
+            else:
+                with memoryview(buf) as view:
+                    body = bytes(view[:n])
+                del buf[:n]
         self._head = None
         self._chunked = None
         self._body_end = 0
@@ -370,13 +383,14 @@ class Connection(asyncio.Protocol):
         keep_10 = request.version == "HTTP/1.0" and "keep-alive" in conn
         close = (response.close or self.server.closing or "close" in conn
                  or (request.version == "HTTP/1.0" and not keep_10))
-        body = b"" if request.method == "HEAD" else response.body
-        head = _head_bytes(response.status, response.content_type, len(response.body),
+        head = _head_bytes(response.status, response.content_type, response.length,
                            response.headers, close, keep_10)
-        if len(body) > BIG_BODY_BYTES:
-            self.transport.writelines([head, body])
+        if request.method == "HEAD":
+            self.transport.write(head)
+        elif response.parts or len(response.body) > BIG_BODY_BYTES:
+            self.transport.writelines([head, response.body, *response.parts])
         else:
-            self.transport.write(head + body)
+            self.transport.write(head + response.body)
         if close:
             self.transport.close()
 
