@@ -94,8 +94,9 @@ class BoardView:
     decoded: tuple[Decision, ...]
     efficient_frac: tuple[float, ...]
     cost_ratio: tuple[float, ...]
-    work_cache: dict[Work, tuple[float, float, tuple[float, ...]]] = field(
+    work_cache: dict[int, tuple[Work, _WorkConstants]] = field(
         default_factory=dict, compare=False, repr=False)
+    """Per-``Work`` constants of the observation, keyed by ``id(work)``."""
 
     @classmethod
     def of(cls, profile: DeviceProfile) -> BoardView:
@@ -181,18 +182,38 @@ class DecisionContext:
     request arriving just after it started still meets its deadline."""
 
 
-def _work_constants(view: BoardView, work: Work) -> tuple[float, float, tuple[float, ...]]:
-    """(service ms at top speed, memory ms, compute ms at each cluster's top OPP) for ``work``."""
-    cached = view.work_cache.get(work)
-    if cached is None:
-        threads = max(1, work.threads)
-        mem_ms = work.mem_ms * view.mem_scale
-        compute = tuple(work.compute_mcycles * 1000.0 / (s * threads) for s in view.speed_top_mhz)
-        top_ms = max(min(compute) + mem_ms, 1e-6)
-        cached = (top_ms, mem_ms, compute)
-        if len(view.work_cache) < 4096:
-            view.work_cache[work] = cached
-    return cached
+class _WorkConstants(NamedTuple):
+    """What the observation needs of one ``Work`` on one board, computed once."""
+
+    top_ms: float
+    """Service time at the board's top speed (the unit of slack and backlog)."""
+    mem_ms: float
+    mem_fraction: float
+    compute_ms: tuple[float, ...]
+    """Compute time at each cluster's top OPP."""
+    transition: tuple[float, ...]
+    """The ``transition`` feature of each cluster."""
+
+
+_WORK_CACHE_SIZE = 4096
+
+
+def _work_constants(view: BoardView, work: Work) -> _WorkConstants:
+    """The constants of ``work`` on ``view``, cached by object identity (hashing a ``Work``
+    costs more than the lookup saves; the cache keeps each ``Work`` it holds alive, so an id
+    cannot be reused while cached)."""
+    hit = view.work_cache.get(id(work))
+    if hit is not None and hit[0] is work:
+        return hit[1]
+    threads = max(1, work.threads)
+    mem_ms = work.mem_ms * view.mem_scale
+    compute = tuple(work.compute_mcycles * 1000.0 / (s * threads) for s in view.speed_top_mhz)
+    top_ms = max(min(compute) + mem_ms, 1e-6)
+    consts = _WorkConstants(top_ms, mem_ms, mem_ms / top_ms, compute,
+                            tuple(tanh(t * 1000.0 / top_ms) for t in view.transition_s))
+    if len(view.work_cache) < _WORK_CACHE_SIZE:
+        view.work_cache[id(work)] = (work, consts)
+    return consts
 
 
 def build_observation(view: BoardView, ctx: DecisionContext) -> np.ndarray:
@@ -213,14 +234,17 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
     Every feature is bounded by construction (ratios n/(n+4), tanh, clipped fractions), so the
     vector always lies inside ``[OBS_LOW, OBS_HIGH]``.
     """
-    top_ms, mem_ms, compute = _work_constants(view, head_work)
+    hit = view.work_cache.get(id(head_work))
+    top_ms, mem_ms, mem_fraction, compute, transition = (
+        hit[1] if hit is not None and hit[0] is head_work else _work_constants(view, head_work))
     slack_ms = (head_deadline_s - now) * 1000.0
     finite_slack = slack_ms != math.inf
+    priority = (head_priority - 1) / (levels - 1 if levels > 1 else 1)
     feats = [
         n / (n + 4.0),
-        min(1.0, (head_priority - 1) / max(1, levels - 1)),
+        priority if priority < 1.0 else 1.0,
         tanh(slack_ms / top_ms * 0.25) if finite_slack else 1.0,
-        mem_ms / top_ms,
+        mem_fraction,
         tanh(backlog_ms / top_ms * 0.125),
         (tanh((earliest_deadline_s - now) * 1000.0 / (top_ms + backlog_ms) * 0.25)
          if earliest_deadline_s != math.inf else 1.0),
@@ -229,10 +253,8 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
         1.0 if util > 1.0 else (util if util > 0.0 else 0.0),
     ]
     room_ms = slack_ms - mem_ms
-    for ci in range(MAX_CLUSTERS):
-        if ci >= view.n_clusters:
-            feats.extend(_ABSENT)
-            continue
+    shown = min(view.n_clusters, MAX_CLUSTERS)
+    for ci in range(shown):
         if not finite_slack:
             required = 0.0
         elif room_ms <= 0.0:
@@ -241,7 +263,8 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
             required = compute[ci] / room_ms / 1.5
             if required > 1.0:
                 required = 1.0
-        feats.extend((1.0, view.capacity[ci], view.freq_frac[ci][cur_opp[ci]], required,
-                      tanh(view.transition_s[ci] * 1000.0 / top_ms), view.efficient_frac[ci],
-                      view.cost_ratio[ci]))
+        feats += (1.0, view.capacity[ci], view.freq_frac[ci][cur_opp[ci]], required,
+                  transition[ci], view.efficient_frac[ci], view.cost_ratio[ci])
+    if shown < MAX_CLUSTERS:
+        feats += _ABSENT * (MAX_CLUSTERS - shown)
     return np.array(feats, dtype=np.float32)

@@ -91,7 +91,7 @@ class RequestQueue:
 
     def count_at_most(self, priority: int) -> int:
         """Entries whose current class is ``priority`` or higher (numerically <=)."""
-        return sum(self._counts[: max(0, min(priority, self.levels))])
+        return sum(self._counts[:priority]) if priority > 0 else 0
 
     def earliest_deadline_s(self) -> float:
         """The earliest deadline of any queued entry (inf when none has one or it is empty)."""
@@ -134,21 +134,16 @@ class RequestQueue:
 
     def peek(self, now: float) -> Entry | None:
         """The entry ``pop`` would return, without removing it."""
-        self._age(now)
-        for k in range(self.levels):
-            heap = self._edf[k]
-            while heap and (not heap[0][2].alive or heap[0][2].cls != k):
-                heapq.heappop(heap)
-            if heap:
-                return heap[0][2]
-        return None
+        heap = self._head_heap(now)
+        return heap[0][2] if heap else None
 
     def pop(self, now: float) -> Entry | None:
         """Remove and return the next entry: highest class first, earliest deadline inside it."""
-        entry = self.peek(now)
-        if entry is not None:
-            heapq.heappop(self._edf[entry.cls])
-            self._take(entry)
+        heap = self._head_heap(now)
+        if not heap:
+            return None
+        entry = heapq.heappop(heap)[2]
+        self._take(entry)
         return entry
 
     def pop_expired(self, now: float) -> list[Entry]:
@@ -178,15 +173,28 @@ class RequestQueue:
         return out
 
     # --------------------------------------------------------------------------- internals
+    def _head_heap(self, now: float) -> list[tuple[float, int, Entry]] | None:
+        """After aging to ``now``, the EDF heap of the highest non-empty class, its top entry
+        live; None when the queue is empty."""
+        self._age(now)
+        for k, heap in enumerate(self._edf):
+            while heap:
+                entry = heap[0][2]
+                if entry.alive and entry.cls == k:
+                    return heap
+                heapq.heappop(heap)
+        return None
+
     def _insert(self, entry: Entry, cls: int, next_promotion_s: float) -> None:
         entry.cls = cls
-        entry.seq = next(self._seq)
+        entry.seq = seq = next(self._seq)
         entry.alive = True
         entry.next_promotion_s = next_promotion_s
-        heapq.heappush(self._edf[cls], (entry.deadline_s, entry.seq, entry))
+        by_deadline = (entry.deadline_s, seq, entry)
+        heapq.heappush(self._edf[cls], by_deadline)
         if cls > 0:
-            heapq.heappush(self._promo[cls], (next_promotion_s, entry.seq, entry))
-        heapq.heappush(self._by_deadline, (entry.deadline_s, entry.seq, entry))
+            heapq.heappush(self._promo[cls], (next_promotion_s, seq, entry))
+        heapq.heappush(self._by_deadline, by_deadline)
         self._by_id[entry.request_id] = entry
         self._counts[cls] += 1
         self._bytes += entry.size_bytes
@@ -205,9 +213,13 @@ class RequestQueue:
     def _age(self, now: float) -> None:
         for k in range(self.levels - 1, 0, -1):
             heap = self._promo[k]
-            while heap and (not heap[0][2].alive or heap[0][2].cls != k or heap[0][0] <= now):
-                due, _, entry = heapq.heappop(heap)
-                if not entry.alive or entry.cls != k:
+            while heap:
+                due, _, entry = heap[0]
+                live = entry.alive and entry.cls == k
+                if live and due > now:
+                    break
+                heapq.heappop(heap)
+                if not live:
                     continue
                 self._counts[k] -= 1
                 self._counts[k - 1] += 1

@@ -115,6 +115,29 @@ def test_every_request_gets_exactly_one_outcome() -> None:
     assert (stats.outcome == Outcome.EXPIRED).any()
 
 
+def test_shared_board_tables_give_the_same_run() -> None:
+    """Tables built once for every model and reused give the run fresh tables give; tables of
+    another board, or missing a model of the job set, are not used."""
+    from edgesched_sim.engine import BoardTables
+    from edgesched_sim.workloads import model_names
+
+    prof = load_profile("rk3399")
+    jobs = generate(load_scenario("mixed-priority"), seed=4, duration_s=20.0)
+    shared = BoardTables(prof, model_names())
+    fresh = Engine(prof, jobs, 20.0).run(Performance())
+    for _ in range(2):
+        eng = Engine(prof, jobs, 20.0, tables=shared)
+        assert eng.tables is shared
+        reused = eng.run(Performance())
+        assert reused.total_energy_j == fresh.total_energy_j
+        for name in ("outcome", "finish_s", "start_s", "cluster", "opp", "energy_j"):
+            np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+    assert Engine(load_profile("bcm2711"), jobs, 20.0, tables=shared).tables is not shared
+    partial = BoardTables(prof, jobs.model[:1])
+    if set(jobs.model) - {jobs.model[0]}:
+        assert Engine(prof, jobs, 20.0, tables=partial).tables is not partial
+
+
 def test_context_carries_the_shortest_recent_priority_1_timeout() -> None:
     """``urgent_timeout_s`` against a brute-force scan of the job set (releases up to now)."""
     prof = load_profile("rk3399")

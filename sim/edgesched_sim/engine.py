@@ -18,6 +18,7 @@ the utilisation decayed over the gap.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -81,18 +82,17 @@ class RunStats:
     """Time-weighted mean frequency while running requests."""
 
 
-class Engine:
-    """A run of one job set on one board; drive it with ``run(policy)`` or step by step."""
+class BoardTables:
+    """The constants of runs on one board with one set of models: the board view and, by model,
+    cluster and OPP, service times and powers. Built once and shared by every run on the same
+    board and models (the simulator's environment keeps one per pair)."""
 
-    def __init__(self, profile: DeviceProfile, jobs: JobSet, duration_s: float,
-                 queue: QueueConfig | None = None) -> None:
+    def __init__(self, profile: DeviceProfile, model_names: Sequence[str]) -> None:
         self.profile = profile
         self.view = BoardView.of(profile)
-        self.jobs = jobs
-        self.duration_s = duration_s
-        self.qcfg = queue or QueueConfig()
-        names = sorted(set(jobs.model))
-        self._model_index = {m: i for i, m in enumerate(names)}
+        names = sorted(set(model_names))
+        self.model_names = tuple(names)
+        self.model_index = {m: i for i, m in enumerate(names)}
         self.works = [MODELS[m].work for m in names]
         self.input_bytes = [MODELS[m].input_bytes for m in names]
         nc = len(profile.clusters)
@@ -108,6 +108,13 @@ class Engine:
         self.idle_total_uw = sum(self.idle_uw)
         self.trans_s = [cl.transition_latency_ns * 1e-9 for cl in profile.clusters]
         self.khz = [[o.khz for o in cl.opps] for cl in profile.clusters]
+        # [model][cluster][opp] of one uninterrupted run: (service s, energy J, energy above the
+        # cluster's idle J, kHz x s)
+        self.run_cost = [[[(dt, p * dt * 1e-6, (p - self.idle_uw[c]) * dt * 1e-6,
+                            self.khz[c][o] * dt)
+                           for o, (dt, p) in enumerate(zip(lat_c, busy_c, strict=True))]
+                          for c, (lat_c, busy_c) in enumerate(zip(lat_m, busy_m, strict=True))]
+                         for lat_m, busy_m in zip(self.lat_s, self.busy_uw, strict=True)]
         top = profile.max_speed_mhz
         self.run_scale = [[cl.speed_mhz(o) / top for o in range(len(cl.opps))]
                           for cl in profile.clusters]
@@ -117,11 +124,49 @@ class Engine:
         self.ref_j = [self.busy_uw[m][fastest][-1] * self.lat_s[m][fastest][-1] * 1e-6
                       for m in range(len(names))]
         """Energy of each model at the board's top speed (the reward's unit)."""
+
+
+class Engine:
+    """A run of one job set on one board; drive it with ``run(policy)`` or step by step.
+
+    ``tables`` may be passed to reuse the board's constants across runs; they must have been
+    built for ``profile`` and cover every model of ``jobs``.
+    """
+
+    def __init__(self, profile: DeviceProfile, jobs: JobSet, duration_s: float,
+                 queue: QueueConfig | None = None, tables: BoardTables | None = None) -> None:
+        if (tables is None or tables.profile is not profile
+                or not tables.model_index.keys() >= set(jobs.model)):
+            tables = BoardTables(profile, jobs.model)
+        self.profile = profile
+        self.tables = tables
+        self.view = tables.view
+        self.jobs = jobs
+        self.duration_s = duration_s
+        self.qcfg = queue or QueueConfig()
+        self._model_index = tables.model_index
+        self.works = tables.works
+        self.input_bytes = tables.input_bytes
+        self.n_clusters = tables.n_clusters
+        self.lat_s = tables.lat_s
+        self.busy_uw = tables.busy_uw
+        self.static_uw = tables.static_uw
+        self.idle_uw = tables.idle_uw
+        self.idle_total_uw = tables.idle_total_uw
+        self.trans_s = tables.trans_s
+        self.khz = tables.khz
+        self.run_cost = tables.run_cost
+        self.run_scale = tables.run_scale
+        self.top_s = tables.top_s
+        self.top_ms = tables.top_ms
+        self.ref_j = tables.ref_j
         self.track_pelt = True
-        self.job_model = [self._model_index[m] for m in jobs.model]
+        self.job_model = list(map(self._model_index.__getitem__, jobs.model))
+        self.job_work = list(map(self.works.__getitem__, self.job_model))
         self.job_release = jobs.release_s.tolist()
         self.job_deadline = jobs.deadline_s.tolist()
-        self.job_prio = [min(int(p), self.qcfg.levels) for p in jobs.priority.tolist()]
+        levels = self.qcfg.levels
+        self.job_prio = [p if p < levels else levels for p in map(int, jobs.priority.tolist())]
         self.reset()
 
     # ------------------------------------------------------------------------------- state
@@ -191,11 +236,13 @@ class Engine:
     # ------------------------------------------------------------------------------- stepping
     def next_head(self, policy: Policy | None = None) -> Entry | None:
         """Advance until a request is ready to run; None when the run is over."""
+        q = self.queue
+        drop_expired = self.qcfg.drop_expired
         while True:
-            if self.qcfg.drop_expired and len(self.queue):
-                for e in self.queue.pop_expired(self.now):
+            if drop_expired and len(q):
+                for e in q.pop_expired(self.now):
                     self._miss(e.request_id, Outcome.EXPIRED)
-            head = self.queue.pop(self.now)
+            head = q.pop(self.now)
             if head is not None:
                 return head
             if self.next_job >= len(self.job_release):
@@ -221,7 +268,7 @@ class Engine:
         q = self.queue
         return DecisionContext(
             now_s=now, head_priority=head.priority, head_deadline_s=head.deadline_s,
-            head_work=self.works[self.job_model[head.request_id]], levels=q.levels,
+            head_work=self.job_work[head.request_id], levels=q.levels,
             queue_len=len(q), urgent_waiting=q.count_at_most(head.cls + 1),
             backlog_ms=q.backlog_ms, earliest_deadline_s=q.earliest_deadline_s(),
             cur_opp=self.cur_opp, arrival_rate_hz=self.rate.rate_hz(now),
@@ -234,10 +281,9 @@ class Engine:
         now = self.now
         q = self.queue
         return observation_from(
-            self.view, now, head.priority, head.deadline_s,
-            self.works[self.job_model[head.request_id]], q.levels, len(q),
-            q.count_at_most(head.cls + 1), q.backlog_ms, q.earliest_deadline_s(), self.cur_opp,
-            self.rate.rate_hz(now), self.busy_avg.value)
+            self.view, now, head.priority, head.deadline_s, self.job_work[head.request_id],
+            q.levels, len(q), q.count_at_most(head.cls + 1), q.backlog_ms,
+            q.earliest_deadline_s(), self.cur_opp, self.rate.rate_hz(now), self.busy_avg.value)
 
     def _switch(self, cluster: int, opp: int) -> None:
         if self.cur_opp[cluster] == opp:
@@ -262,17 +308,15 @@ class Engine:
         """Run ``head`` at ``decision``; returns the energy attributed to it (J)."""
         job = head.request_id
         m = self.job_model[job]
-        c = decision.cluster
-        self._switch(c, decision.opp)
+        c, o = decision
+        if self.cur_opp[c] != o:
+            self._switch(c, o)
         start = self.now
         energy = 0.0
         if policy is None or policy.tick_s <= 0:
-            o = self.cur_opp[c]
-            dt = self.lat_s[m][c][o]
-            p = self.busy_uw[m][c][o]
-            energy = p * dt * 1e-6
-            self.extra_j += (p - self.idle_uw[c]) * dt * 1e-6
-            self.busy_khz_s += self.khz[c][o] * dt
+            dt, energy, extra_j, khz_s = self.run_cost[m][c][o]
+            self.extra_j += extra_j
+            self.busy_khz_s += khz_s
             self.busy_s += dt
             self.now = start + dt
             if self.track_pelt:

@@ -32,8 +32,9 @@ from gymnasium import spaces
 from edgesched.device import DeviceProfile, load_profile
 from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW
 from edgesched.queue import Entry
-from edgesched_sim.engine import Engine, QueueConfig
+from edgesched_sim.engine import BoardTables, Engine, QueueConfig
 from edgesched_sim.scenarios import Scenario, generate, load_scenario
+from edgesched_sim.workloads import model_names
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,21 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         self._energy_scale_j = 1.0
         weights = self.reward_cfg.miss_weight
         self._miss_w = [0.0] + [float(weights.get(p, 1.0)) for p in range(1, 9)]
+        self._energy_weight = self.reward_cfg.energy_weight
+        self._tables: dict[int, BoardTables] = {}
+        """Board constants by profile index, built on first use."""
 
     def _new_engine(self) -> Engine:
         rng = self.np_random
-        profile = self.profiles[int(rng.integers(len(self.profiles)))]
+        pi = int(rng.integers(len(self.profiles)))
+        profile = self.profiles[pi]
         sc = self.scenarios[int(rng.integers(len(self.scenarios)))]
         dur = sc.duration_s if self.duration_s is None else self.duration_s
         jobs = generate(sc, int(rng.integers(2**31 - 1)), dur)
-        engine = Engine(profile, jobs, dur, self.queue_cfg)
+        tables = self._tables.get(pi)
+        if tables is None:
+            tables = self._tables[pi] = BoardTables(profile, model_names())
+        engine = Engine(profile, jobs, dur, self.queue_cfg, tables)
         engine.track_pelt = False  # the observation does not use it; only governors do
         return engine
 
@@ -88,7 +96,7 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         self.engine.step_missed.clear()
         ref = self.engine.ref_j
         models = self.engine.job_model
-        self._energy_scale_j = sum(ref[m] for m in models) / len(models)
+        self._energy_scale_j = sum(map(ref.__getitem__, models)) / len(models)
         return self.engine.observation(self._head), {"action_mask": self.engine.view.mask.copy()}
 
     def step(self, action: np.int64 | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -103,11 +111,11 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         before = eng.extra_j
         eng.run_head(head, decision)
         self._head = eng.next_head()
-        reward = -self.reward_cfg.energy_weight * (eng.extra_j - before) / self._energy_scale_j
-        if eng.step_missed:
-            w = self._miss_w
-            reward -= sum(w[p] for p in eng.step_missed)
-            eng.step_missed.clear()
+        reward = -self._energy_weight * (eng.extra_j - before) / self._energy_scale_j
+        missed = eng.step_missed
+        if missed:
+            reward -= sum(map(self._miss_w.__getitem__, missed))
+            missed.clear()
         info: dict[str, Any] = {}
         if self._head is None:
             obs = np.zeros(OBS_DIM, dtype=np.float32)

@@ -294,10 +294,13 @@ def generate(sc: Scenario, seed: int, duration_s: float | None = None) -> JobSet
                       deadline_s=release + np.array(dls, dtype=float) / 1000.0)
     release = _arrival_times(sc, rng, dur)
     picks = rng.choice(len(sc.classes), size=len(release), p=weights)
+    class_models = tuple(c.model for c in sc.classes)
+    priority = np.array([c.priority for c in sc.classes], dtype=np.int64)
+    deadline_ms = np.array([c.deadline_ms for c in sc.classes], dtype=float)
     return JobSet(release_s=release,
-                  model=tuple(sc.classes[k].model for k in picks),
-                  priority=np.array([sc.classes[k].priority for k in picks], dtype=np.int64),
-                  deadline_s=release + np.array([sc.classes[k].deadline_ms for k in picks]) / 1000.0)
+                  model=tuple(map(class_models.__getitem__, picks.tolist())),
+                  priority=priority[picks],
+                  deadline_s=release + deadline_ms[picks] / 1000.0)
 
 
 def scenario_models(sc: Scenario) -> Sequence[str]:
