@@ -183,6 +183,8 @@ def main() -> int:
         "overhead_p50_us": so.get("overhead_p50_us"),
         "overhead_p99_us": (round(so["p99_us"] - so["bare_p50_us"], 1)
                             if "p99_us" in so and "bare_p50_us" in so else None),
+        "daemon_overhead_p50_us": so.get("daemon_overhead_p50_us"),
+        "transport_client_p50_us": so.get("transport_client_p50_us"),
         "throughput_rps": so.get("throughput_rps"),
         "decision_us": dt.get("decision_us_p50"),
         "rss_mb": idle.get("rss_mb"),

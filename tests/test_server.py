@@ -22,7 +22,7 @@ HAND = "hand_landmark_lite"
 NABU = "okay_nabu"
 NABU_IN = "serving_default_input_audio:0"
 RESULT_PARAMS = {"queue_wait_us", "service_us", "freq_khz", "opp", "cluster", "energy_j",
-                 "outcome"}
+                 "outcome", "host_us", "daemon_us"}
 
 
 def face_input(seed: int = 0) -> np.ndarray:
@@ -79,6 +79,8 @@ def test_infer_binary_matches_a_local_interpreter(daemon: Daemon) -> None:
     assert set(res.parameters) >= RESULT_PARAMS
     assert res.parameters["outcome"] == "ok"
     assert res.parameters["energy_j"] > 0 and res.parameters["freq_khz"] > 0
+    # from the first bytes read to the answer: the inference and the daemon's own work
+    assert 0 < res.parameters["host_us"] < res.parameters["daemon_us"] < 10_000_000
     local = load_model(MODELS_DIR / f"{FACE}.tflite", warmup_runs=0, measure_runs=1)
     want = local.run({"input": x})
     for name, arr in want.items():

@@ -208,7 +208,8 @@ async def infer(st: ServerState, request: Request) -> Response:
         st.metrics.count(known, priority, "rejected")
         return _admission_response(exc)
     out = done[0] if fut is None else await fut
-    params = {**out.parameters, "outcome": out.outcome}
+    params = {**out.parameters, "outcome": out.outcome,
+              "daemon_us": round((time.monotonic() - request.received_s) * 1e6)}
     if out.results is None:
         headers = None
         if out.outcome in ("shed", "shutting_down"):

@@ -26,6 +26,7 @@ import http
 import json
 import logging
 import re
+import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Request:
     """The route's ``{param}`` segments, percent-decoded."""
     peer: Any = None
     """The connection's socket (for the peer's credentials), or None."""
+    received_s: float = 0.0
+    """``time.monotonic()`` when the request's first bytes were read."""
 
 
 class Response:
@@ -218,6 +221,7 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._eof = False
         self._peer: Any = None
+        self._received_s = 0.0
 
     # ------------------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -250,6 +254,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
+        if not self._buf and self._head is None:  # the first bytes of the next request
+            self._received_s = time.monotonic()
         self._buf += data
         if self.task is None:
             self._advance()
@@ -303,7 +309,8 @@ class Connection(asyncio.Protocol):
         self._chunked = None
         self._body_end = 0
         path, _, query = target.partition("?")
-        return Request(method, path, query, version, headers, body, peer=self._peer)
+        return Request(method, path, query, version, headers, body, peer=self._peer,
+                       received_s=self._received_s)
 
     def _check_partial_head(self) -> None:
         buf = self._buf

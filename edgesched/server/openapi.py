@@ -66,7 +66,8 @@ def openapi() -> dict[str, Any]:
         "model_name": {"type": "string"}, "model_version": {"type": "string"},
         "id": {"type": "string"},
         "parameters": {"type": "object", "description": "queue_wait_us, service_us, host_us, "
-                       "freq_khz, opp, cluster, cluster_name, energy_j, priority, outcome"},
+                       "daemon_us, freq_khz, opp, cluster, cluster_name, energy_j, priority, "
+                       "outcome"},
         "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}}}
     infer_errors = {str(code): {**_ERROR, "description": text} for code, text in (
         (400, "invalid request, or a deadline that cannot be met"),
