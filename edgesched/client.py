@@ -40,6 +40,7 @@ DATATYPES: dict[str, str] = {
     "float16": "FP16", "float32": "FP32", "float64": "FP64",
 }
 DTYPES: dict[str, np.dtype[Any]] = {v: np.dtype(k) for k, v in DATATYPES.items()}
+_DATATYPE_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items()}  # dtype.name is slow
 
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers (and, apart, a chunked body's trailers)
 SMALL_BODY_BYTES = 64 * 1024  # up to this, head and body go out in one sendall (one copy)
@@ -394,8 +395,11 @@ class InferResult:
 
 
 def datatype_of(arr: np.ndarray) -> str:
+    name = _DATATYPE_OF_DTYPE.get(arr.dtype)
+    if name is not None:
+        return name
     try:
-        return DATATYPES[arr.dtype.name]
+        return DATATYPES[arr.dtype.name]  # the same type in the other byte order
     except KeyError:
         raise ValueError(f"dtype {arr.dtype} has no Open Inference Protocol datatype") from None
 

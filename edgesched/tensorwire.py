@@ -11,19 +11,23 @@ copied twice costs more than the rest of a request's encoding together.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
+
+_WIRE_ORDER = ("<", "|", "=") if sys.byteorder == "little" else ("<", "|")
+"""Byte orders of a dtype whose bytes already are in the wire's order."""
 
 
 def tensor_bytes(arr: np.ndarray) -> memoryview:
     """``arr``'s bytes in C order and little-endian (the wire's order), as a flat byte view:
     no copy for a contiguous little-endian array (the usual case)."""
-    wire = arr.dtype.newbyteorder("<")
-    if arr.dtype != wire:
-        arr = arr.astype(wire)
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    return flat.view(np.uint8).data
+    if arr.dtype.byteorder not in _WIRE_ORDER:
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr.reshape(-1).view(np.uint8).data
 
 
 def encode_tensor(name: str, arr: np.ndarray, datatype: str, binary: bool,

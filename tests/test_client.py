@@ -26,6 +26,15 @@ def test_encode_json_and_binary() -> None:
     assert json.loads(body[:n])["parameters"] == {"binary_data_output": True}
 
 
+def test_binary_data_is_little_endian_and_in_c_order_whatever_the_array() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for given in (x.astype(">f4"), np.asfortranarray(x), x.T.copy().T):
+        body, headers = encode_infer({"x": given})
+        n = int(headers["Inference-Header-Content-Length"])
+        assert json.loads(body[:n])["inputs"][0]["datatype"] == "FP32"
+        np.testing.assert_array_equal(np.frombuffer(body[n:], "<f4").reshape(2, 3), x)
+
+
 def test_decode_mixed_outputs() -> None:
     a = np.arange(6, dtype=np.int32).reshape(2, 3)
     head = json.dumps({"model_name": "m", "id": "7", "parameters": {"outcome": "ok"}, "outputs": [
