@@ -68,6 +68,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (use finite numbers)")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""One decoder for every request (``json.loads`` with an option builds a new one each call)."""
+
+
+def _json_doc(raw: bytes) -> Any:
+    """``json.loads(raw)`` without NaN and infinities; raises ValueError (UnicodeDecodeError,
+    JSONDecodeError) or RecursionError as it does."""
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
 def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
     if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
         raise _bad(f"input {spec.name!r}: NaN or infinite values are not accepted")
@@ -120,7 +130,7 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
     else:
         head, blob = body, memoryview(b"")
     try:
-        doc = json.loads(head, parse_constant=_no_constant)
+        doc = _json_doc(head)
     except RecursionError:
         raise _bad("malformed JSON request body: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, over-long integers
