@@ -57,11 +57,19 @@ def _price_model_j(profile: DeviceProfile, cluster: int, opp: int, busy_s: float
     return profile.clusters[cluster].busy_power_uw(opp, 1) * busy_s * 1e-6
 
 
-def slowest_ratio(profile: DeviceProfile) -> float:
-    """How many times longer a run takes at the profile's slowest operating point than at the
-    top one of its fastest cluster (its latency model is linear in the work)."""
+def latency_ratio(profile: DeviceProfile, cluster: int, opp: int) -> float:
+    """Latency at (cluster, opp) over latency at the profile's top speed. The latency model is
+    linear in the work, so one ratio per OPP serves every model and run."""
     work = profile.work_from_top_latency(1.0)
-    return max(profile.latency_ms(work, c, o) for c, cl in enumerate(profile.clusters)
+    fastest = profile.fastest_cluster
+    top = len(profile.clusters[fastest].opps) - 1
+    return profile.latency_ms(work, cluster, opp) / profile.latency_ms(work, fastest, top)
+
+
+def slowest_ratio(profile: DeviceProfile) -> float:
+    """How many times longer a run takes at the profile's slowest operating point than at its
+    top speed."""
+    return max(latency_ratio(profile, c, o) for c, cl in enumerate(profile.clusters)
                for o in range(len(cl.opps)))
 
 
@@ -276,16 +284,10 @@ class VirtualBoard(_CpufreqBoard):
         return host_s * self.host_scale * self._slowness(cluster, opp)
 
     def _slowness(self, cluster: int, opp: int) -> float:
-        """Latency at (cluster, opp) over latency at the board's top speed. The latency model
-        is linear in the work, so one ratio per OPP serves every model and run."""
+        """:func:`latency_ratio` of (cluster, opp), computed once."""
         ratio = self._ratios.get((cluster, opp))
         if ratio is None:
-            p = self.profile
-            work = p.work_from_top_latency(1.0)
-            fastest = p.fastest_cluster
-            top = len(p.clusters[fastest].opps) - 1
-            ratio = p.latency_ms(work, cluster, opp) / p.latency_ms(work, fastest, top)
-            self._ratios[(cluster, opp)] = ratio
+            ratio = self._ratios[(cluster, opp)] = latency_ratio(self.profile, cluster, opp)
         return ratio
 
     def settle(self, decision: Decision, host_s: float, started_s: float, *,

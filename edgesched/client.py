@@ -170,9 +170,9 @@ class Connection:
     def request(self, method: str, path: str, body: Body | None = None,
                 headers: Mapping[str, str] | None = None) -> Response:
         """Send one request and read its response (connecting first if need be)."""
-        pieces = ([body] if isinstance(body, (bytes, bytearray, memoryview))
-                  else list(body or ()))
-        length = sum(memoryview(p).nbytes for p in pieces) if body is not None else None
+        pieces = [memoryview(p).cast("B") for p in (
+            [body] if isinstance(body, (bytes, bytearray, memoryview)) else body or ())]
+        length = sum(p.nbytes for p in pieces) if body is not None else None
         head = _request_head(method, path, length, headers)
         self._what = f"{method} {path}"
         try:
@@ -182,7 +182,7 @@ class Connection:
             elif length <= SMALL_BODY_BYTES:
                 sock.sendall(b"".join((head, *pieces)))
             else:
-                _send_pieces(sock, [head, *pieces])
+                _send_pieces(sock, [memoryview(head), *pieces])
             resp = self._read_response(method == "HEAD")
         except BaseException:
             self.close()
@@ -344,10 +344,10 @@ class Connection:
         return b"".join(parts)
 
 
-def _send_pieces(sock: socket.socket, pieces: list[bytes | memoryview]) -> None:
-    """``sendall`` of the pieces one after the other, with as few system calls as the kernel
+def _send_pieces(sock: socket.socket, views: list[memoryview]) -> None:
+    """``sendall`` of the byte views one after the other, with as few system calls as the kernel
     takes them in (``sendmsg``), without joining them."""
-    views = [memoryview(p).cast("B") for p in pieces if memoryview(p).nbytes]
+    views = [v for v in views if v.nbytes]
     while views:
         sent = sock.sendmsg(views)
         while sent:

@@ -234,9 +234,7 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
     Every feature is bounded by construction (ratios n/(n+4), tanh, clipped fractions), so the
     vector always lies inside ``[OBS_LOW, OBS_HIGH]``.
     """
-    hit = view.work_cache.get(id(head_work))
-    top_ms, mem_ms, mem_fraction, compute, transition = (
-        hit[1] if hit is not None and hit[0] is head_work else _work_constants(view, head_work))
+    top_ms, mem_ms, mem_fraction, compute, transition = _work_constants(view, head_work)
     slack_ms = (head_deadline_s - now) * 1000.0
     finite_slack = slack_ms != math.inf
     priority = (head_priority - 1) / (levels - 1 if levels > 1 else 1)

@@ -36,10 +36,15 @@ def _router(gate: asyncio.Event | None = None) -> Router:
         await gate.wait()
         return json_response({"slow": True})
 
+    async def active(req: Request) -> Response:
+        assert req.server is not None
+        return json_response({"active": req.server.active})
+
     r.add("POST", "/echo/{name}", echo)
     r.add("GET", "/echo/{name}", echo)
     r.add("GET", "/boom", boom)
     r.add("GET", "/slow", slow)
+    r.add("GET", "/active", active)
     return r
 
 
@@ -225,6 +230,29 @@ def test_shutdown_answers_the_request_in_progress(tmp_path: Path) -> None:
         assert status == 200 and headers["connection"] == "close" and json.loads(body)["slow"]
         await down
         assert await r1.read() == b"" and not server.connections
+        await close(w1)
+        await close(w2)
+
+    run(tmp_path, scenario, event=release)
+
+
+def test_the_server_counts_the_requests_it_is_handling(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def scenario(path: str, server: Server) -> None:
+        r1, w1 = await connect(path)
+        r2, w2 = await connect(path)
+        w2.write(b"GET /active HTTP/1.1\r\n\r\n")
+        assert json.loads((await read_response(r2))[2])["active"] == 1, "itself alone"
+        w1.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.05)
+        w2.write(b"GET /active HTTP/1.1\r\n\r\n")
+        assert json.loads((await read_response(r2))[2])["active"] == 2, "the slow one too"
+        release.set()
+        assert (await read_response(r1))[0] == 200
+        w2.write(b"GET /active HTTP/1.1\r\n\r\n")
+        assert json.loads((await read_response(r2))[2])["active"] == 1
+        assert server.active == 0
         await close(w1)
         await close(w2)
 

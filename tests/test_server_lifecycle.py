@@ -45,7 +45,10 @@ def _one_request(sock: str, priority: int) -> tuple[int, str, dict[str, str]]:
 
 def test_burst_fills_the_queue_and_every_request_is_answered(
         start_daemon: Callable[..., Daemon]) -> None:
-    d = start_daemon(config={"queue": {"max_count": 2}, "server": {"retry_after_s": 2.0}})
+    # every request through the queue: with the inline path a burst whose requests reach the
+    # daemon one by one (48 client threads) can find it idle each time and never fill the queue
+    d = start_daemon(config={"queue": {"max_count": 2},
+                             "server": {"retry_after_s": 2.0, "inline_max_us": 0}})
     n = 48
     priorities = [3] * (n // 2) + [1] * (n // 2)
     with ThreadPoolExecutor(n) as pool:

@@ -195,7 +195,10 @@ async def infer(st: ServerState, request: Request) -> Response:
         done: list[Outcome] = []
         job = Job(req=req, model=model, deadline_s=deadline_s, answer=done.append)
         fut: asyncio.Future[Outcome] | None = None
-        if not st.dispatcher.run_inline(job):  # busy, or a long model: the dispatcher thread
+        # inline only for a request alone on its listener: several at once go through the queue,
+        # where priority and deadline order them (and a full queue refuses with 429)
+        alone = request.server is None or request.server.active <= 1
+        if not (alone and st.dispatcher.run_inline(job)):  # else the dispatcher thread
             loop = asyncio.get_running_loop()
             mailbox = st.mailboxes.get(loop)
             if mailbox is None:

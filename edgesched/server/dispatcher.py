@@ -11,6 +11,8 @@ that received a short request (the HTTP thread) take the token and serve it at o
 same code, instead of handing it to the dispatcher thread and back: on an idle daemon that
 hand-off (two thread wake-ups and two interpreter-lock hand-overs) is most of the serving
 overhead. Anything queued meanwhile waits for the token like it waits for a running inference.
+The HTTP side asks for it only for a request that is alone on its listener: requests that
+arrive together are queued, so that priority and deadline order them.
 
 Every entry that enters the queue leaves with exactly one answer: a result, an error, "deadline
 missed" (504), "shed" (503) or "shutting down" (503).

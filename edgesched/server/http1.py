@@ -67,6 +67,8 @@ class Request:
     """The connection's socket (for the peer's credentials), or None."""
     received_s: float = 0.0
     """``time.monotonic()`` when the request's first bytes were read."""
+    server: Server | None = None
+    """The server that read it (``server.active``: requests it is handling now)."""
 
 
 class Response:
@@ -183,6 +185,8 @@ class Server:
         self.log = log_ or log
         self.connections: set[Connection] = set()
         self.closing = False
+        self.active = 0
+        """Requests read whole and not yet answered, this one's handler included."""
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -275,6 +279,7 @@ class Connection(asyncio.Protocol):
         if request is None:
             return
         self._waiting_since = None  # the timer stays; it finds nothing to do
+        self.server.active += 1
         self.task = asyncio.get_running_loop().create_task(self._run(request))
 
     def _parse(self) -> Request | None:
@@ -310,7 +315,7 @@ class Connection(asyncio.Protocol):
         self._body_end = 0
         path, _, query = target.partition("?")
         return Request(method, path, query, version, headers, body, peer=self._peer,
-                       received_s=self._received_s)
+                       received_s=self._received_s, server=self.server)
 
     def _check_partial_head(self) -> None:
         buf = self._buf
@@ -370,6 +375,7 @@ class Connection(asyncio.Protocol):
                 self._drained = None
         finally:
             self.task = None
+            self.server.active -= 1
         if self.transport is None or self.transport.is_closing():
             return
         if self._read_paused:
