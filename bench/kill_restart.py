@@ -1,6 +1,6 @@
 """SIGKILL at random moments, then recovery: are the original cpufreq values back every time?
 
-Each run builds a fresh fake cpufreq tree (:mod:`edgesched.fakesysfs`, alternately the rk3399
+Each run builds a fresh fake cpufreq tree (:mod:`edgesched.power.fakesysfs`, alternately the rk3399
 shape with the userspace governor and the clamp-only shape without it), starts the real daemon on
 it (``--board sysfs:rk3399``; policy performance or powersave, so requests change frequencies),
 lets a client send requests, and kills the daemon with SIGKILL after a random delay in
@@ -37,7 +37,7 @@ import numpy as np
 from _daemon import stop_daemon
 
 from edgesched.client import Client
-from edgesched.fakesysfs import leased_values, make_tree
+from edgesched.power.fakesysfs import leased_values, make_tree
 from edgesched.server.runner import shipped_models_dir
 
 NABU = "okay_nabu"

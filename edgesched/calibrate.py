@@ -1,7 +1,7 @@
 """Calibration: measure latency and power at every OPP of every cluster, then fit a profile.
 
 For each cluster (cpufreq policy) of the board, from its top OPP down: set the frequency through
-the board (the same :class:`~edgesched.cpufreq.Cpufreq` lease the daemon uses), check it took,
+the board (the same :class:`~edgesched.power.cpufreq.Cpufreq` lease the daemon uses), check it took,
 pin the thread to the cluster's CPUs where the board allows it, read the idle power, then run each
 workload ``warmup_runs + runs`` times and keep the median latency and the mean busy power.
 :func:`calibrate` gives the board back (every cpufreq setting restored, the thread's CPU affinity
@@ -13,7 +13,7 @@ waited: :class:`EmulatedClock` is a board clock that moves only when the board "
 sweep down to 408 MHz takes the host's time, not the emulated board's, and the host's own
 overhead between runs is not board time.
 
-Power comes from an :class:`~edgesched.energy.EnergyMeter` (RAPL, hwmon, or on the virtual board
+Power comes from an :class:`~edgesched.power.meters.EnergyMeter` (RAPL, hwmon, or on the virtual board
 :class:`VirtualBoardMeter`, which reads the energy the board prices from its profile's power model
 as a board-level meter would see it). Without a meter the power cells stay empty.
 """
@@ -31,19 +31,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgesched.board import Board, RunCost
-from edgesched.boards import VirtualBoard
 from edgesched.device import DeviceProfile
-from edgesched.energy import (
+from edgesched.errors import ConfigError, EdgeschedError, MeterError
+from edgesched.fit import Measurement
+from edgesched.observation import Decision
+from edgesched.power.backends import VirtualBoard
+from edgesched.power.board import Board, RunCost
+from edgesched.power.meters import (
     EnergyMeter,
     HwmonMeter,
     PowerChannel,
     RaplMeter,
     detect_meter,
 )
-from edgesched.errors import ConfigError, EdgeschedError, MeterError
-from edgesched.fit import Measurement
-from edgesched.observation import Decision
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]

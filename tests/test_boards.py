@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edgesched.board import Board
-from edgesched.boards import NullBoard, SysfsBoard, VirtualBoard, open_board
-from edgesched.cpufreq import Cpufreq, permission_hint, state_path
 from edgesched.device import load_profile
 from edgesched.errors import ConfigError, CpufreqUnavailableError
-from edgesched.fakesysfs import FakeKernel, FaultInjector, make_tree, read_attr, unplug
 from edgesched.observation import Decision
+from edgesched.power.backends import NullBoard, SysfsBoard, VirtualBoard, open_board
+from edgesched.power.board import Board
+from edgesched.power.cpufreq import Cpufreq, permission_hint, state_path
+from edgesched.power.fakesysfs import FakeKernel, FaultInjector, make_tree, read_attr, unplug
 
 
 class FakeTime:
@@ -119,7 +119,7 @@ def test_sysfs_board_measures_energy_with_a_meter(tmp_path: Path) -> None:
     (hw / "name").write_text("ina226\n")
     (hw / "power1_input").write_text("3000000\n")  # 3 W
     t = FakeTime()
-    from edgesched.energy import HwmonMeter
+    from edgesched.power.meters import HwmonMeter
 
     meter = HwmonMeter(root, clock=t.clock)
     board = SysfsBoard(load_profile("rk3399"), sysfs_root=root, state_dir=tmp_path / "state",
@@ -193,8 +193,8 @@ def test_null_board_and_bad_specs(tmp_path: Path) -> None:
 
 
 def test_runtime_modules_never_import_torch() -> None:
-    code = ("import sys; import edgesched.boards, edgesched.policy.learned, edgesched.cpufreq, "
-            "edgesched.energy, edgesched.freqdaemons, edgesched.commands.restore; "
+    code = ("import sys; import edgesched.power.backends, edgesched.policy.learned, edgesched.power.cpufreq, "
+            "edgesched.power.meters, edgesched.power.freqdaemons, edgesched.commands.restore; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

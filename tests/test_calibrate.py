@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from edgesched.boards import SysfsBoard, VirtualBoard
 from edgesched.calibrate import (
     CalibrationError,
     EmulatedClock,
@@ -23,11 +22,12 @@ from edgesched.calibrate import (
     open_meter,
 )
 from edgesched.cli import main
-from edgesched.cpufreq import state_path
 from edgesched.device import DeviceProfile, load_profile, parse_profile, profile_to_dict
 from edgesched.errors import ConfigError
-from edgesched.fakesysfs import FakeKernel, FaultInjector, make_tree, read_attr
 from edgesched.fit import CSV_COLUMNS, fit_profile
+from edgesched.power.backends import SysfsBoard, VirtualBoard
+from edgesched.power.cpufreq import state_path
+from edgesched.power.fakesysfs import FakeKernel, FaultInjector, make_tree, read_attr
 from edgesched.server.runner import shipped_models_dir
 
 HOST_MS = {"small": 4.0, "medium": 20.0, "large": 75.0}

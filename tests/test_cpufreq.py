@@ -1,4 +1,4 @@
-"""cpufreq control against fake sysfs trees on disk (edgesched.fakesysfs), never a patched open."""
+"""cpufreq control against fake sysfs trees on disk (edgesched.power.fakesysfs), never a patched open."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ from pathlib import Path
 import pytest
 
 from edgesched.cli import main as cli_main
-from edgesched.cpufreq import (
-    Cpufreq,
-    derive_steps_khz,
-    parse_cpu_list,
-    permission_hint,
-    recover,
-    state_path,
-)
 from edgesched.errors import (
     CpufreqBusyError,
     CpufreqModeError,
@@ -30,8 +22,16 @@ from edgesched.errors import (
     CpufreqStateError,
     CpufreqUnavailableError,
 )
-from edgesched.fakesysfs import FakeKernel, FaultInjector, make_tree, policy_dir, read_attr, unplug
-from edgesched.freqdaemons import detect_frequency_daemons
+from edgesched.power.cpufreq import (
+    Cpufreq,
+    derive_steps_khz,
+    parse_cpu_list,
+    permission_hint,
+    recover,
+    state_path,
+)
+from edgesched.power.fakesysfs import FakeKernel, FaultInjector, make_tree, policy_dir, read_attr, unplug
+from edgesched.power.freqdaemons import detect_frequency_daemons
 
 ATTRS = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
 
@@ -328,9 +328,9 @@ def test_no_change_without_a_saved_state(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import resource, signal, sys
         from pathlib import Path
-        from edgesched.cpufreq import Cpufreq
+        from edgesched.power.cpufreq import Cpufreq
         from edgesched.errors import CpufreqStateError
-        from edgesched.fakesysfs import FakeKernel
+        from edgesched.power.fakesysfs import FakeKernel
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         root = Path({str(root)!r})
         cf = Cpufreq(root, state_dir=Path({str(state)!r}), io=FakeKernel(root))

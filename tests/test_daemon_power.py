@@ -1,7 +1,7 @@
 """Acceptance: the power path through the real daemon process, checked in the files it writes.
 
 Each test runs ``python -m edgesched serve --board sysfs:rk3399 --sysfs-root ROOT`` on a fake
-cpufreq tree (:mod:`edgesched.fakesysfs`), talks to it over its unix socket with the bundled
+cpufreq tree (:mod:`edgesched.power.fakesysfs`), talks to it over its unix socket with the bundled
 client and reads the tree back. ``sysfs:`` writes plain files (no :class:`FakeKernel` behind
 them), so nothing emulates the kernel's reactions: ``scaling_cur_freq`` never moves and
 ``scaling_setspeed`` keeps the last value written; the assertions are on what the daemon writes.
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from conftest import MODELS_DIR, Daemon
 
-from edgesched.cpufreq import state_path
 from edgesched.device import load_profile
-from edgesched.fakesysfs import (
+from edgesched.power.cpufreq import state_path
+from edgesched.power.fakesysfs import (
     LEASED_ATTRS,
     NO_USERSPACE_GOVERNORS,
     from_profile,

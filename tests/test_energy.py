@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from edgesched.device import load_profile
-from edgesched.energy import (
+from edgesched.errors import ConfigError, MeterError
+from edgesched.power.meters import (
     CarbonAccount,
     HwmonMeter,
     ModelMeter,
@@ -15,7 +16,6 @@ from edgesched.energy import (
     detect_meter,
     hwmon_channels,
 )
-from edgesched.errors import ConfigError, MeterError
 
 
 class FakeClock:

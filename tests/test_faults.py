@@ -20,11 +20,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgesched.boards import SysfsBoard
-from edgesched.cpufreq import recover, state_path
 from edgesched.device import load_profile
-from edgesched.fakesysfs import FakeKernel, FaultInjector, leased_values, make_tree, unplug
 from edgesched.observation import Decision
+from edgesched.power.backends import SysfsBoard
+from edgesched.power.cpufreq import recover, state_path
+from edgesched.power.fakesysfs import FakeKernel, FaultInjector, leased_values, make_tree, unplug
 
 SHAPES = {"rk3399": "rk3399", "no-userspace": "rk3399", "rpi4": "bcm2711"}
 FILES = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed",

@@ -100,14 +100,14 @@ def test_learned_policy_that_does_not_fit_falls_back(tmp_path: Path, caplog) -> 
 
     from edgesched.policy.governors import Conservative
     from edgesched.policy.learned import make_random_policy
-    from edgesched.server.boardspec import make_policy
+    from edgesched.policy.registry import open_policy
 
     manifest = make_random_policy(tmp_path / "p")
     doc = json.loads(manifest.read_text())
     doc["obs_version"] = 0
     manifest.write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING):
-        policy = make_policy(f"learned:{tmp_path / 'p.npz'}", "conservative")
+        policy = open_policy(f"learned:{tmp_path / 'p.npz'}", "conservative")
     assert isinstance(policy, Conservative)
     assert "obs_version" in caplog.text and "falling back to conservative" in caplog.text
 

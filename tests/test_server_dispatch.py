@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from conftest import MODELS_DIR
 
-from edgesched.board import RunCost
 from edgesched.device import load_profile
-from edgesched.energy import CarbonAccount
 from edgesched.errors import AdmissionError
 from edgesched.observation import URGENT_WINDOW_S, BoardView, Decision, DecisionContext
 from edgesched.policy.base import Performance
+from edgesched.power.board import RunCost
+from edgesched.power.meters import CarbonAccount
 from edgesched.queue import RequestQueue
 from edgesched.server.admission import InferRequest
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgesched.cpufreq import DEFAULT_STATE_DIR
+from edgesched.power.cpufreq import DEFAULT_STATE_DIR
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -70,7 +70,6 @@ def _progress(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgesched.boards import open_board, parse_spec
     from edgesched.calibrate import (
         AffinityPinner,
         EmulatedClock,
@@ -81,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from edgesched.device import load_profile
     from edgesched.errors import ConfigError
     from edgesched.fit import fit_profile, format_summary, write_measurements
+    from edgesched.power.backends import open_board, parse_spec
     from edgesched.server.runner import load_models
 
     logging.basicConfig(level=args.log_level.upper(),

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edgesched.cpufreq import DEFAULT_STATE_DIR, recover, state_path
+from edgesched.power.cpufreq import DEFAULT_STATE_DIR, recover, state_path
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -66,8 +66,8 @@ def warn_about_frequency_daemons(cfg: Config, proc_root: Path, host_root: Path) 
     """Log a warning for each other program that sets CPU frequencies (only for a ``sysfs:``
     board: the others change nothing real). Runs before the board is opened, so before
     edgesched changes anything; returns the warnings."""
-    from edgesched.cpufreq import state_path
-    from edgesched.freqdaemons import detect_frequency_daemons
+    from edgesched.power.cpufreq import state_path
+    from edgesched.power.freqdaemons import detect_frequency_daemons
 
     if cfg.board.spec.partition(":")[0] != "sysfs":
         return []

@@ -19,13 +19,14 @@ A factory takes the full spec string and returns a :class:`~edgesched.policy.bas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from edgesched.errors import PolicyError
 from edgesched.policy.base import Performance, Policy, Powersave
 from edgesched.policy.governors import Conservative, Ondemand, Schedutil
 
-__all__ = ["FACTORIES", "PolicyFactory", "make_policy", "register", "valid_specs"]
+__all__ = ["FACTORIES", "PolicyFactory", "make_policy", "open_policy", "register", "valid_specs"]
 
 PolicyFactory = Callable[[str], Policy]
 
@@ -80,6 +81,15 @@ def make_policy(spec: str) -> Policy:
     if factory is None:
         raise PolicyError(f"unknown policy {spec!r}; expected one of: {', '.join(valid_specs())}")
     return factory(spec)
+
+
+def open_policy(spec: str, fallback: str = "schedutil") -> Policy:
+    """The policy for ``spec``; one that cannot be used is reported and ``fallback`` runs."""
+    try:
+        return make_policy(spec)
+    except PolicyError as exc:
+        logging.getLogger("edgesched.server").warning("%s; falling back to %s", exc, fallback)
+        return make_policy(fallback)
 
 
 register("performance", _plain("performance", Performance))

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from edgesched import __version__
-from edgesched.board import Board
-from edgesched.energy import CarbonAccount
 from edgesched.errors import AdmissionError, ConfigError, EdgeschedError, ModelError
 from edgesched.policy.base import Policy
+from edgesched.power.board import Board
+from edgesched.power.meters import CarbonAccount
 from edgesched.queue import RequestQueue
 from edgesched.server import systemd
 from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of, system_identity
@@ -625,7 +625,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     ``identity_lookup`` maps a unix peer's uid/gid to a user and its groups for the admin
     endpoints (tests inject one; the default asks the user database).
     """
-    from edgesched.server.boardspec import make_policy, open_board_spec
+    from edgesched.policy.registry import open_policy
+    from edgesched.power.spec import open_board_spec
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -655,7 +656,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     old_switch_s = sys.getswitchinterval()
     sys.setswitchinterval(cfg.server.switch_interval_us / 1e6)
     try:
-        policy = make_policy(cfg.policy.spec, cfg.policy.fallback)
+        policy = open_policy(cfg.policy.spec, cfg.policy.fallback)
         policy.reset(board.view)
         q = cfg.queue
         queue = RequestQueue(levels=q.levels, max_count=q.max_count, max_bytes=q.max_bytes,

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from edgesched.board import Board
 from edgesched.device import Work
 from edgesched.errors import AdmissionError, QueueFullError
 from edgesched.observation import URGENT_WINDOW_S, Decision, DecisionContext
 from edgesched.policy.base import Policy
+from edgesched.power.board import Board
 from edgesched.queue import Entry, RequestQueue
 from edgesched.server.admission import InferRequest
 from edgesched.server.metrics import Metrics

@@ -9,7 +9,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from edgesched.energy import CarbonAccount
+from edgesched.power.meters import CarbonAccount
 
 DEADLINE_MISS_OUTCOMES = frozenset({"late", "deadline_missed"})
 

@@ -2,8 +2,8 @@
 
 ``virtual:NAME_OR_PATH``
     a board emulated from a device profile: a cpufreq sysfs tree the daemon owns (built with
-    :func:`edgesched.fakesysfs.from_profile` under ``runtime_dir``, kernel reactions by
-    :class:`~edgesched.fakesysfs.FakeKernel`) driven through the same :class:`Cpufreq` code as a
+    :func:`edgesched.power.fakesysfs.from_profile` under ``runtime_dir``, kernel reactions by
+    :class:`~edgesched.power.fakesysfs.FakeKernel`) driven through the same :class:`Cpufreq` code as a
     real board. The host's measured service time stands for the top OPP of the fastest cluster;
     :meth:`VirtualBoard.settle` waits until the time the profile's latency model gives at the
     chosen OPP (plus the cluster's transition latency after a change) has passed, and prices it
@@ -30,10 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgesched.board import Board, RunCost
-from edgesched.cpufreq import Cpufreq, Mode, PolicyInfo, SysfsIO, recover
 from edgesched.device import DeviceProfile, load_profile
-from edgesched.energy import EnergyMeter, ModelMeter, detect_meter
 from edgesched.errors import (
     ConfigError,
     CpufreqError,
@@ -44,9 +41,12 @@ from edgesched.errors import (
     CpufreqUnavailableError,
     MeterError,
 )
-from edgesched.fakesysfs import FakeKernel, from_profile
-from edgesched.leaselock import LeaseLock
 from edgesched.observation import BoardView, Decision
+from edgesched.power.board import Board, RunCost
+from edgesched.power.cpufreq import Cpufreq, Mode, PolicyInfo, SysfsIO, recover
+from edgesched.power.fakesysfs import FakeKernel, from_profile
+from edgesched.power.lease import LeaseLock
+from edgesched.power.meters import EnergyMeter, ModelMeter, detect_meter
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -239,7 +239,7 @@ class VirtualBoard(_CpufreqBoard):
     def __init__(self, profile: DeviceProfile, *, runtime_dir: Path, clock: Clock = time.monotonic,
                  sleep: Sleep = time.sleep, mode: Mode = "auto",
                  log: logging.Logger | None = None, slowdown: float = 1.0) -> None:
-        log = log or logging.getLogger("edgesched.boards")
+        log = log or logging.getLogger("edgesched.power.backends")
         if not (slowdown >= 1.0 and math.isfinite(slowdown)):
             raise ConfigError(f"virtual board slowdown {slowdown!r}: expected a number >= 1")
         slug = re.sub(r"[^A-Za-z0-9_.-]", "_", profile.name) or "board"
@@ -323,7 +323,7 @@ class SysfsBoard(_CpufreqBoard):
                  clock: Clock = time.monotonic, mode: Mode = "auto", dry_run: bool = False,
                  log: logging.Logger | None = None, io: SysfsIO | None = None,
                  meter: EnergyMeter | None = None) -> None:
-        log = log or logging.getLogger("edgesched.boards")
+        log = log or logging.getLogger("edgesched.power.backends")
         cpufreq = Cpufreq(sysfs_root, state_dir=state_dir, mode=mode, dry_run=dry_run, log=log,
                           io=io, claim=not dry_run)
         try:
@@ -387,7 +387,7 @@ def open_board(spec: str, *, sysfs_root: Path | None = None, state_dir: Path,
     For ``sysfs:`` a leftover state file in ``state_dir`` (a killed daemon) is restored before
     anything else. The virtual board keeps its tree and state under ``runtime_dir``.
     """
-    log = log or logging.getLogger("edgesched.boards")
+    log = log or logging.getLogger("edgesched.power.backends")
     kind, arg = parse_spec(spec)
     profile = load_profile(arg)
     if kind == "null":

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgesched.cpufreq import CPUFREQ_REL
+from edgesched.power.cpufreq import CPUFREQ_REL
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Open the board and the policy named on the command line (imported lazily: the command line
-stays quick to start)."""
+"""Open the board named on the command line (imported lazily: the command line stays quick to
+start)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgesched.board import Board
 from edgesched.device import load_profile
-from edgesched.errors import ConfigError, PolicyError
-from edgesched.policy.base import Policy
+from edgesched.errors import ConfigError
+from edgesched.power.board import Board
 
-log = logging.getLogger("edgesched.server")
+log = logging.getLogger("edgesched.power")
 
 HOST_PROFILE = "rk3399"
 """Profile whose power model prices inferences on ``--board none`` (nothing is changed)."""
@@ -32,21 +31,10 @@ def open_board_spec(spec: str, *, sysfs_root: Path, state_dir: Path, runtime_dir
     if kind not in ("virtual", "sysfs", "none", "null"):
         raise ConfigError(f"board spec {spec!r}: expected virtual:NAME_OR_PATH, sysfs:PROFILE, "
                           "null:PROFILE or none")
-    from edgesched import boards
+    from edgesched.power import backends as boards
 
     if kind == "none":
         return boards.NullBoard(load_profile(spec.partition(":")[2] or HOST_PROFILE))
     return boards.open_board(spec, sysfs_root=sysfs_root,
                              state_dir=state_dir, runtime_dir=runtime_dir, clock=clock,
                              sleep=sleep, log=log, virtual_slowdown=virtual_slowdown)
-
-
-def make_policy(spec: str, fallback: str = "schedutil") -> Policy:
-    """The policy for ``spec``; one that cannot be used is reported and ``fallback`` runs."""
-    from edgesched.policy.registry import make_policy as registry_policy
-
-    try:
-        return registry_policy(spec)
-    except PolicyError as exc:
-        log.warning("%s; falling back to %s", exc, fallback)
-        return registry_policy(fallback)

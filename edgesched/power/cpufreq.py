@@ -1,7 +1,7 @@
 """CPU frequency control through cpufreq sysfs, as a lease that is always given back.
 
 Reads and writes ``<root>/devices/system/cpu/cpufreq/policy*/`` where ``root`` defaults to
-``/sys`` and tests point it at a fake tree (:mod:`edgesched.fakesysfs`). Nothing touches the file
+``/sys`` and tests point it at a fake tree (:mod:`edgesched.power.fakesysfs`). Nothing touches the file
 system at import time.
 
 Two write modes:
@@ -23,8 +23,8 @@ reverse order and deletes the state file. :func:`recover` undoes a leftover stat
 (the previous daemon was killed). Without a saved state no frequency is changed.
 
 File access goes through a :class:`SysfsIO` (plain files by default). It is the hardware edge:
-:class:`edgesched.fakesysfs.FakeKernel` (kernel side effects) and
-:class:`edgesched.fakesysfs.FaultInjector` (EPERM/EBUSY/EINVAL on chosen files) plug in there.
+:class:`edgesched.power.fakesysfs.FakeKernel` (kernel side effects) and
+:class:`edgesched.power.fakesysfs.FaultInjector` (EPERM/EBUSY/EINVAL on chosen files) plug in there.
 Low-level ``OSError`` is translated once, here, into the :class:`~edgesched.errors.CpufreqError`
 tree.
 """
@@ -53,7 +53,7 @@ from edgesched.errors import (
     CpufreqUnavailableError,
     CpufreqVerifyError,
 )
-from edgesched.leaselock import LOCK_NAME, LeaseLock
+from edgesched.power.lease import LOCK_NAME, LeaseLock
 
 CPUFREQ_REL = Path("devices/system/cpu/cpufreq")
 STATE_FILE = "cpufreq-state.json"
@@ -421,7 +421,7 @@ def recover(sysfs_root: Path = Path("/sys"), state_dir: Path = DEFAULT_STATE_DIR
     deleted only when every policy still present was restored; otherwise the error is raised and
     the file kept so that ``edgesched restore`` can try again.
     """
-    log = log or logging.getLogger("edgesched.cpufreq")
+    log = log or logging.getLogger("edgesched.power.cpufreq")
     lock = LeaseLock(Path(state_dir) / LOCK_NAME, log)
     if state_path(state_dir).exists():
         lock.acquire("the cpufreq lease (its settings are live, not left over)")
@@ -484,7 +484,7 @@ class Cpufreq:
     >>> with Cpufreq(root, state_dir=tmp) as cf:           # doctest: +SKIP
     ...     cf.set_khz("policy4", 1_416_000)
 
-    One owner per ``state_dir``: the lease's lock (:mod:`edgesched.leaselock`) is taken at the
+    One owner per ``state_dir``: the lease's lock (:mod:`edgesched.power.lease`) is taken at the
     first change, or at once with ``claim`` (the daemon and ``edgesched calibrate`` claim at
     start, so a second one fails before doing anything); :class:`CpufreqBusyError` names the
     holder's pid.
@@ -500,7 +500,7 @@ class Cpufreq:
         self.state_dir = Path(state_dir)
         self.mode = mode
         self.dry_run = dry_run
-        self.log = log or logging.getLogger("edgesched.cpufreq")
+        self.log = log or logging.getLogger("edgesched.power.cpufreq")
         self.io: SysfsIO = io or PlainSysfsIO()
         self._files = _Files(self.io, self.log, dry_run)
         self._saved: dict[str, SavedPolicy] = {}
@@ -641,7 +641,7 @@ class Cpufreq:
         """Save ``info``'s originals before its first change; raises if they cannot be saved."""
         if info.name in self._saved or self.dry_run:
             return
-        self._lock.acquire()  # one owner per state directory (see edgesched.leaselock)
+        self._lock.acquire()  # one owner per state directory (see edgesched.power.lease)
         snap = self._snapshot(info)
         saved = [*self._saved.values(), snap]
         _write_state(state_path(self.state_dir), {

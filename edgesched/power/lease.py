@@ -31,7 +31,7 @@ class LeaseLock:
 
     def __init__(self, path: Path, log: logging.Logger | None = None) -> None:
         self.path = Path(path)
-        self.log = log or logging.getLogger("edgesched.cpufreq")
+        self.log = log or logging.getLogger("edgesched.power.cpufreq")
         self._fd: int | None = None
 
     @property

@@ -227,7 +227,7 @@ class ModelMeter:
 def detect_meter(sysfs_root: Path = Path("/sys"), *, clock: Callable[[], float] = time.monotonic,
                  log: logging.Logger | None = None) -> RaplMeter | HwmonMeter | None:
     """The first meter that exists and can be read: RAPL, then hwmon; None if neither."""
-    log = log or logging.getLogger("edgesched.energy")
+    log = log or logging.getLogger("edgesched.power.meters")
     root = Path(sysfs_root)
     if (root / RAPL_REL).is_dir():
         try:

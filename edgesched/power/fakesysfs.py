@@ -11,7 +11,7 @@ copied from real boards::
     from_profile(tmp_path, profile)      # any DeviceProfile
 
 A plain directory has no kernel behind it, so the kernel's reactions live in the writer, at the
-hardware edge (:class:`~edgesched.cpufreq.SysfsIO`):
+hardware edge (:class:`~edgesched.power.cpufreq.SysfsIO`):
 
 :class:`FakeKernel`
     a ``SysfsIO`` that checks each write as the kernel would (EACCES for a file without write
@@ -36,14 +36,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgesched.cpufreq import (
+from edgesched.device import DeviceProfile, load_profile
+from edgesched.power.cpufreq import (
     CPUFREQ_REL,
     PlainSysfsIO,
     SysfsIO,
     derive_steps_khz,
     read_small_file,
 )
-from edgesched.device import DeviceProfile, load_profile
 
 SHAPES = ("rk3399", "rpi4", "no-userspace", "read-only")
 ALL_GOVERNORS = ("conservative", "ondemand", "userspace", "powersave", "performance", "schedutil")
@@ -204,7 +204,7 @@ def _err(code: int, path: Path) -> OSError:
 
 
 class FakeKernel:
-    """A :class:`~edgesched.cpufreq.SysfsIO` over a fake tree that behaves like the kernel.
+    """A :class:`~edgesched.power.cpufreq.SysfsIO` over a fake tree that behaves like the kernel.
 
     Writes are checked (see the module docstring) and followed by :meth:`sync`, which updates
     ``scaling_cur_freq`` and ``scaling_setspeed`` of every policy from its governor and limits.
@@ -317,7 +317,7 @@ class Fault:
 
 @dataclass
 class FaultInjector:
-    """A :class:`~edgesched.cpufreq.SysfsIO` wrapper that fails chosen files and records writes.
+    """A :class:`~edgesched.power.cpufreq.SysfsIO` wrapper that fails chosen files and records writes.
 
     >>> faults = FaultInjector(FakeKernel(root))                     # doctest: +SKIP
     >>> faults.fail("policy4/scaling_setspeed", errno.EBUSY, times=1)
