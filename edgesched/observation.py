@@ -16,6 +16,7 @@ defined (it gives the OPP the level maps to, on cluster 0 if the cluster is miss
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from math import tanh
 from typing import NamedTuple
@@ -23,10 +24,15 @@ from typing import NamedTuple
 import numpy as np
 
 from edgesched.device import Cluster, DeviceProfile, Work
+from edgesched.queue import Entry
 
 OBS_VERSION = 1
 URGENT_WINDOW_S = 10.0
 """How long a priority-1 request's timeout counts towards ``DecisionContext.urgent_timeout_s``."""
+BLOCKING_SHARE = 0.8
+"""A lower-priority run is kept within this share of the shortest recent priority-1 timeout
+(``DecisionContext.urgent_timeout_s``) when some action allows it; the rest is left for the
+priority-1 request's own run and the serving around it (see :func:`run_limit_s`)."""
 MAX_CLUSTERS = 2
 LEVELS = 20
 N_ACTIONS = MAX_CLUSTERS * LEVELS
@@ -152,6 +158,25 @@ def action_map_id() -> str:
     return f"cluster*{LEVELS}+level;level->lowest opp >= (level+1)/{LEVELS}*fmax;clusters<={MAX_CLUSTERS}"
 
 
+class Waiting(NamedTuple):
+    """A request still queued behind the head, as :attr:`DecisionContext.waiting_in_order` gives it."""
+
+    deadline_s: float
+    service_ms: float
+    """Estimated service time at the board's top speed (``Entry.service_ms``)."""
+    priority: int
+    """Current (aged) class, 1 = highest."""
+
+
+def waiting_of(entries: Iterable[Entry]) -> tuple[Waiting, ...]:
+    """Compact, immutable copies of queue entries (in the order given)."""
+    return tuple(Waiting(e.deadline_s, e.service_ms, e.cls + 1) for e in entries)
+
+
+def _nothing_waiting() -> Sequence[Waiting]:
+    return ()
+
+
 @dataclass(slots=True)
 class DecisionContext:
     """Everything a policy may look at when the next request is about to run.
@@ -180,6 +205,45 @@ class DecisionContext:
     the last ``URGENT_WINDOW_S`` seconds; inf when none did. Not part of the observation vector:
     the learned policies' shield keeps a lower-priority run short enough that a priority-1
     request arriving just after it started still meets its deadline."""
+    head_enqueued_s: float = -math.inf
+    """When the head arrived (on the clock of ``now_s``); -inf when unknown. Not part of the
+    observation vector."""
+    waiting_in_order: Callable[[], Sequence[Waiting]] = _nothing_waiting
+    """The requests queued behind the head, in the order the queue would serve them now
+    (priority class, then earliest deadline; later aging not foreseen). Computed when called,
+    so that building a context stays cheap for policies that never look; call it during
+    ``decide`` only. Not part of the observation vector."""
+    task_util: float = 0.0
+    """PELT util_avg of the task that runs inferences, in [0, 1] (frequency- and capacity-
+    invariant; ``edgesched.utilisation.TaskUtil``). Not part of the observation vector."""
+    task_util_est: float = 0.0
+    """That task's util_est (the kernel's EWMA, updated when it sleeps), in [0, 1]."""
+    task_cluster: int = -1
+    """The cluster the task last ran on (the kernel's ``prev_cpu``); -1 when unknown."""
+    task_woken: bool = True
+    """True when the task slept since its last run, so this request is a wake-up (where the
+    kernel places tasks); False when it kept running from the previous request."""
+
+
+def run_limit_s(ctx: DecisionContext) -> float:
+    """How long the head's run (frequency switch included) should take at most: its own time to
+    deadline for a priority-1 request; for a lower-priority one ``BLOCKING_SHARE`` of the
+    shortest recent priority-1 timeout, since a run cannot be interrupted and a priority-1
+    request arriving just after it started would wait for it. inf when nothing limits it.
+
+    Policies keep their choice within the limit when some action can, and take the fastest
+    action when none can (the learned policies' shield and ``slack`` alike)."""
+    if ctx.head_priority == 1:
+        return ctx.head_deadline_s - ctx.now_s
+    return ctx.urgent_timeout_s * BLOCKING_SHARE
+
+
+def run_time_s(view: BoardView, ctx: DecisionContext, decision: Decision) -> float:
+    """The head's run at ``decision`` by the profile's latency model, with the cluster's
+    transition latency when the OPP changes."""
+    c, o = decision
+    switch_s = view.transition_s[c] if o != ctx.cur_opp[c] else 0.0
+    return view.profile.latency_ms(ctx.head_work, c, o) / 1000.0 + switch_s
 
 
 class _WorkConstants(NamedTuple):

@@ -164,6 +164,11 @@ class RequestQueue:
             self._take(entry)
         return entry
 
+    def in_service_order(self) -> list[Entry]:
+        """The queued entries in the order ``pop`` would serve them now, without removing any
+        (classes as of the last aging; later aging not foreseen)."""
+        return sorted(self._by_id.values(), key=lambda e: (e.cls, e.deadline_s, e.seq))
+
     def drain(self) -> list[Entry]:
         """Remove and return everything, in the order ``pop`` would have served it (no aging)."""
         out = sorted(self._by_id.values(), key=lambda e: (e.cls, e.deadline_s, e.seq))

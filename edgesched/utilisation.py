@@ -6,6 +6,12 @@ capacity cap counts as f / f_max * cap / 1024 of a fully busy period). Its value
 where 1 is the board's biggest CPU at its top frequency. A continuous-time form is used
 (``exp(-dt / tau)``, ``tau = 32 ms / ln 2``) instead of 1024 us segments.
 
+``TaskUtil`` follows the one task that runs inferences (the simulator's engine and the daemon's
+dispatcher feed it at each run's start and end): its PELT ``util_avg``, which migrates with it
+between clusters, and its ``util_est`` (kernel/sched/fair.c, Linux 6.12: ``util_est_update`` at a
+dequeue for sleep, ``util_est_enqueue``/``util_est_dequeue`` of the runqueue sum,
+``task_util_est``, ``cpu_util`` with its ``boost``). See :class:`TaskUtil`.
+
 ``BusyWindow`` measures the wall-clock busy fraction since the last sample, as ondemand and
 conservative do from idle-time counters (drivers/cpufreq/cpufreq_governor.c ``dbs_update``).
 """
@@ -17,6 +23,12 @@ from collections import deque
 
 PELT_HALFLIFE_S = 0.032
 PELT_TAU_S = PELT_HALFLIFE_S / math.log(2.0)
+SCHED_CAPACITY_SCALE = 1024
+"""include/linux/sched.h: capacity and utilisation of the biggest CPU at its top frequency."""
+UTIL_EST_WEIGHT_SHIFT = 2
+"""kernel/sched/pelt.h: a new util_est sample weighs 1/4 in the EWMA."""
+UTIL_EST_MARGIN = SCHED_CAPACITY_SCALE // 100
+"""kernel/sched/fair.c: an EWMA within ~1 % (10) above the dequeued util is left alone."""
 
 
 class PeltTracker:
@@ -37,6 +49,119 @@ class PeltTracker:
             self.util = self.util * decay + running_scale * (1.0 - decay)
             self.last_s = now_s
         return self.util
+
+
+def kernel_capacity(capacity: float) -> int:
+    """``arch_scale_cpu_capacity()``: a normalised capacity as the kernel's integer (1..1024)."""
+    return max(1, min(SCHED_CAPACITY_SCALE, math.floor(capacity + 1e-9)))
+
+
+def util_est_update(ewma: int, dequeued: int, cpu_capacity: int,
+                    runnable: int | None = None) -> int:
+    """The task's new util_est after it went to sleep with util ``dequeued`` on a CPU of
+    ``cpu_capacity`` (kernel/sched/fair.c ``util_est_update``, Linux 6.12, all integers in
+    capacity units):
+
+    * ``ewma <= dequeued``: the estimate jumps to ``dequeued`` at once (rises are never
+      smoothed; this is what the ``UTIL_EST_FASTUP`` feature did before 6.8 made it the rule);
+    * ``ewma - dequeued < UTIL_EST_MARGIN``: unchanged ("within margin");
+    * ``dequeued > cpu_capacity``: unchanged (no idle time on that CPU, the sample is not
+      trusted);
+    * ``dequeued + UTIL_EST_MARGIN < runnable``: unchanged (the task waited to run;
+      ``runnable`` defaults to ``dequeued``: a task alone on its CPU never waits);
+    * otherwise ``ewma = (4 * ewma - (ewma - dequeued)) >> 2``, the EWMA with weight 1/4.
+    """
+    if ewma <= dequeued:
+        return dequeued
+    diff = ewma - dequeued
+    if diff < UTIL_EST_MARGIN or dequeued > cpu_capacity:
+        return ewma
+    if runnable is not None and dequeued + UTIL_EST_MARGIN < runnable:
+        return ewma
+    return ((ewma << UTIL_EST_WEIGHT_SHIFT) - diff) >> UTIL_EST_WEIGHT_SHIFT
+
+
+class TaskUtil(PeltTracker):
+    """The utilisation signals of the one task that runs inferences, as the kernel keeps them.
+
+    ``util`` is the task's PELT ``util_avg`` in [0, 1] (frequency- and capacity-invariant, the
+    continuous form of :class:`PeltTracker`, whose ``advance`` it uses: 0 while the
+    task slept or waited); it moves with the task when it changes cluster, as
+    ``attach_entity_load_avg``/``remove_entity_load_avg`` move it between runqueues.
+    ``util_est`` is the kernel's integer EWMA (0..1024), updated by :func:`util_est_update`
+    when the task goes to sleep (:meth:`dequeue`), never while it runs or migrates.
+
+    Lifecycle: :meth:`enqueue` when a run starts (a wake-up if the task slept, a migration if
+    it kept running and changes cluster), :meth:`advance` while it runs, :meth:`dequeue` when
+    nothing is left to run and the thread sleeps.  ``cluster`` is where the task last ran (the
+    kernel's ``prev_cpu``); a new task starts on ``first_cluster``.
+
+    Kept simpler than the kernel: PELT in continuous time instead of 1024 us segments;
+    ``UTIL_AVG_UNCHANGED`` (skip the update when util_avg did not change since the enqueue) is
+    read as "the integer util did not change"; a new task starts at util 0, not at
+    ``post_init_entity_util_avg``'s half of the spare capacity (the inference thread has long
+    been idle when the first request comes).
+    """
+
+    __slots__ = ("_util_at_enqueue", "capacity", "cluster", "enqueued", "util_est")
+
+    def __init__(self, capacity: tuple[int, ...], now_s: float = 0.0,
+                 first_cluster: int = 0) -> None:
+        if not capacity:
+            raise ValueError("TaskUtil needs the integer capacity of at least one cluster")
+        super().__init__(now_s)
+        self.capacity = capacity
+        self.util_est = 0
+        self.cluster = first_cluster
+        self.enqueued = False
+        self._util_at_enqueue = 0
+
+    @property
+    def util_int(self) -> int:
+        """``task_util(p)``: util_avg as the kernel's integer."""
+        return min(SCHED_CAPACITY_SCALE, math.floor(self.util * SCHED_CAPACITY_SCALE + 1e-9))
+
+    def task_util_est(self) -> int:
+        """``task_util_est(p)``: ``max(task_util(p), util_est)``."""
+        u = self.util_int
+        return u if u > self.util_est else self.util_est
+
+    def enqueue(self, now_s: float, cluster: int) -> None:
+        """A run starts on ``cluster`` at ``now_s``: a wake-up (``util_est_enqueue`` adds the
+        estimate to that runqueue) or, if the task is already enqueued, a migration (its
+        util_avg and util_est move along; util_est is not updated)."""
+        self.advance(now_s, 0.0)
+        if not self.enqueued:
+            self.enqueued = True
+            self._util_at_enqueue = self.util_int
+        self.cluster = cluster
+
+    def dequeue(self, now_s: float) -> None:
+        """The task goes to sleep at ``now_s``: ``util_est_dequeue`` then ``util_est_update``."""
+        self.advance(now_s, 0.0)
+        if not self.enqueued:
+            return
+        self.enqueued = False
+        dequeued = self.util_int
+        if dequeued == self._util_at_enqueue:
+            return  # UTIL_AVG_UNCHANGED still set: PELT did not move since the enqueue
+        self.util_est = util_est_update(self.util_est, dequeued, self.capacity[self.cluster])
+
+    def cpu_util(self, cluster: int) -> float:
+        """``cpu_util_cfs_boost()`` of ``cluster``'s CPU that holds the task, in [0, 1]: the
+        runqueue's util_avg (the task's, blocked or running, on the cluster it last ran on; 0
+        elsewhere), raised to the runqueue's util_est while the task is enqueued, capped at the
+        CPU's capacity (``cpu_util(cpu, NULL, -1, 1)``; runnable equals util for a task alone
+        on its CPU)."""
+        if cluster != self.cluster:
+            return 0.0
+        u = self.util
+        if self.enqueued:
+            est = self.util_est / SCHED_CAPACITY_SCALE
+            if est > u:
+                u = est
+        cap = self.capacity[cluster] / SCHED_CAPACITY_SCALE
+        return u if u < cap else cap
 
 
 class BusyWindow:

@@ -22,6 +22,7 @@ from edgesched.server.runner import shipped_models_dir
 
 MODELS_DIR = shipped_models_dir()
 START_LIMIT_S = 60.0
+DatagramSocket = socket.socket  # Daemon.socket (a path) hides the module inside the class
 
 
 def free_port() -> int:
@@ -73,6 +74,23 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError(f"daemon not ready after {START_LIMIT_S} s:\n{self.stderr()}")
 
+    def wait_notified(self, notify: DatagramSocket) -> None:
+        """Wait for the daemon's ``READY=1`` on ``notify`` (its NOTIFY_SOCKET): ready without
+        a connection of the test's own, which the daemon might still count open when the test's
+        first connection arrives. The short receive timeout only looks at the process now and
+        then; the wait ends on the message."""
+        deadline = time.monotonic() + START_LIMIT_S
+        notify.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                if notify.recv(4096).startswith(b"READY=1"):
+                    return
+            except TimeoutError:
+                continue
+        raise RuntimeError(f"daemon not ready after {START_LIMIT_S} s:\n{self.stderr()}")
+
     def terminate(self, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -94,24 +112,50 @@ StartDaemon = Callable[..., Daemon]
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
-    """Factory: ``start_daemon(config={...}, args=[...], wait=True, http=False)``."""
+    """Factory: ``start_daemon(config={...}, args=[...], wait=True, http=False)``.
+
+    ``notify=True``: wait for the daemon's sd_notify ``READY=1`` instead of asking it over its
+    socket (see :meth:`Daemon.wait_notified`), for tests that count connections; with
+    ``http=True`` it is the default (the TCP port opens after the unix socket answers)."""
     started: list[Daemon] = []
 
     def start(config: Mapping[str, Mapping[str, Any]] | None = None,
               args: tuple[str, ...] = (), wait: bool = True, http: bool = False,
               home: Path | None = None, env: Mapping[str, str] | None = None,
-              pass_fds: tuple[int, ...] = (), command: list[str] | None = None) -> Daemon:
+              pass_fds: tuple[int, ...] = (), command: list[str] | None = None,
+              notify: bool = False) -> Daemon:
         return _start(home or tmp_path / f"d{len(started)}", started, config, args, wait,
-                      http, env, pass_fds, command)
+                      http, env, pass_fds, command, notify=notify)
 
     yield start
     for d in started:
         d.terminate()
 
 
+PORT_ATTEMPTS = 3
+"""A free port is only free until someone binds it: another test run on the machine may take
+it between :func:`free_port` and the daemon's bind; the daemon is then started on another."""
+
+
 def _start(home: Path, started: list[Daemon], config: Mapping[str, Mapping[str, Any]] | None,
            args: tuple[str, ...], wait: bool, http: bool, env: Mapping[str, str] | None,
-           pass_fds: tuple[int, ...], command: list[str] | None) -> Daemon:
+           pass_fds: tuple[int, ...], command: list[str] | None, *, notify: bool = False,
+           ) -> Daemon:
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _start_once(home, started, config, args, wait, http, env, pass_fds, command,
+                               notify)
+        except RuntimeError as exc:
+            if not (http and "address already in use" in str(exc)) or attempt == PORT_ATTEMPTS:
+                raise
+            started.pop().terminate()
+    raise AssertionError("unreachable")
+
+
+def _start_once(home: Path, started: list[Daemon],
+                config: Mapping[str, Mapping[str, Any]] | None, args: tuple[str, ...],
+                wait: bool, http: bool, env: Mapping[str, str] | None,
+                pass_fds: tuple[int, ...], command: list[str] | None, notify: bool) -> Daemon:
     home.mkdir(parents=True, exist_ok=True)
     tables: dict[str, dict[str, Any]] = {"models": {"warmup_runs": 1, "measure_runs": 3}}
     for name, table in (config or {}).items():
@@ -125,13 +169,25 @@ def _start(home: Path, started: list[Daemon], config: Mapping[str, Mapping[str, 
     cmd = command or daemon_command(sock, home, cfg, "--board", "none", *args)
     err_path = home / "stderr.log"
     full_env = {**os.environ, **(env or {})}
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=full_env,
-                                pass_fds=pass_fds)
-    d = Daemon(proc=proc, socket=sock, home=home, port=port, stderr_path=err_path)
-    started.append(d)
-    if wait:
-        d.wait_ready()
+    with contextlib.ExitStack() as stack:
+        listener: socket.socket | None = None
+        # READY=1 comes once every listener is open: the unix socket answers before the TCP
+        # port listens, so a daemon with a port waits for it too
+        if wait and (notify or (http and "NOTIFY_SOCKET" not in full_env)):
+            notify_path = home / "notify.sock"
+            notify_path.unlink(missing_ok=True)
+            listener = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            listener.bind(str(notify_path))
+            full_env["NOTIFY_SOCKET"] = str(notify_path)
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=full_env,
+                                    pass_fds=pass_fds)
+        d = Daemon(proc=proc, socket=sock, home=home, port=port, stderr_path=err_path)
+        started.append(d)
+        if listener is not None:
+            d.wait_notified(listener)
+        elif wait:
+            d.wait_ready()
     return d
 
 

@@ -111,6 +111,7 @@ def test_root_switches_policy_while_requests_run(start_daemon: StartDaemon) -> N
     outcomes: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
+    serving = threading.Event()  # the worker's first answer came: requests run from now on
 
     def load() -> None:
         try:
@@ -119,12 +120,16 @@ def test_root_switches_policy_while_requests_run(start_daemon: StartDaemon) -> N
                     if stop.is_set():
                         break
                     outcomes.append(nabu(c))
+                    serving.set()
         except BaseException as exc:  # reported below
             errors.append(exc)
+        finally:
+            serving.set()
 
     worker = threading.Thread(target=load)
     worker.start()
     try:
+        serving.wait()
         with d.client() as c:
             for spec in ("performance", "powersave", "ondemand", "conservative", "schedutil",
                          "performance"):

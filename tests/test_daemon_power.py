@@ -43,7 +43,7 @@ NABU = "okay_nabu"
 NABU_IN = "serving_default_input_audio:0"
 NABU_X = np.zeros((1, 3, 40), np.int8)
 POLICIES = ("policy0", "policy4")
-BIG_KHZ = {"powersave": 408_000, "performance": 1_800_000}
+BIG_KHZ = {"powersave-big": 408_000, "performance-big": 1_800_000}
 CONFIG = {"models": {"warmup_runs": 0, "measure_runs": 1}}
 WAIT_LIMIT_S = 30.0
 
@@ -149,7 +149,7 @@ def performance_tree(root: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------- 1. writes
-@pytest.mark.parametrize("policy", ["powersave", "performance"])
+@pytest.mark.parametrize("policy", ["powersave-big", "performance-big"])
 @pytest.mark.parametrize("shape", ["rk3399", "no-userspace"])
 def test_the_policys_frequency_is_what_sysfs_says(tmp_path: Path, start_daemon: StartDaemon,
                                                   models_dir: Path, shape: str,
@@ -218,7 +218,7 @@ def test_a_killed_run_is_restored_at_restart_and_by_hand(tmp_path: Path,
     root = make_tree(tmp_path / "sys", shape)
     before = tree_view(root)
     home = tmp_path / "home"
-    args = board_args(root, "powersave", models_dir)
+    args = board_args(root, "powersave-big", models_dir)
 
     d = start_daemon(config=CONFIG, args=args, home=home)
     infer(d)
@@ -278,7 +278,7 @@ def test_a_refused_write_disables_control_and_inference_goes_on(
         build: Callable[[Path], Path], refused: str) -> None:
     root = build(tmp_path / "sys")
     before = tree_view(root)
-    d = start_daemon(config=CONFIG, args=board_args(root, "powersave", models_dir))
+    d = start_daemon(config=CONFIG, args=board_args(root, "powersave-big", models_dir))
     for _ in range(3):
         infer(d)
     log = d.stderr()
@@ -296,7 +296,7 @@ def test_a_policy_that_vanishes_is_skipped_and_taken_back(tmp_path: Path,
                                                           models_dir: Path) -> None:
     root = make_tree(tmp_path / "sys", "rk3399")
     before = tree_view(root)
-    d = start_daemon(config=CONFIG, args=board_args(root, "performance", models_dir))
+    d = start_daemon(config=CONFIG, args=board_args(root, "performance-big", models_dir))
     infer(d)
     assert read_attr(root, "policy4", "scaling_setspeed") == "1800000"
 
@@ -319,7 +319,7 @@ def test_a_policy_that_vanishes_is_skipped_and_taken_back(tmp_path: Path,
 def test_a_policy_gone_at_shutdown_is_skipped(tmp_path: Path, start_daemon: StartDaemon,
                                               models_dir: Path) -> None:
     root = make_tree(tmp_path / "sys", "no-userspace")
-    d = start_daemon(config=CONFIG, args=board_args(root, "powersave", models_dir))
+    d = start_daemon(config=CONFIG, args=board_args(root, "powersave-big", models_dir))
     infer(d)
     assert read_attr(root, "policy4", "scaling_max_freq") == "408000"
     unplug(root, "policy4")

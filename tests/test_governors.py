@@ -15,10 +15,15 @@ from edgesched.observation import BoardView, Decision, DecisionContext
 from edgesched.policy.base import Policy
 from edgesched.policy.governors import (
     Conservative,
+    ConservativeBig,
     Ondemand,
+    OndemandBig,
     Performance,
+    PerformanceBig,
     Powersave,
+    PowersaveBig,
     Schedutil,
+    SchedutilBig,
     dbs_sampling_rate_us,
     resolve_khz,
     tick_ns,
@@ -120,7 +125,7 @@ def test_schedutil_default_rate_limits() -> None:
 
 
 def test_schedutil_rate_limit_blocks_second_change() -> None:
-    gov = Schedutil(rate_limit_us=2000)
+    gov = SchedutilBig(rate_limit_us=2000)
     gov.reset(RK)
     first = gov.tick(RK, 1.000, BIG, 0, 0.5, 1.0)
     assert khz(RK, BIG, first) == 1_200_000
@@ -142,8 +147,8 @@ def test_schedutil_window_restarts_only_on_a_change() -> None:
     assert khz(RK, BIG, gov.tick(RK, 1.0035, BIG, a, 0.9, 1.0)) == 1_800_000
 
 
-def test_schedutil_decide_updates_at_enqueue() -> None:
-    gov = Schedutil()
+def test_schedutil_big_decide_updates_at_enqueue() -> None:
+    gov = SchedutilBig()
     gov.reset(RK)
     d = gov.decide(RK, ctx(RK, 0.5, 0.5, 0))
     assert d.cluster == RK.profile.fastest_cluster == BIG
@@ -224,8 +229,8 @@ def test_ondemand_reuses_load_after_idle_gap_once() -> None:
     assert gov.tick(RK, 0.400, BIG, 0, 0.0, 0.0) == 0
 
 
-def test_ondemand_decide_keeps_current_opp() -> None:
-    gov = Ondemand()
+def test_ondemand_big_decide_keeps_current_opp() -> None:
+    gov = OndemandBig()
     gov.reset(RK)
     assert gov.decide(RK, ctx(RK, 0.0, 0.9, 3)) == Decision(BIG, 3)
 
@@ -315,7 +320,10 @@ def test_conservative_threshold_validation() -> None:
 
 @pytest.mark.parametrize("spec,cls", [
     ("performance", Performance), ("powersave", Powersave), ("ondemand", Ondemand),
-    ("conservative", Conservative), ("schedutil", Schedutil)])
+    ("conservative", Conservative), ("schedutil", Schedutil),
+    ("performance-big", PerformanceBig), ("powersave-big", PowersaveBig),
+    ("ondemand-big", OndemandBig), ("conservative-big", ConservativeBig),
+    ("schedutil-big", SchedutilBig)])
 def test_make_policy_builtins(spec: str, cls: type) -> None:
     policy = make_policy(spec)
     assert isinstance(policy, cls)

@@ -220,7 +220,8 @@ def test_shutdown_answers_the_request_in_progress(tmp_path: Path) -> None:
         w1.write(b"GET /slow HTTP/1.1\r\n\r\n")
         w2.write(b"GET /echo/a HTTP/1.1\r\n\r\n")
         assert (await read_response(r2))[0] == 200
-        await asyncio.sleep(0.05)
+        while server.active < 1:  # until the slow request is being handled
+            await asyncio.sleep(0)
         assert len(server.connections) == 2
         down = asyncio.ensure_future(server.shutdown(10.0))
         assert await r2.read() == b""  # the idle one is closed at once
@@ -245,7 +246,8 @@ def test_the_server_counts_the_requests_it_is_handling(tmp_path: Path) -> None:
         w2.write(b"GET /active HTTP/1.1\r\n\r\n")
         assert json.loads((await read_response(r2))[2])["active"] == 1, "itself alone"
         w1.write(b"GET /slow HTTP/1.1\r\n\r\n")
-        await asyncio.sleep(0.05)
+        while server.active < 1:  # until the slow request is being handled
+            await asyncio.sleep(0)
         w2.write(b"GET /active HTTP/1.1\r\n\r\n")
         assert json.loads((await read_response(r2))[2])["active"] == 2, "the slow one too"
         release.set()

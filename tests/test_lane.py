@@ -195,10 +195,14 @@ def test_socket_activation_passes_the_lane(start_daemon: StartDaemon, tmp_path: 
 
 
 def test_the_lane_has_its_own_connection_limit(start_daemon: StartDaemon) -> None:
-    d = start_daemon(config={"server": {"max_connections": 1}})
-    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    held.connect(lane_of(d))  # the lane's one connection, idle
+    # ready by sd_notify: no start-up readiness check holds a connection of its own
+    d = start_daemon(config={"server": {"max_connections": 1}}, notify=True)
+    # the lane's one connection, idle after one answer: the answer proves the lane's loop has
+    # taken it, so the next connection cannot be accepted in the same round (both would be
+    # handed out before either is counted open)
+    held = Client(lane_of(d))
     try:
+        assert held.live()
         with Client(lane_of(d)) as c:
             status, _, data = c.request("GET", "/v2/health/live")
         assert status == 503 and b"too_many_connections" in data

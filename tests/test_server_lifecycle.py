@@ -204,8 +204,9 @@ def test_daemon_imports_no_torch_or_gymnasium(tmp_path: Path,
     assert not imported & {"torch", "gymnasium", "stable_baselines3", "aiohttp"}
 
 
-def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[..., Daemon]) -> None:
-    d = start_daemon(args=("--board", "virtual:rk3399", "--policy", "powersave"))
+def test_virtual_board_emulates_the_chosen_frequency(
+        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    d = _steady_daemon(tmp_path / "virtual", start_daemon, "virtual:rk3399", "powersave-big")
     with d.client() as c:
         res = c.infer(HAND, {"input_1": HAND_X}, priority=1)
         status = c.status()
@@ -213,7 +214,8 @@ def test_virtual_board_emulates_the_chosen_frequency(start_daemon: Callable[...,
     p = res.parameters
     assert p["cluster_name"] == "big" and p["opp"] == 0 and p["freq_khz"] == 408_000
     assert p["service_us"] > p["host_us"]  # 408 MHz emulated: slower than the host
-    assert status["board"]["spec"] == "virtual:rk3399" and status["policy"]["name"] == "powersave"
+    assert (status["board"]["spec"] == "virtual:rk3399"
+            and status["policy"]["name"] == "powersave-big")
     assert 'edgesched_cpu_frequency_khz{cluster="big"} 408000' in metrics
     assert d.terminate() == 0
     assert not [p for p in (d.home / "run").glob("virtual-*") if p.is_dir()], "tree removed"
@@ -238,7 +240,7 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
     d = start_daemon(config={"server": {"max_connections": 2, "retry_after_s": 3.0}})
     held = [Client(d.socket, timeout_s=30) for _ in range(2)]
     try:
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + START_LIMIT_S
         for c in held:  # each keeps one open keep-alive connection (once the start-up
             while not c.live():  # readiness checks' connections are gone)
                 assert time.monotonic() < deadline, "connection slots never freed"
@@ -253,7 +255,7 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
     finally:
         for c in held:
             c.close()
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + START_LIMIT_S
     while True:  # the daemon sees the two connections close, then serves again
         with Client(d.socket, timeout_s=30) as c:
             status, _, _ = c.request("GET", "/v2/health/live")
@@ -276,7 +278,7 @@ def test_refused_connections_linger_only_up_to_the_limit(
     (open until the client is done); the next ones, past the limit of lingering connections,
     are closed right after their answer."""
     d = start_daemon(config={"server": {"max_connections": 1}})
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + START_LIMIT_S
     held = Client(d.socket, timeout_s=30)
     while not held.live():  # until the start-up readiness checks' connections are gone
         held.close()
@@ -311,17 +313,20 @@ def test_refused_connections_linger_only_up_to_the_limit(
 def test_idle_connections_are_closed(start_daemon: Callable[..., Daemon]) -> None:
     """server.idle_timeout_s: a connection that sends nothing, and a kept-alive one after its
     request, are closed by the daemon (their place among max_connections is free again)."""
-    d = start_daemon(config={"server": {"idle_timeout_s": 0.3}})
+    d = start_daemon(config={"server": {"idle_timeout_s": 1.0}})
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     kept = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        for s in (silent, kept):
+        for s in (kept, silent):
             s.settimeout(30)
-            s.connect(d.socket)
+        kept.connect(d.socket)  # the request follows at once, well inside the idle timeout
         kept.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        silent.connect(d.socket)
         data = b""
         while b'{"live": true}' not in data:
-            data += kept.recv(65536)
+            chunk = kept.recv(65536)
+            assert chunk, f"closed before the whole answer: {data!r}"
+            data += chunk
         assert data.startswith(b"HTTP/1.1 200 ")
         assert silent.recv(1) == b"", "closed, not left open"
         assert kept.recv(1) == b""
@@ -331,24 +336,67 @@ def test_idle_connections_are_closed(start_daemon: Callable[..., Daemon]) -> Non
     assert d.terminate() == 0
 
 
+# A host clock for run_daemon that moves step_s at each reading: every model run (timed by two
+# readings, at start-up and per request) takes exactly step_s of host time, however loaded the
+# machine is (a virtual board still waits out its emulated time on the real clock).
+STEADY_HOST_CLOCK = """
+import threading
+
+class SteadyHost:
+    def __init__(self, step_s):
+        self.step_s = step_s
+        self.now_s = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.now_s += self.step_s
+            return self.now_s
+"""
+
+STEADY_HOST = STEADY_HOST_CLOCK + """
+import asyncio, sys
+from edgesched.server.app import run_daemon
+from edgesched.server.config import load_config, with_overrides
+
+config, sock, home, step_s, board, policy = sys.argv[1:7]
+cfg = with_overrides(load_config(config), {
+    "server.socket": sock, "board.spec": board, "policy.spec": policy,
+    "board.state_dir": home + "/state", "board.runtime_dir": home + "/run"})
+sys.exit(asyncio.run(run_daemon(cfg, host_clock=SteadyHost(float(step_s)))))
+"""
+HOST_RUN_S = 0.002
+
+
+def _steady_daemon(home: Path, start_daemon: Callable[..., Daemon], board: str, policy: str,
+                   config: dict[str, dict[str, object]] | None = None) -> Daemon:
+    """A daemon on ``board`` with ``policy`` whose model runs take HOST_RUN_S on the host."""
+    home.mkdir()
+    (home / "launch.py").write_text(STEADY_HOST)
+    cmd = [sys.executable, str(home / "launch.py"), str(home / "config.toml"),
+           str(home / "s.sock"), str(home), repr(HOST_RUN_S), board, policy]
+    return start_daemon(home=home, command=cmd, config=config)
+
+
 def test_a_slowed_virtual_board_sets_service_times_and_admission(
-        start_daemon: Callable[..., Daemon]) -> None:
+        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
     """board.virtual_slowdown = 8: service at the top speed takes 8x the host's time, and the
     deadline check judges against that (a timeout of twice the host's time is infeasible)."""
-    d = start_daemon(args=("--board", "virtual:rk3399", "--policy", "performance"),
-                     config={"board": {"virtual_slowdown": 8.0}})
+    d = _steady_daemon(tmp_path / "slowed", start_daemon, "virtual:rk3399", "performance-big",
+                       {"board": {"virtual_slowdown": 8.0}})
     with d.client() as c:
         res = c.infer(HAND, {"input_1": HAND_X}, priority=1)
         host_us = c.status()["models"][HAND]["service_us_startup"]
         with pytest.raises(ClientError) as refused:
             c.infer(HAND, {"input_1": HAND_X}, priority=1, timeout_us=int(2 * host_us))
     p = res.parameters
+    assert p["host_us"] == round(HOST_RUN_S * 1e6)
     assert p["freq_khz"] == 1_800_000 and p["service_us"] > 4 * p["host_us"]
     assert refused.value.status == 400 and "deadline" in str(refused.value)
     assert d.terminate() == 0
 
 
-CRASHING = """
+CRASHING = STEADY_HOST_CLOCK + """
 import asyncio, sys
 from edgesched.server import dispatcher
 from edgesched.server.app import run_daemon
@@ -366,7 +414,8 @@ def failing_context(self, entry, job, now):  # a bug in the dispatcher, set off 
     return context(self, entry, job, now)
 
 dispatcher.Dispatcher._context = failing_context
-sys.exit(asyncio.run(run_daemon(cfg)))
+# every run takes 200 us of host time: well inside inline_max_us however loaded the machine is
+sys.exit(asyncio.run(run_daemon(cfg, host_clock=SteadyHost(0.0002))))
 """
 
 

@@ -23,7 +23,7 @@ from edgesched.observation import (
     Decision,
     DecisionContext,
 )
-from edgesched.policy.base import Performance, Powersave
+from edgesched.policy.base import Performance, PerformanceBig, Powersave
 from edgesched_sim.engine import Engine, Outcome
 from edgesched_sim.env import EdgeDVFSEnv
 from edgesched_sim.scenarios import BUILTIN_NAMES, generate, load_scenario
@@ -89,7 +89,7 @@ def test_engine_energy_hand_computed() -> None:
     first = type(jobs)(release_s=jobs.release_s[:1], model=jobs.model[:1],
                        priority=jobs.priority[:1], deadline_s=jobs.deadline_s[:1] + 10.0)
     eng = Engine(prof, first, duration_s=1.0 + float(first.release_s[0]))
-    stats = eng.run(Performance())
+    stats = eng.run(PerformanceBig())  # the big cluster's top OPP, as computed below
     from edgesched_sim.workloads import MODELS
 
     work = MODELS[first.model[0]].work

@@ -38,8 +38,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="PROFILE",
                    help="profile giving the clusters, device-tree voltages and what is not "
                         "measured (default: the board's profile)")
-    p.add_argument("--sysfs-root", type=Path, default=Path("/sys"), metavar="DIR",
-                   help="sysfs root for cpufreq and power sensors (default /sys)")
+    p.add_argument("--sysfs-root", type=Path, default=None, metavar="DIR",
+                   help="sysfs root for cpufreq and power sensors, for a sysfs: board (or "
+                        "--power-sensor rapl) only (default /sys)")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help=f"where the saved cpufreq settings live (default {DEFAULT_STATE_DIR})")
     p.add_argument("--runtime-dir", type=Path, default=None, metavar="DIR",
@@ -58,9 +59,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="interpreter threads (default 1: the fit assumes one busy CPU)")
     p.add_argument("--out", type=Path, required=True, metavar="PROFILE",
                    help="where to write the fitted profile (JSON)")
-    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="also write the raw measurements")
+    p.add_argument("--csv", type=Path, metavar="OUT.csv",
+                   help="also write the raw measurements (default: not written)")
     p.add_argument("--name", help="name of the fitted profile (default: the --out file stem)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least level logged")
     p.set_defaults(func=run)
     return p
 
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         calibrate,
         open_meter,
     )
+    from edgesched.cli import check_output_path, check_positive
     from edgesched.device import load_profile
     from edgesched.errors import ConfigError
     from edgesched.fit import fit_profile, format_summary, write_measurements
@@ -94,6 +98,18 @@ def run(args: argparse.Namespace) -> int:
     if kind == "null":
         raise ConfigError("a null: board has no frequency control; calibrate a virtual: or "
                           "sysfs: board")
+    if args.sysfs_root is not None and kind != "sysfs" and args.power_sensor != "rapl":
+        raise ConfigError(f"--sysfs-root applies only to a sysfs: board (or --power-sensor "
+                          f"rapl), and the board is {spec!r}; give --board sysfs:PROFILE or drop "
+                          "--sysfs-root")
+    sysfs_root = args.sysfs_root if args.sysfs_root is not None else Path("/sys")
+    check_positive("--runs", args.runs)
+    check_positive("--num-threads", args.num_threads)
+    check_positive("--warmup-runs", args.warmup_runs, zero_ok=True)
+    check_positive("--min-window-s", args.min_window_s, zero_ok=True)
+    check_positive("--idle-s", args.idle_s, zero_ok=True)
+    check_output_path("--out", args.out)
+    check_output_path("--csv", args.csv)
     base = load_profile(args.base or board_profile)
 
     models, errors = load_models(args.models, num_threads=args.num_threads, warmup_runs=1,
@@ -115,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
         if kind == "virtual":
             emu = EmulatedClock()
             clock, sleep = emu.now, emu.sleep
-        board = open_board(spec, sysfs_root=args.sysfs_root, state_dir=args.state_dir,
+        board = open_board(spec, sysfs_root=sysfs_root, state_dir=args.state_dir,
                            runtime_dir=runtime_dir, clock=clock, sleep=sleep, log=log)
         try:
-            meter = open_meter(args.power_sensor, board, sysfs_root=args.sysfs_root,
+            meter = open_meter(args.power_sensor, board, sysfs_root=sysfs_root,
                                clock=clock, log=log)
         except BaseException:
             board.close()

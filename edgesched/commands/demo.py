@@ -2,7 +2,10 @@
 against it with several client threads, print what happened per priority, stop it with SIGTERM.
 
 With ``--policies a,b,c`` the same workload (same seed) runs once per policy and a last table
-compares energy per inference.
+compares energy per inference. Every policy spec is checked before the first daemon starts: a
+mistyped or missing one is an error that lists the valid specs (no table under a wrong name).
+By default the baselines run, then the learned policy shipped for the board
+(``learned:NAME``, else ``learned:generic``), found from any working directory.
 """
 
 from __future__ import annotations
@@ -65,14 +68,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--rate-hz", type=float, default=80.0,
                    help="offered load, requests per second over all clients")
     p.add_argument("--policies", default=None,
-                   help="comma-separated policy specs, one run each (same workload and seed); "
-                   "default performance,powersave,schedutil plus the learned policy for the "
-                   "board when policies/NAME.npz is found")
+                   help="comma-separated policy specs, one run each (same workload and seed) "
+                   "(default: performance,powersave,schedutil plus the shipped learned policy "
+                   "for the board, learned:NAME, else learned:generic)")
     p.add_argument("--board", default="virtual:rk3399")
     p.add_argument("--models", default=None, help="models folder (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="OUT.json",
-                   help="also write the results as JSON")
+                   help="also write the results as JSON (default: not written)")
     p.set_defaults(func=run)
 
 
@@ -240,25 +243,34 @@ def short_name(spec: str) -> str:
     return f"{kind}:{Path(arg).stem}" if arg else spec
 
 
-def default_policies(board: str, root: Path) -> str:
-    """The baselines, plus ``learned:policies/NAME.npz`` for a virtual board when it exists."""
+def default_policies(board: str) -> str:
+    """The baselines, plus the shipped ``learned:NAME`` for a virtual board (else
+    ``learned:generic``) when it is installed."""
+    from edgesched.policy.registry import shipped_policies
+
     specs = "performance,powersave,schedutil"
     name = board.split(":", 1)[1] if board.startswith("virtual:") else ""
+    shipped = shipped_policies()
     for candidate in (name, "generic"):
-        path = root / "policies" / f"{candidate}.npz"
-        if candidate and path.is_file():
-            return f"{specs},learned:{path}"
+        if candidate in shipped:
+            return f"{specs},learned:{candidate}"
     return specs
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgesched.policy.registry import check_specs
+
     if args.policies is None:
-        args.policies = default_policies(args.board, Path.cwd())
+        args.policies = default_policies(args.board)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies or args.clients < 1 or args.duration_s <= 0 or args.rate_hz <= 0:
         print("edgesched demo: need a policy, clients >= 1, duration and rate > 0",
               file=sys.stderr)
         return 2
+    check_specs(policies)  # before any daemon starts: PolicyError names the valid specs
+    from edgesched.cli import check_output_path
+
+    check_output_path("--json", args.json)  # before the runs, not after them
     print(f"edgesched demo: board {args.board}, {args.clients} clients, "
           f"{args.rate_hz:g} req/s offered, {args.duration_s:g} s per policy")
     for rc in WORKLOAD:

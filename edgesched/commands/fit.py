@@ -28,16 +28,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="where to write the fitted profile (JSON)")
     p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
                    help="fraction of rows to hold out and predict (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the hold-out draw (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the hold-out draw, >= 0 (default 0)")
     p.add_argument("--name", help="name of the fitted profile (default: the --out file stem)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from edgesched.cli import check_output_path, check_positive
     from edgesched.device import load_profile
     from edgesched.fit import fit_profile, format_summary, read_measurements, split_holdout
 
+    check_positive("--seed", args.seed, zero_ok=True)
+    check_output_path("--out", args.out)
     base = load_profile(args.base)
     rows = read_measurements(args.measurements)
     train, held = split_holdout(rows, args.holdout, args.seed)

@@ -8,8 +8,11 @@ from typing import Any
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "profiles", help="list device profiles, or show one (OPPs, power, latency model)")
-    p.add_argument("profile", nargs="?", help="built-in name or profile file to show")
+        "profiles", help="list device profiles, or show one (OPPs, power, latency model)",
+        description="Without PROFILE: list the shipped device profiles. With PROFILE (a shipped "
+                    "name or a profile file): show its clusters, OPPs and power.")
+    p.add_argument("profile", nargs="?",
+                   help="built-in name or profile file to show (default: list them all)")
     p.set_defaults(func=run)
 
 

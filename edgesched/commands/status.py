@@ -11,7 +11,11 @@ from edgesched.errors import ClientError
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("status", help="print the daemon's status as JSON")
+    p = subparsers.add_parser(
+        "status", help="print the daemon's status as JSON",
+        description="Print the daemon's status (queue, models, policy, board, energy) as JSON, "
+                    "or its Prometheus metrics. Exit status: 0 printed, 1 the daemon answered "
+                    "with an error or could not be reached.")
     p.add_argument("--socket", default=None, help="daemon socket "
                    "(default /run/edgesched/edgesched.sock)")
     p.add_argument("--metrics", action="store_true", help="print /metrics (Prometheus) instead")

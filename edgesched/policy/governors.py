@@ -2,8 +2,14 @@
 
 Each class follows the :class:`~edgesched.policy.base.Policy` protocol and models one Linux 6.x
 governor closely enough that its OPP choices can be checked against hand-computed kernel values.
-Work is always placed on the board's fastest cluster (``view.profile.fastest_cluster``); the
-caller calls ``tick`` for every cluster every ``tick_s`` and applies the OPP it returns.
+The caller calls ``tick`` for every cluster every ``tick_s`` and applies the OPP it returns.
+
+Placement: ``schedutil`` places each request with Energy Aware Scheduling and feeds the governor
+the kernel's ``cpu_util_cfs_boost`` with util_est (``uses_task_util``); ``ondemand`` and
+``conservative`` place it as the kernel does without EAS (EAS needs schedutil); see
+:mod:`edgesched.policy.eas`. ``schedutil-big``, ``ondemand-big`` and ``conservative-big`` are the
+same governors with every request on the board's fastest cluster and, for ``schedutil-big``, the
+cluster's own PELT signal without util_est.
 
 What was read, and where (formulas and default numbers only; no kernel code is reproduced):
 
@@ -51,10 +57,10 @@ What was read, and where (formulas and default numbers only; no kernel code is r
   ``load > up_threshold``, or -- every ``sampling_down_factor`` samples -- falls one step
   (floored at min, ``RELATION_LE``) when ``load < down_threshold``.
 
-Not modelled: iowait boost, uclamp, RT/DL utilisation and ``UTIL_EST`` for schedutil (the
-caller's PELT ``util`` is used as is); ``powersave_bias``, ``ignore_nice_load`` and
-``io_is_busy`` for the DBS governors (all at their defaults of 0); policy min/max limits other
-than the cluster's full OPP range.
+Not modelled: iowait boost, uclamp and RT/DL utilisation for schedutil (``schedutil-big`` also
+leaves out ``UTIL_EST``: the caller's per-cluster PELT ``util`` is used as is);
+``powersave_bias``, ``ignore_nice_load`` and ``io_is_busy`` for the DBS governors (all at their
+defaults of 0); policy min/max limits other than the cluster's full OPP range.
 """
 
 from __future__ import annotations
@@ -63,7 +69,13 @@ import math
 from dataclasses import dataclass
 
 from edgesched.observation import BoardView, Decision, DecisionContext
-from edgesched.policy.base import Performance, Powersave
+from edgesched.policy.base import (
+    KernelPlacement,
+    Performance,
+    PerformanceBig,
+    Powersave,
+    PowersaveBig,
+)
 
 __all__ = [
     "CONSERVATIVE_DOWN_THRESHOLD",
@@ -74,10 +86,15 @@ __all__ = [
     "ONDEMAND_UP_THRESHOLD_PERIODIC",
     "SCHED_CAPACITY_SCALE",
     "Conservative",
+    "ConservativeBig",
     "Ondemand",
+    "OndemandBig",
     "Performance",
+    "PerformanceBig",
     "Powersave",
+    "PowersaveBig",
     "Schedutil",
+    "SchedutilBig",
     "dbs_sampling_rate_us",
     "resolve_khz",
     "tick_ns",
@@ -189,8 +206,8 @@ class _SugovState:
     last_update_s: float = -math.inf
 
 
-class Schedutil:
-    """The ``schedutil`` governor (kernel/sched/cpufreq_schedutil.c, Linux 6.x).
+class _SugovGovernor:
+    """The ``schedutil`` governor's frequency choice (kernel/sched/cpufreq_schedutil.c, Linux 6.x).
 
     ``next_f = f_max * min(u + u/4, cap) / cap`` with ``u`` the cluster's utilisation in kernel
     capacity units (``util * 1024``) and ``cap`` the cluster's integer CPU capacity, i.e. the
@@ -203,7 +220,7 @@ class Schedutil:
     60 µs on rk3399, 210 µs on exynos5422, 750 µs on bcm2711); ``hz=250``.
     """
 
-    name = "schedutil"
+    name = "sugov"
 
     def __init__(self, rate_limit_us: int | None = None, hz: int = DEFAULT_HZ) -> None:
         if rate_limit_us is not None and rate_limit_us < 0:
@@ -262,14 +279,46 @@ class Schedutil:
         return st.table.index(st.next_khz)
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
-        ci = view.profile.fastest_cluster
-        return Decision(ci, self._update(view, ci, ctx.now_s, ctx.util_by_cluster[ci],
-                                         ctx.cur_opp[ci]))
+        raise NotImplementedError
 
     def tick(self, view: BoardView, now_s: float, cluster: int, cur_opp: int, util: float,
              busy_fraction: float) -> int:
         del busy_fraction
         return self._update(view, cluster, now_s, util, cur_opp)
+
+
+class Schedutil(_SugovGovernor):
+    """``schedutil`` as a stock kernel with an Energy Model runs it: Energy Aware Scheduling
+    places the task (``find_energy_efficient_cpu``, off while overutilised; see
+    :mod:`edgesched.policy.eas`), and the governor's utilisation is ``cpu_util_cfs_boost``: the
+    task's util_avg on the cluster it runs on, raised to its util_est while it is enqueued
+    (``uses_task_util``; at ``decide`` the request's cluster gets ``max(util_avg, util_est)``,
+    the value after ``util_est_enqueue``). Frequency choice, rate limit and ticks as
+    :class:`_SugovGovernor`."""
+
+    name = "schedutil"
+    uses_task_util = True
+
+    def __init__(self, rate_limit_us: int | None = None, hz: int = DEFAULT_HZ) -> None:
+        super().__init__(rate_limit_us, hz)
+        self.placement = KernelPlacement(eas=True)
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        ci = self.placement.cluster(view, ctx)
+        util = ctx.task_util if ctx.task_util > ctx.task_util_est else ctx.task_util_est
+        return Decision(ci, self._update(view, ci, ctx.now_s, util, ctx.cur_opp[ci]))
+
+
+class SchedutilBig(_SugovGovernor):
+    """The schedutil governor with every request on the fastest cluster and the cluster's own
+    PELT utilisation (no util_est, no EAS): the baseline before kernel placement was modelled."""
+
+    name = "schedutil-big"
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        ci = view.profile.fastest_cluster
+        return Decision(ci, self._update(view, ci, ctx.now_s, ctx.util_by_cluster[ci],
+                                         ctx.cur_opp[ci]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +353,7 @@ class _DbsGovernor:
                                  f" got {sampling_rate_us}")
         self.sampling_rate_us = sampling_rate_us
         self.hz = hz
+        self.placement = KernelPlacement(eas=False)
         # Like dbs_update_util_handler(), the governor is looked at on every scheduler tick and
         # samples once its sample delay has passed.
         self.tick_s: float = tick_ns(hz) / 1e9
@@ -331,9 +381,10 @@ class _DbsGovernor:
         return self._state[cluster].sampling_rate_us / 1e6
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
-        """The governor's current OPP on the fastest cluster (DBS governors change frequency
-        only when they sample, which the caller's ticks drive)."""
-        ci = view.profile.fastest_cluster
+        """The governor's current OPP on the cluster the kernel places the task on without EAS
+        (DBS governors change frequency only when they sample, which the caller's ticks
+        drive)."""
+        ci = self.placement.cluster(view, ctx)
         return Decision(ci, ctx.cur_opp[ci])
 
     def tick(self, view: BoardView, now_s: float, cluster: int, cur_opp: int, util: float,
@@ -484,3 +535,23 @@ class Conservative(_DbsGovernor):
             st.requested_khz = requested
             return resolve_khz(st.table, requested, "L")
         return cur_opp
+
+
+class OndemandBig(Ondemand):
+    """:class:`Ondemand` with every request on the fastest cluster."""
+
+    name = "ondemand-big"
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        ci = view.profile.fastest_cluster
+        return Decision(ci, ctx.cur_opp[ci])
+
+
+class ConservativeBig(Conservative):
+    """:class:`Conservative` with every request on the fastest cluster."""
+
+    name = "conservative-big"
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        ci = view.profile.fastest_cluster
+        return Decision(ci, ctx.cur_opp[ci])

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgesched.errors import PolicyError, PolicyMismatchError
+from edgesched.observation import BLOCKING_SHARE as BLOCKING_SHARE  # re-exported, as before
 from edgesched.observation import (
     N_ACTIONS,
     OBS_DIM,
@@ -45,21 +46,20 @@ from edgesched.observation import (
     DecisionContext,
     action_map_id,
     build_observation,
+    run_limit_s,
+    run_time_s,
 )
 from edgesched.policy.base import StaticPolicy
 
 POLICY_FORMAT = "edgesched-policy/1"
 ACTIVATIONS = ("tanh", "relu")
-BLOCKING_SHARE = 0.8
-"""A lower-priority run is kept within this share of the shortest recent priority-1 timeout
-(``DecisionContext.urgent_timeout_s``) when some action allows it; the rest is left for the
-priority-1 request's own run and the serving around it."""
 RESERVED_KEYS = ("format", "obs_version", "obs_dim", "n_actions", "action_map", "sha256", "layers",
                  "weights")
 _ZERO = np.float32(0.0)
 _MASKED = np.float32(-1e30)
 """Logit bias of a masked action: finite (no inf * 0 in the matrix product), never chosen."""
-_FALLBACK = "the daemon falls back to the configured baseline policy"
+_FALLBACK = ("the daemon does not start with it unless policy.fallback is set, and then falls back "
+             "to the configured baseline policy")
 
 
 def policy_paths(path: str | Path) -> tuple[Path, Path]:
@@ -194,13 +194,9 @@ class LearnedPolicy(StaticPolicy):
         choice = view.decode(int(logits.argmax()))
         if not self.deadline_shield:
             return choice
-        if ctx.head_priority == 1:
-            if math.isfinite(ctx.head_deadline_s):
-                choice = self._shield(view, ctx, choice, logits,
-                                      ctx.head_deadline_s - ctx.now_s)
-        elif math.isfinite(ctx.urgent_timeout_s):
-            choice = self._shield(view, ctx, choice, logits,
-                                  ctx.urgent_timeout_s * BLOCKING_SHARE)
+        limit_s = run_limit_s(ctx)
+        if limit_s != math.inf:
+            choice = self._shield(view, ctx, choice, logits, limit_s)
         return choice
 
     def _shield(self, view: BoardView, ctx: DecisionContext, choice: Decision,
@@ -212,11 +208,11 @@ class LearnedPolicy(StaticPolicy):
         the board's latency model, misses while another speed would meet it. For a
         lower-priority request it is ``BLOCKING_SHARE`` of the shortest recent priority-1
         timeout: a run cannot be interrupted, and a priority-1 request arriving just after a
-        longer one started would miss its deadline waiting for it."""
+        longer one started would miss its deadline waiting for it (the limit is
+        :func:`~edgesched.observation.run_limit_s`, shared with ``slack``)."""
 
         def finish_s(d: Decision) -> float:
-            switch_s = view.transition_s[d.cluster] if d.opp != ctx.cur_opp[d.cluster] else 0.0
-            return view.profile.latency_ms(ctx.head_work, d.cluster, d.opp) / 1000.0 + switch_s
+            return run_time_s(view, ctx, d)
 
         if finish_s(choice) <= limit_s:
             return choice

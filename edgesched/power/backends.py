@@ -15,6 +15,19 @@
 ``null:PROFILE``
     :class:`NullBoard`: no frequency control, energy from the model (tests of other parts).
 
+``sysfs:`` with ``hands_off`` (``--policy kernel``)
+    :class:`HandsOffBoard`: the kernel keeps its governors and its placement. No lease, no
+    lock, not one write to cpufreq, no pinning: each run is attributed to the cluster of the CPU
+    the inference thread ended on (``/proc/thread-self/stat``, field ``processor``) at the
+    frequency that policy's ``scaling_cur_freq`` reports, and priced by the meter or the model
+    there. A leftover state file of a killed run is still given back first (that restores the
+    kernel's own settings).
+
+A change a cluster refuses midway (``scaling_setspeed`` after the governor became ``userspace``)
+is rolled back by :class:`Cpufreq`; the board logs it, keeps serving with the next decision and
+shows the cluster's last failure in :attr:`_CpufreqBoard.control` (``GET /v2/status``) until a
+change on that cluster succeeds.
+
 Time accounting: ``RunCost.wall_s`` always includes the frequency transition (emulated on the
 virtual board, part of the measured run on a real one); callers do not add ``apply()``'s return
 value to it.
@@ -43,7 +56,14 @@ from edgesched.errors import (
 )
 from edgesched.observation import BoardView, Decision
 from edgesched.power.board import Board, RunCost
-from edgesched.power.cpufreq import Cpufreq, Mode, PolicyInfo, SysfsIO, recover
+from edgesched.power.cpufreq import (
+    Cpufreq,
+    Mode,
+    PolicyInfo,
+    SysfsIO,
+    read_small_file,
+    recover,
+)
 from edgesched.power.fakesysfs import FakeKernel, from_profile
 from edgesched.power.lease import LeaseLock
 from edgesched.power.meters import EnergyMeter, ModelMeter, detect_meter
@@ -139,6 +159,8 @@ class _CpufreqBoard:
         self._slowest_ratio = slowest_ratio(profile)
         self._checked_s = [-math.inf] * len(profile.clusters)  # set and read back
         self.control_error: str | None = None
+        self.faults: dict[str, str] = {}
+        """Per policy: the last change that failed, until one succeeds."""
         self._logged: set[str] = set()
         self.policies: list[PolicyInfo] = []
         for i, c in enumerate(profile.clusters):
@@ -207,14 +229,24 @@ class _CpufreqBoard:
             self._once(f"gone:{info.name}", logging.WARNING, str(exc))
             return False
         except CpufreqError as exc:
+            self.faults[info.name] = str(exc)
             self._once(f"err:{info.name}:{exc.errno_code}:{exc.path}", logging.WARNING,
                        f"frequency change skipped: {exc}")
+            self._seen_s[ci] = -math.inf  # read the OPP the kernel has now at the next look
             return False
+        if self.faults.pop(info.name, None) is not None:
+            self.log.info("%s: frequency changes work again", info.name)
         new = self.profile.clusters[ci].opp_index_of(applied)
         changed = new != self._known[ci]
         self._known[ci] = new
         self._checked_s[ci] = self._seen_s[ci] = now
         return changed
+
+    @property
+    def control(self) -> dict[str, object]:
+        """Who sets the frequencies and what went wrong (for ``GET /v2/status``)."""
+        return {"mode": "disabled" if self.control_error else "leased",
+                "error": self.control_error, "faults": dict(self.faults)}
 
     def _give_back(self) -> None:
         """Undo what the lease changed before control was disabled (a governor switched to
@@ -251,7 +283,7 @@ class VirtualBoard(_CpufreqBoard):
         try:
             if self.home.exists():
                 shutil.rmtree(self.home)  # a tree of a previous run: nothing real to restore
-            self.sysfs_root = from_profile(self.home / "sys", profile)
+            self.sysfs_root = from_profile(self.home / "sys", profile, tunables=True)
             self.kernel = FakeKernel(self.sysfs_root)
             io: SysfsIO = self.kernel
             cpufreq = Cpufreq(self.sysfs_root, state_dir=self.home / "state", mode=mode,
@@ -316,7 +348,24 @@ class VirtualBoard(_CpufreqBoard):
             self._tree_lock.release()
 
 
-class SysfsBoard(_CpufreqBoard):
+class _MeteredBoard(_CpufreqBoard):
+    """A board on real cpufreq files whose energy comes from a meter while it works (RAPL,
+    hwmon), else from the profile's model."""
+
+    meter: EnergyMeter | None
+
+    def _meter_j(self) -> float | None:
+        if self.meter is None:
+            return None
+        try:
+            return self.meter.energy_j()
+        except MeterError as exc:
+            self.log.warning("energy meter failed, using the model from now on: %s", exc)
+            self.meter = None
+            return None
+
+
+class SysfsBoard(_MeteredBoard):
     """A real board (or a fake root): cpufreq control, pinning, measured or modelled energy."""
 
     def __init__(self, profile: DeviceProfile, *, sysfs_root: Path, state_dir: Path,
@@ -338,15 +387,6 @@ class SysfsBoard(_CpufreqBoard):
         if self.meter is not None:
             log.info("energy measured by %s", self.meter.describe())
 
-    def _meter_j(self) -> float | None:
-        if self.meter is None:
-            return None
-        try:
-            return self.meter.energy_j()
-        except MeterError as exc:
-            self.log.warning("energy meter failed, using the model from now on: %s", exc)
-            self.meter = None
-            return None
 
     def apply(self, decision: Decision) -> float:
         changed = self._set(decision)
@@ -370,6 +410,85 @@ class SysfsBoard(_CpufreqBoard):
                        energy_j=self.model.charge(decision.cluster, opp, host_s))
 
 
+def thread_cpu() -> int | None:
+    """The CPU the calling thread last ran on (``processor``, field 39 of
+    ``/proc/thread-self/stat``); None where it cannot be read."""
+    try:
+        text = read_small_file(Path("/proc/thread-self/stat"))
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    try:
+        return int(fields[36])  # fields after the command name start at field 3
+    except (IndexError, ValueError):
+        return None
+
+
+class HandsOffBoard(_MeteredBoard):
+    """``--policy kernel`` on a real board: governors and placement stay the kernel's; the
+    board only reads ``scaling_cur_freq`` and measures (see the module docstring)."""
+
+    hands_off = True
+
+    def __init__(self, profile: DeviceProfile, *, sysfs_root: Path, state_dir: Path,
+                 clock: Clock = time.monotonic, log: logging.Logger | None = None,
+                 io: SysfsIO | None = None, meter: EnergyMeter | None = None,
+                 cpu_of_thread: Callable[[], int | None] = thread_cpu) -> None:
+        log = log or logging.getLogger("edgesched.power.backends")
+        # dry_run: discovery and reads only, no lock, no state file, no write
+        cpufreq = Cpufreq(sysfs_root, state_dir=state_dir, dry_run=True, log=log, io=io)
+        super().__init__(profile, cpufreq, log, clock=clock)
+        self.meter: EnergyMeter | None = meter if meter is not None else detect_meter(
+            sysfs_root, clock=clock, log=log)
+        self.model = ModelMeter(profile)
+        self.cpu_of_thread = cpu_of_thread
+        self._mark_j: float | None = None
+        log.info("hands-off: the kernel's governors and scheduler choose frequency and CPU; "
+                 "edgesched only measures (energy by %s)",
+                 self.meter.describe() if self.meter is not None else "the profile's model")
+
+    @property
+    def control(self) -> dict[str, object]:
+        return {"mode": "hands_off", "error": None, "faults": {}}
+
+    def apply(self, decision: Decision) -> float:
+        del decision  # the kernel decides
+        self._mark_j = self._meter_j()
+        return 0.0
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        del cluster
+        return ()  # no pinning: placement is the kernel's
+
+
+    def ran_on(self, fallback: int) -> int:
+        """The cluster whose CPUs include the one the calling thread ran on last."""
+        cpu = self.cpu_of_thread()
+        if cpu is not None:
+            for i, info in enumerate(self.policies):
+                if cpu in info.related_cpus:
+                    return i
+        return fallback
+
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
+        del started_s, reference_s
+        cluster = self.ran_on(decision.cluster)
+        opp = self._read_opp(cluster)
+        self._known[cluster] = opp
+        self._seen_s[cluster] = self.clock()
+        mark, self._mark_j = self._mark_j, None
+        now = self._meter_j()
+        if mark is not None and now is not None:
+            energy_j = max(0.0, now - mark)
+        else:
+            energy_j = self.model.charge(cluster, opp, host_s)
+        return RunCost(wall_s=host_s, energy_j=energy_j, cluster=cluster, opp=opp)
+
+    def close(self) -> None:
+        pass  # nothing was changed, nothing was locked
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     kind, sep, arg = spec.partition(":")
     if not sep or kind not in SPEC_KINDS or not arg:
@@ -381,11 +500,14 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def open_board(spec: str, *, sysfs_root: Path | None = None, state_dir: Path,
                runtime_dir: Path, clock: Clock = time.monotonic, sleep: Sleep = time.sleep,
                log: logging.Logger | None = None, mode: Mode = "auto",
-               dry_run: bool = False, virtual_slowdown: float = 1.0) -> Board:
+               dry_run: bool = False, virtual_slowdown: float = 1.0,
+               hands_off: bool = False) -> Board:
     """Open the board ``spec`` names (see the module docstring).
 
     For ``sysfs:`` a leftover state file in ``state_dir`` (a killed daemon) is restored before
     anything else. The virtual board keeps its tree and state under ``runtime_dir``.
+    ``hands_off`` (``--policy kernel``) opens a ``sysfs:`` board as a :class:`HandsOffBoard`;
+    the virtual and null boards ignore it (there the policy models the stock kernel).
     """
     log = log or logging.getLogger("edgesched.power.backends")
     kind, arg = parse_spec(spec)
@@ -401,5 +523,7 @@ def open_board(spec: str, *, sysfs_root: Path | None = None, state_dir: Path,
         if not report.nothing_to_do:
             log.warning("restored cpufreq settings left by a killed run: %s",
                         ", ".join(report.actions) or "already in place")
+    if hands_off:
+        return HandsOffBoard(profile, sysfs_root=root, state_dir=state_dir, clock=clock, log=log)
     return SysfsBoard(profile, sysfs_root=root, state_dir=state_dir, clock=clock, mode=mode,
                       dry_run=dry_run, log=log)

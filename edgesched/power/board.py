@@ -21,6 +21,10 @@ class RunCost:
     """Service time the request is charged (the virtual board's emulated time)."""
     energy_j: float
     """Energy attributed to the inference (dynamic + static of the cluster it ran on)."""
+    cluster: int | None = None
+    opp: int | None = None
+    """Where the run happened, when the board rather than the decision chose it (a hands-off
+    board leaves frequency and placement to the kernel); None: as decided."""
 
 
 class Board(Protocol):

@@ -22,6 +22,29 @@ every write is skipped when the file already holds the value and verified by rea
 reverse order and deletes the state file. :func:`recover` undoes a leftover state file at start-up
 (the previous daemon was killed). Without a saved state no frequency is changed.
 
+What the kernel does behind the files, and how the lease copes:
+
+- **Thermal and QoS caps.** ``scaling_max_freq`` shows the *effective* limit, the least of the
+  user's request and every other ``freq_qos`` request (``store_scaling_max_freq`` only updates
+  the user's request; ``refresh_frequency_limits``/``cpufreq_set_policy`` compute the rest); a
+  ``cpufreq_cooling`` device (``/sys/class/thermal/cooling_deviceN``, type ``cpufreq-cpuN``)
+  adds one at the ``cur_state``-th frequency from the top (``get_state_freq``). Restoring a limit
+  that reads back *below* what was written is therefore accepted and logged (the kernel holds the
+  request and applies it when the cap lifts), and a limit that fails never stops the governor
+  from being restored. At the lease, a ``scaling_max_freq`` at or above the cap of an active
+  cooling device cannot be told apart from a user's own limit at that value: the saved limit is
+  then ``cpuinfo_max_freq`` (the request the kernel starts with) and the state file says so in
+  ``max_note``. A cap from elsewhere (another QoS request, no cooling device visible) cannot be
+  seen at all: its value is saved as the user's limit.
+- **Governor tunables.** Switching governors drops the old governor's tunables
+  (``cpufreq_exit_governor``; the new one starts from defaults in ``sugov_init`` or
+  ``cpufreq_dbs_governor_init``). The writable files of ``policyN/<governor>/`` (or
+  ``cpufreq/<governor>/`` for a driver without per-policy governors) are saved with the lease and
+  written back after the governor, by :meth:`Cpufreq.restore` and :func:`recover` alike.
+- **A change that fails midway** (the governor became ``userspace``, then ``scaling_setspeed``
+  is refused, e.g. EBUSY) gives that policy its original settings back at once, so it never
+  stays pinned at one speed without a governor; the error says so.
+
 File access goes through a :class:`SysfsIO` (plain files by default). It is the hardware edge:
 :class:`edgesched.power.fakesysfs.FakeKernel` (kernel side effects) and
 :class:`edgesched.power.fakesysfs.FaultInjector` (EPERM/EBUSY/EINVAL on chosen files) plug in there.
@@ -37,7 +60,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -157,19 +180,41 @@ class SavedPolicy:
     max_khz: int
     setspeed_khz: int | None
     """Only meaningful (and only restored) when the original governor is ``userspace``."""
+    tunables: dict[str, str] = field(default_factory=dict)
+    """The original governor's writable tunables (file name to value)."""
+    tunables_dir: str | None = None
+    """Where they live, relative to ``devices/system/cpu/cpufreq`` (``policy0/schedutil`` or
+    ``schedutil``); None for a governor without tunables."""
+    max_note: str | None = None
+    """Set when ``max_khz`` is not what ``scaling_max_freq`` showed (a thermal cap was active)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "governor": self.governor, "min_khz": self.min_khz,
-                "max_khz": self.max_khz, "setspeed_khz": self.setspeed_khz}
+        doc: dict[str, Any] = {"name": self.name, "governor": self.governor,
+                               "min_khz": self.min_khz, "max_khz": self.max_khz,
+                               "setspeed_khz": self.setspeed_khz}
+        if self.tunables_dir is not None:
+            doc["tunables"] = dict(self.tunables)
+            doc["tunables_dir"] = self.tunables_dir
+        if self.max_note is not None:
+            doc["max_note"] = self.max_note
+        return doc
 
     @classmethod
     def from_json(cls, d: Any, source: str) -> SavedPolicy:
         try:
             setspeed = d["setspeed_khz"]
+            tunables = d.get("tunables") or {}
+            tdir = d.get("tunables_dir")
+            if not isinstance(tunables, dict) or (tdir is not None and (
+                    not isinstance(tdir, str) or ".." in Path(tdir).parts or tdir.startswith("/"))):
+                raise ValueError("tunables/tunables_dir")
             return cls(name=str(d["name"]), governor=str(d["governor"]),
                        min_khz=int(d["min_khz"]), max_khz=int(d["max_khz"]),
-                       setspeed_khz=None if setspeed is None else int(setspeed))
-        except (KeyError, TypeError, ValueError) as exc:
+                       setspeed_khz=None if setspeed is None else int(setspeed),
+                       tunables={str(k): str(v) for k, v in tunables.items()
+                                 if "/" not in str(k)},
+                       tunables_dir=tdir, max_note=d.get("max_note"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CpufreqStateError(f"state file {source} is damaged ({exc!r}); restore the "
                                     "governor and limits by hand (or reboot), then delete it",
                                     source) from None
@@ -313,6 +358,44 @@ def _read_state(path: Path) -> dict[str, Any] | None:
     return doc
 
 
+THERMAL_REL = Path("class/thermal")
+COOLING_TYPE_PREFIX = "cpufreq-cpu"
+"""``cpufreq_cooling_register`` names its device ``cpufreq-<cpu device>``, e.g. ``cpufreq-cpu4``."""
+
+
+def thermal_cap_khz(sysfs_root: Path, related_cpus: Sequence[int], table_khz: Sequence[int],
+                    read: Callable[[Path], str]) -> tuple[int, str] | None:
+    """The lowest cap any ``cpufreq_cooling`` device puts on a policy of ``related_cpus`` now,
+    and that device's name; None without an active one.
+
+    Cooling state ``k`` is the ``k``-th frequency of the table from the top (``get_state_freq``
+    in drivers/thermal/cpufreq_cooling.c); ``cpufreq_set_cur_state`` turns it into a
+    FREQ_QOS_MAX request. Unreadable devices are ignored."""
+    thermal = Path(sysfs_root) / THERMAL_REL
+    try:
+        devices = sorted(p for p in thermal.iterdir() if p.name.startswith("cooling_device"))
+    except OSError:
+        return None
+    desc = sorted(set(table_khz), reverse=True)
+    cpus = set(related_cpus)
+    best: tuple[int, str] | None = None
+    for cdev in devices:
+        try:
+            kind = read(cdev / "type").strip()
+            state = int(read(cdev / "cur_state").strip())
+        except (OSError, ValueError):
+            continue
+        cpu = kind[len(COOLING_TYPE_PREFIX):]
+        if not kind.startswith(COOLING_TYPE_PREFIX) or not cpu.isdigit():
+            continue
+        if int(cpu) not in cpus or state <= 0 or not desc:
+            continue
+        khz = desc[min(state, len(desc) - 1)]
+        if best is None or khz < best[0]:
+            best = (khz, cdev.name)
+    return best
+
+
 # ---------------------------------------------------------------------------------------------
 # low-level per-file operations shared by Cpufreq and recover()
 
@@ -345,8 +428,12 @@ class _Files:
         except OSError as exc:
             raise _translate(exc, path, "read") from None
 
-    def write(self, path: Path, value: str, *, verify: bool = True) -> bool:
-        """Write ``value`` unless the file holds it already; read back. True if written."""
+    def write(self, path: Path, value: str, *, verify: bool = True,
+              capped_ok: bool = False) -> bool:
+        """Write ``value`` unless the file holds it already; read back. True if written.
+
+        ``capped_ok`` (a limit being restored): a readback below ``value`` is accepted, as the
+        kernel shows the effective limit under a thermal or QoS cap and keeps the request."""
         current = self.read(path)
         if current == value:
             return False
@@ -359,7 +446,12 @@ class _Files:
             raise _translate(exc, path, "write", value) from None
         if verify:
             back = self.read(path)
-            if back != value:
+            if (capped_ok and back != value and back.isdigit() and value.isdigit()
+                    and int(back) < int(value)):
+                self.log.warning("wrote %s to %s; it reads back %s: a thermal or QoS cap holds "
+                                 "the policy lower, the kernel keeps the request and applies it "
+                                 "when the cap lifts", value, path, back)
+            elif back != value:
                 raise CpufreqVerifyError(
                     f"wrote {value!r} to {path} but it reads back {back!r}; another program "
                     "(a frequency daemon, thermal limits, firmware) is managing this policy — "
@@ -367,7 +459,8 @@ class _Files:
         self.log.debug("wrote %s to %s (was %s)", value, path, current)
         return True
 
-    def write_limits(self, pdir: Path, min_khz: int, max_khz: int) -> list[str]:
+    def write_limits(self, pdir: Path, min_khz: int, max_khz: int, *,
+                     capped_ok: bool = False) -> list[str]:
         """Set scaling_min/max_freq keeping min <= max after each write."""
         done: list[str] = []
         cur_max = self.read_khz(pdir / "scaling_max_freq")
@@ -375,20 +468,73 @@ class _Files:
         if min_khz <= cur_max:
             order = (("scaling_min_freq", min_khz), ("scaling_max_freq", max_khz))
         for name, khz in order:
-            if self.write(pdir / name, str(khz)):
+            if self.write(pdir / name, str(khz), capped_ok=capped_ok):
                 done.append(f"{pdir.name}/{name}={khz}")
         return done
+
+    def read_tunables(self, directory: Path) -> dict[str, str]:
+        """The writable files of a governor's tunables directory (empty if there is none)."""
+        try:
+            names = sorted(p for p in directory.iterdir() if p.is_file())
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _translate(exc, directory, "list") from None
+        out: dict[str, str] = {}
+        for p in names:
+            try:
+                if not os.stat(p).st_mode & 0o200:
+                    continue  # read-only statistics, nothing to give back
+            except OSError:
+                continue
+            try:
+                value = self.read_opt(p)
+            except CpufreqError as exc:
+                self.log.warning("governor tunable %s not saved: %s", p, exc)
+                continue
+            if value is not None:
+                out[p.name] = value
+        return out
 
 
 def _restore_policy(files: _Files, pdir: Path, saved: SavedPolicy) -> list[str]:
     """Put one policy back: limits first (so any governor starts inside them), then the
-    governor, then setspeed if the original governor was userspace."""
-    done = files.write_limits(pdir, saved.min_khz, saved.max_khz)
-    if files.write(pdir / "scaling_governor", saved.governor):
-        done.append(f"{pdir.name}/scaling_governor={saved.governor}")
-    if saved.governor == "userspace" and saved.setspeed_khz is not None and files.write(
-            pdir / "scaling_setspeed", str(saved.setspeed_khz)):
+    governor, then its tunables (a new governor starts from defaults), then setspeed if the
+    original governor was userspace.
+
+    A limit held lower by a cap is accepted (see the module docstring); a limit that fails
+    otherwise does not stop the governor and tunables from being restored: the first error is
+    raised after every step was tried."""
+    done: list[str] = []
+    errors: list[CpufreqError] = []
+    try:
+        done += files.write_limits(pdir, saved.min_khz, saved.max_khz, capped_ok=True)
+    except CpufreqPolicyGoneError:
+        raise
+    except CpufreqError as exc:
+        errors.append(exc)
+    governor_back = False
+    try:
+        if files.write(pdir / "scaling_governor", saved.governor):
+            done.append(f"{pdir.name}/scaling_governor={saved.governor}")
+        governor_back = True
+    except CpufreqPolicyGoneError:
+        raise
+    except CpufreqError as exc:
+        errors.append(exc)
+    if saved.tunables_dir is not None and governor_back:
+        tdir = pdir.parent / saved.tunables_dir
+        for name, value in saved.tunables.items():
+            try:
+                if files.write(tdir / name, value):
+                    done.append(f"{saved.tunables_dir}/{name}={value}")
+            except CpufreqError as exc:
+                errors.append(exc)
+    if (saved.governor == "userspace" and saved.setspeed_khz is not None and governor_back
+            and files.write(pdir / "scaling_setspeed", str(saved.setspeed_khz))):
         done.append(f"{pdir.name}/scaling_setspeed={saved.setspeed_khz}")
+    if errors:
+        raise errors[0]
     return done
 
 
@@ -632,10 +778,28 @@ class Cpufreq:
         if gov == "userspace":
             text = f.read_opt(info.path / "scaling_setspeed")
             setspeed = int(text) if text and text.isdigit() else None
+        max_khz = f.read_khz(info.path / "scaling_max_freq")
+        note: str | None = None
+        cap = thermal_cap_khz(self.sysfs_root, info.related_cpus, info.available_khz,
+                              self.io.read_text)
+        if cap is not None and cap[0] <= max_khz < info.cpuinfo_max_khz:
+            note = (f"scaling_max_freq read {max_khz} kHz under the cap of {cap[1]} "
+                    f"({cap[0]} kHz); the user's own limit is not visible under a cap, "
+                    f"cpuinfo_max_freq {info.cpuinfo_max_khz} kHz saved")
+            self.log.warning("%s: %s", info.name, note)
+            max_khz = info.cpuinfo_max_khz
+        tdir: str | None = None
+        tunables: dict[str, str] = {}
+        base = self.sysfs_root / CPUFREQ_REL
+        for rel in (f"{info.name}/{gov}", gov):
+            tunables = f.read_tunables(base / rel)
+            if tunables:
+                tdir = rel
+                break
         return SavedPolicy(name=info.name, governor=gov,
                            min_khz=f.read_khz(info.path / "scaling_min_freq"),
-                           max_khz=f.read_khz(info.path / "scaling_max_freq"),
-                           setspeed_khz=setspeed)
+                           max_khz=max_khz, setspeed_khz=setspeed, tunables=tunables,
+                           tunables_dir=tdir, max_note=note)
 
     def _lease(self, info: PolicyInfo) -> None:
         """Save ``info``'s originals before its first change; raises if they cannot be saved."""
@@ -667,14 +831,49 @@ class Cpufreq:
                     self.log.debug("%s: %d kHz limited to %d by scaling_min/max_freq", name,
                                    target, limited)
                     target = limited
-                f.write(info.path / "scaling_setspeed", str(target))
+                try:
+                    f.write(info.path / "scaling_setspeed", str(target))
+                except CpufreqPolicyGoneError:
+                    raise
+                except CpufreqError as exc:
+                    raise self._roll_back(info, exc) from None
             else:
-                f.write_limits(info.path, target, target)
+                cap = thermal_cap_khz(self.sysfs_root, info.related_cpus, info.available_khz,
+                                      self.io.read_text)
+                if cap is not None and target > cap[0]:
+                    self.log.debug("%s: %d kHz held to %d by %s", name, target, cap[0], cap[1])
+                    target = cap[0]  # a pin above the cap would read back as the cap
+                try:
+                    f.write_limits(info.path, target, target)
+                except CpufreqPolicyGoneError:
+                    raise
+                except CpufreqError as exc:  # one limit may be written, the other not
+                    raise self._roll_back(info, exc) from None
         except CpufreqPolicyGoneError:
             self._gone.add(name)
             self.log.warning("%s vanished while being set (CPU hotplug); skipped", name)
             raise
         return target
+
+    def _roll_back(self, info: PolicyInfo, exc: CpufreqError) -> CpufreqError:
+        """After a change failed midway (the governor is ``userspace`` but the speed was
+        refused, or one of the two clamp limits was written): give the policy its original
+        settings back, so that it is not left at one speed with no governor. Returns the error
+        to raise, saying what was done."""
+        saved = self._saved.get(info.name)
+        if saved is None or self.dry_run:
+            return exc
+        try:
+            _restore_policy(self._files, info.path, saved)
+        except CpufreqError as again:
+            self.log.error("%s: rolling back after a failed change failed too: %s", info.name,
+                           again)
+            return type(exc)(f"{exc}; giving {info.name} back its governor {saved.governor} "
+                             f"failed too ({again}); run `edgesched restore`", exc.path,
+                             exc.errno_code)
+        self.log.warning("%s: %s; rolled back to governor %s", info.name, exc, saved.governor)
+        return type(exc)(f"{exc}; {info.name} was rolled back to its governor "
+                         f"{saved.governor}", exc.path, exc.errno_code)
 
     def restore(self) -> RestoreReport:
         """Give every touched policy its original settings back (reverse order), then delete

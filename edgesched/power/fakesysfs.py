@@ -24,11 +24,29 @@ hardware edge (:class:`~edgesched.power.cpufreq.SysfsIO`):
     file; this is the deterministic way to make writes fail.
 
 ``Cpufreq`` knows neither: they are passed to it as ``io=``.
+
+Limits as the kernel keeps them (drivers/cpufreq/cpufreq.c): ``store_scaling_max_freq`` and
+``store_scaling_min_freq`` only update the user's ``freq_qos`` request; ``cpufreq_set_policy``
+(through ``refresh_frequency_limits``) then sets the policy's limits from the aggregate of every
+request, and ``scaling_max_freq`` shows that effective value. The thermal framework's
+``cpufreq_cooling`` device adds its own FREQ_QOS_MAX request: cooling state ``k`` caps the policy
+at the ``k``-th frequency from the top of its table (``cpufreq_set_cur_state``). So under a cap
+``scaling_max_freq`` reads back ``min(user request, cap)`` and goes back to the request when the
+cap lifts. :class:`FakeKernel` keeps the user's requests outside the tree (in
+``ROOT/.fake-kernel/``, invisible to cpufreq code) and :func:`add_cpufreq_cooling` adds cooling
+devices ``class/thermal/cooling_deviceN`` (``type`` ``cpufreq-cpuN``, ``cur_state``,
+``max_state``); :meth:`FakeKernel.set_cooling_state` is the thermal governor.
+
+Governor tunables as ``cpufreq_set_policy`` treats them: switching governors exits the old one
+(``cpufreq_exit_governor``: its ``policyN/<governor>/`` directory, or ``cpufreq/<governor>/`` for a
+driver without per-policy governors, goes away with the values written there) and the new one
+starts from its defaults (``sugov_init``, ``cpufreq_dbs_governor_init``).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -42,7 +60,9 @@ from edgesched.power.cpufreq import (
     PlainSysfsIO,
     SysfsIO,
     derive_steps_khz,
+    parse_cpu_list,
     read_small_file,
+    thermal_cap_khz,
 )
 
 SHAPES = ("rk3399", "rpi4", "no-userspace", "read-only")
@@ -50,6 +70,45 @@ ALL_GOVERNORS = ("conservative", "ondemand", "userspace", "powersave", "performa
 NO_USERSPACE_GOVERNORS = ("schedutil", "performance", "powersave")
 WRITABLE = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
 UNSUPPORTED = "<unsupported>"
+KERNEL_STATE_DIR = ".fake-kernel"
+"""Under the fake root: what the kernel keeps in memory (the user's freq_qos requests)."""
+THERMAL_REL = Path("class/thermal")
+DBS_DEFAULTS = {"up_threshold": "80", "sampling_down_factor": "1", "ignore_nice_load": "0"}
+"""drivers/cpufreq/cpufreq_governor.h and cpufreq_ondemand.c/cpufreq_conservative.c defaults."""
+
+
+def governor_defaults(governor: str, transition_latency_ns: int) -> dict[str, str]:
+    """The tunables a governor starts with (empty for governors without any).
+
+    ``rate_limit_us`` and ``sampling_rate`` follow ``cpufreq_policy_transition_delay_us``: the
+    transition latency in us times LATENCY_MULTIPLIER (1000), at most 2 ms, 1 ms without a
+    latency."""
+    latency_us = transition_latency_ns // 1000
+    delay_us = min(latency_us * 1000, 2000) if latency_us else 1000
+    if governor == "schedutil":
+        return {"rate_limit_us": str(delay_us)}
+    if governor == "ondemand":
+        return {**DBS_DEFAULTS, "sampling_rate": str(delay_us), "io_is_busy": "0",
+                "powersave_bias": "0"}
+    if governor == "conservative":
+        return {**DBS_DEFAULTS, "sampling_rate": str(delay_us), "down_threshold": "20",
+                "freq_step": "5"}
+    return {}
+
+
+def tunables_dir(root: Path, policy: str, governor: str, per_policy: bool = True) -> Path:
+    """Where ``governor``'s tunables of ``policy`` live: ``policyN/<governor>`` or, for a driver
+    without per-policy governors, ``cpufreq/<governor>``."""
+    base = Path(root) / CPUFREQ_REL
+    return base / policy / governor if per_policy else base / governor
+
+
+def _make_tunables(path: Path, values: dict[str, str]) -> None:
+    if not values or path.is_dir():
+        return
+    path.mkdir(parents=True)
+    for name, value in values.items():
+        _put(path / name, value)
 
 
 def _put(path: Path, text: str, mode: int = 0o644) -> None:
@@ -94,9 +153,12 @@ def _force_write(path: Path, text: str) -> None:
 def from_profile(root: Path, profile: DeviceProfile, *,
                  governors: Iterable[str] = ALL_GOVERNORS, governor: str = "schedutil",
                  available_frequencies: bool = True, read_only: bool = False,
-                 driver: str = "cpufreq-dt") -> Path:
+                 driver: str = "cpufreq-dt", tunables: bool = False,
+                 per_policy_governors: bool = True) -> Path:
     """Build ``root/devices/system/cpu/cpufreq/policyN`` for each cluster of ``profile``
-    (N = the cluster's first CPU) with its OPP table; returns ``root``."""
+    (N = the cluster's first CPU) with its OPP table; returns ``root``. With ``tunables`` the
+    initial governor's tunables directory is made too (:func:`tunables_dir`, in ``policyN/``
+    or, without ``per_policy_governors``, in ``cpufreq/``)."""
     root = Path(root)
     base = root / CPUFREQ_REL
     base.mkdir(parents=True, exist_ok=True)
@@ -129,6 +191,9 @@ def from_profile(root: Path, profile: DeviceProfile, *,
         _put(pdir / "scaling_max_freq", str(hi), wmode)
         _put(pdir / "scaling_setspeed",
              str(lo) if governor == "userspace" else UNSUPPORTED, wmode)
+        if tunables:
+            _make_tunables(tunables_dir(root, pdir.name, governor, per_policy_governors),
+                           governor_defaults(governor, cl.transition_latency_ns))
         for cpu in cl.cpus:
             cdir = cpu_dir / f"cpu{cpu}"
             cdir.mkdir(exist_ok=True)
@@ -191,9 +256,62 @@ def leased_values(root: Path) -> dict[str, dict[str, str]]:
     return out
 
 
+def add_cpufreq_cooling(root: Path) -> list[Path]:
+    """A thermal cooling device per policy of the tree, as ``cpufreq_cooling_register`` makes
+    them: ``type`` ``cpufreq-cpuN`` (N the policy's first CPU), ``max_state`` the number of
+    frequencies less one, ``cur_state`` 0 (no cap). Returns the device directories."""
+    base = Path(root) / CPUFREQ_REL
+    thermal = Path(root) / THERMAL_REL
+    thermal.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    n = len(list(thermal.glob("cooling_device*")))
+    for pdir in sorted(base.glob("policy*"), key=lambda p: int(p.name[6:])):
+        first = min(int(c) for c in read_small_file(pdir / "related_cpus").split())
+        cdev = thermal / f"cooling_device{n}"
+        cdev.mkdir()
+        _put(cdev / "type", f"cpufreq-cpu{first}", 0o444)
+        _put(cdev / "max_state", str(len(_table_khz(pdir)) - 1), 0o444)
+        _put(cdev / "cur_state", "0")
+        made.append(cdev)
+        n += 1
+    return made
+
+
+def _table_khz(pdir: Path) -> list[int]:
+    """The policy's frequencies, ascending."""
+    avail = pdir / "scaling_available_frequencies"
+    if avail.exists():
+        return sorted({int(t) for t in read_small_file(avail).split()})
+    return list(derive_steps_khz(int(read_small_file(pdir / "cpuinfo_min_freq")),
+                                 int(read_small_file(pdir / "cpuinfo_max_freq"))))
+
+
+def cooling_cap_khz(root: Path, pdir: Path) -> tuple[int, str] | None:
+    """The cap a ``cpufreq_cooling`` device puts on the policy in ``pdir`` now, and the
+    device's name (see :func:`edgesched.power.cpufreq.thermal_cap_khz`)."""
+    try:
+        cpus = parse_cpu_list(read_small_file(pdir / "related_cpus"))
+    except (OSError, ValueError):
+        return None
+    return thermal_cap_khz(root, cpus, _table_khz(pdir), read_small_file)
+
+
 def unplug(root: Path, policy: str) -> None:
     """Make a policy directory vanish, as when its CPUs go offline with the driver unbound."""
     shutil.rmtree(policy_dir(root, policy))
+
+
+def power_supply(root: Path, name: str, **attrs: object) -> Path:
+    """A ``class/power_supply/NAME`` folder under ``root`` with one file per attribute, as
+    :mod:`edgesched.power.supply` reads it: ``power_supply(root, "AC", type="Mains",
+    online=1)``, ``power_supply(root, "BAT0", type="Battery", status="Discharging",
+    energy_now=30_000_000, power_now=10_000_000)`` (units as the kernel's: uWh, uW, uAh, uA,
+    uV). Calling it again for the same name updates the given attributes (a cable pulled)."""
+    folder = root / "class" / "power_supply" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, value in attrs.items():
+        _put(folder / key, str(value))
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,10 +333,59 @@ class FakeKernel:
     EINVAL); newer kernels clamp instead. Code that passes under the strict rule works on both.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, per_policy_governors: bool = True) -> None:
         self.root = Path(root)
         self.base = self.root / CPUFREQ_REL
+        self.per_policy_governors = per_policy_governors
         self.transitions: dict[str, int] = {}
+
+    # the user's freq_qos requests (kept by the kernel, not shown in sysfs)
+    def _requests_path(self, pdir: Path) -> Path:
+        return self.root / KERNEL_STATE_DIR / f"{pdir.name}.json"
+
+    def _requests(self, pdir: Path) -> dict[str, int]:
+        """The user's min/max requests and the effective values last shown. A file edited
+        behind the kernel's back (a test setting up a tree) counts as a new user request."""
+        try:
+            req = json.loads(self._requests_path(pdir).read_text(encoding="ascii"))
+        except (FileNotFoundError, ValueError):
+            req = {}
+        for name in ("min", "max"):
+            shown = int(self._read(pdir / f"scaling_{name}_freq"))
+            if req.get(f"shown_{name}") != shown:
+                req[name] = req[f"shown_{name}"] = shown
+        return req
+
+    def _save_requests(self, pdir: Path, req: dict[str, int]) -> None:
+        path = self._requests_path(pdir)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(req), encoding="ascii")
+
+    def set_cooling_state(self, cooling_device: str, state: int) -> None:
+        """What the thermal governor does: set a cooling device's state, then let the kernel
+        apply the cap (``cpufreq_set_cur_state``)."""
+        cdev = self.root / THERMAL_REL / cooling_device
+        top = int(self._read(cdev / "max_state"))
+        if not 0 <= state <= top:
+            raise ValueError(f"{cooling_device}: state {state} outside 0..{top}")
+        _force_write(cdev / "cur_state", str(state))
+        self.sync()
+
+    def _switch_governor(self, pdir: Path, old: str, new: str) -> None:
+        """``cpufreq_exit_governor`` then ``cpufreq_init_governor``: the old governor's tunables
+        go (a system-wide directory when no other policy uses it), the new one's come with
+        their defaults."""
+        if old == new:
+            return
+        per = self.per_policy_governors
+        others = [self._read(p / "scaling_governor") for p in self.base.glob("policy*")
+                  if p.is_dir() and p != pdir]
+        old_dir = tunables_dir(self.root, pdir.name, old, per)
+        if old_dir.is_dir() and (per or old not in others):
+            shutil.rmtree(old_dir)
+        latency = int(self._read(pdir / "cpuinfo_transition_latency") or "0")
+        _make_tunables(tunables_dir(self.root, pdir.name, new, per),
+                       governor_defaults(new, latency))
 
     # SysfsIO
     def read_text(self, path: Path) -> str:
@@ -232,6 +399,11 @@ class FakeKernel:
         except (FileNotFoundError, NotADirectoryError):
             raise _err(errno.ENOENT, path) from None
         mode = stat.S_IMODE(st.st_mode)
+        if pdir.name in ALL_GOVERNORS and mode & 0o222:  # a governor's tunable: a number
+            if not value.strip().isdigit():
+                raise _err(errno.EINVAL, path)
+            _force_write(path, value.strip())
+            return
         if not mode & 0o222 or path.name not in WRITABLE:
             raise _err(errno.EACCES, path)  # kernfs refuses even root without write bits
         text = value.strip()
@@ -255,8 +427,15 @@ class FakeKernel:
         if name in ("scaling_min_freq", "scaling_max_freq"):
             lo = int(self._read(pdir / "cpuinfo_min_freq"))
             hi = int(self._read(pdir / "cpuinfo_max_freq"))
-            text = str(min(max(int(text), lo), hi))
-        _force_write(path, text)
+            req = self._requests(pdir)
+            req[name[8:11]] = min(max(int(text), lo), hi)  # freq_qos_update_request
+            self._save_requests(pdir, req)
+        elif name == "scaling_governor":
+            old = self._read(path)
+            _force_write(path, text)
+            self._switch_governor(pdir, old, text)
+        else:
+            _force_write(path, text)
         self._sync_policy(pdir)
 
     # kernel side effects
@@ -278,10 +457,27 @@ class FakeKernel:
         return list(derive_steps_khz(int(self._read(pdir / "cpuinfo_min_freq")),
                                      int(self._read(pdir / "cpuinfo_max_freq"))))
 
+    def _limits(self, pdir: Path) -> tuple[int, int]:
+        """``refresh_frequency_limits``: the effective limits from the user's requests and the
+        cooling device's cap (min never above max, as ``cpufreq_verify_within_limits``)."""
+        req = self._requests(pdir)
+        before = dict(req)
+        hi = req["max"]
+        cap = cooling_cap_khz(self.root, pdir)
+        if cap is not None:
+            hi = min(hi, cap[0])
+        lo = min(req["min"], hi)
+        for name, khz in (("min", lo), ("max", hi)):
+            if req[f"shown_{name}"] != khz:
+                _force_write(pdir / f"scaling_{name}_freq", str(khz))
+                req[f"shown_{name}"] = khz
+        if req != before or not self._requests_path(pdir).exists():
+            self._save_requests(pdir, req)
+        return lo, hi
+
     def _sync_policy(self, pdir: Path) -> None:
         gov = self._read(pdir / "scaling_governor")
-        lo = int(self._read(pdir / "scaling_min_freq"))
-        hi = int(self._read(pdir / "scaling_max_freq"))
+        lo, hi = self._limits(pdir)
         cur = int(self._read(pdir / "scaling_cur_freq"))
         inside = [f for f in self._available(pdir) if lo <= f <= hi] or [lo]
         sp = self._read(pdir / "scaling_setspeed")

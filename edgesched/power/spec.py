@@ -21,11 +21,12 @@ HOST_PROFILE = "rk3399"
 def open_board_spec(spec: str, *, sysfs_root: Path, state_dir: Path, runtime_dir: Path,
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep,
-                    virtual_slowdown: float = 1.0) -> Board:
+                    virtual_slowdown: float = 1.0, hands_off: bool = False) -> Board:
     """``virtual:NAME_OR_PATH`` | ``sysfs:PROFILE`` | ``null:PROFILE`` | ``none``.
 
     ``none`` (or ``none:PROFILE``) changes nothing and prices inferences with the rk3399 (or the
-    named) profile's power model.
+    named) profile's power model. ``hands_off`` (``--policy kernel``): a ``sysfs:`` board is
+    only read and measured, never written (:class:`~edgesched.power.backends.HandsOffBoard`).
     """
     kind = spec.partition(":")[0]
     if kind not in ("virtual", "sysfs", "none", "null"):
@@ -37,4 +38,5 @@ def open_board_spec(spec: str, *, sysfs_root: Path, state_dir: Path, runtime_dir
         return boards.NullBoard(load_profile(spec.partition(":")[2] or HOST_PROFILE))
     return boards.open_board(spec, sysfs_root=sysfs_root,
                              state_dir=state_dir, runtime_dir=runtime_dir, clock=clock,
-                             sleep=sleep, log=log, virtual_slowdown=virtual_slowdown)
+                             sleep=sleep, log=log, virtual_slowdown=virtual_slowdown,
+                             hands_off=hands_off)

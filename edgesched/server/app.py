@@ -39,6 +39,7 @@ from edgesched.server.admission import check_deadline, encode_response_parts, pa
 from edgesched.server.config import PRIORITY_SOCKET_AUTO, Config, config_to_dict, priority_socket_path
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
 from edgesched.server.gate import ConnectionGate, ensure_fd_limit
+from edgesched.server.holds import PolicyArbiter, create_hold, release_hold
 from edgesched.server.http1 import (
     Request,
     Response,
@@ -50,6 +51,7 @@ from edgesched.server.http1 import (
 from edgesched.server.lane import PriorityLane
 from edgesched.server.metrics import Metrics
 from edgesched.server.openapi import openapi
+from edgesched.server.reload import ConfigLoader, ReloadRecord, reload_config
 from edgesched.server.runner import LoadedModel, load_models, shipped_models_dir
 
 log = logging.getLogger("edgesched.server")
@@ -79,6 +81,9 @@ class ServerState:
     gate: AdminGate = field(default_factory=AdminGate)
     models_dir: Path | None = None
     admin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    arbiter: PolicyArbiter = field(default_factory=PolicyArbiter)
+    """Holds, the power source and which policy runs (:mod:`edgesched.server.holds`)."""
+    reloads: ReloadRecord = field(default_factory=ReloadRecord)
 
 
 class Mailbox:
@@ -235,7 +240,8 @@ def _freqs(st: ServerState, cur_opps: list[int]) -> list[tuple[str, int]]:
 async def metrics(st: ServerState, request: Request) -> Response:
     snap = st.dispatcher.snapshot()
     text = st.metrics.render(snap["queue_by_priority"], _freqs(st, snap["cur_opps"]),
-                             [(m.name, m.service_s) for m in st.models.values()])
+                             [(m.name, m.service_s) for m in st.models.values()],
+                             now_s=st.dispatcher.clock())
     return Response(200, text.encode(), "text/plain; charset=utf-8",
                     {"X-Content-Type-Options": "nosniff"})
 
@@ -263,6 +269,8 @@ async def status(st: ServerState, request: Request) -> Response:
         "policy": {"name": st.policy.name, "spec": st.config.policy.spec,
                    "tick_s": st.policy.tick_s},
         "board": {"spec": st.config.board.spec, "profile": st.board.profile.name,
+                  # who sets frequencies (leased, hands_off, disabled) and per-policy failures
+                  "control": getattr(st.board, "control", None),
                   "clusters": [{"name": name, "freq_khz": khz, "opp": opp,
                                 "util": round(util, 4)}
                                for (name, khz), opp, util in zip(
@@ -281,6 +289,8 @@ async def status(st: ServerState, request: Request) -> Response:
         "served_inline": st.dispatcher.inlined,
         "priority_socket": st.lane.name.removeprefix("unix:") if st.lane else None,
         "priority_lane_nice": st.lane.thread_nice if st.lane else None,
+        **st.arbiter.status(),  # holds, power source, where the running policy comes from
+        "reloads": st.reloads.to_dict(),
     }
     return json_response(doc, dumps=lambda o: json.dumps(o, default=str))
 
@@ -414,6 +424,7 @@ async def admin_policy(request: Request, st: ServerState, verdict: Verdict,
             st.policy = policy
             st.config = dataclasses.replace(
                 st.config, policy=dataclasses.replace(st.config.policy, spec=spec))
+            st.arbiter.adopted(st, spec, policy)  # a hold in force wins again
     except AdmissionError as exc:
         return _admission_response(exc)
     log.warning("policy switched from %s to %s by %s", old, policy.name, verdict.who)
@@ -432,7 +443,8 @@ async def admin_reload(request: Request, st: ServerState, verdict: Verdict,
     async with st.admin_lock:
         try:
             models, errors = await loop.run_in_executor(
-                None, load_models, folder, m.num_threads, m.warmup_runs, m.measure_runs)
+                None, load_models, folder, m.num_threads, m.warmup_runs, m.measure_runs,
+                st.dispatcher.host_clock)
         except ModelError as exc:
             return _error(409, f"reload failed, the loaded models stay: {exc}")
         if not models:
@@ -513,6 +525,8 @@ def build_app(state: ServerState, *, lane: bool = False) -> Router:
     add("POST", "/v2/admin/policy", admin_policy)
     add("POST", "/v2/admin/models/reload", admin_reload)
     add("POST", "/v2/admin/restore", admin_restore)
+    add("POST", "/v2/admin/holds", _admin()(create_hold))
+    add("DELETE", "/v2/admin/holds/{id}", _admin()(release_hold))
     return r
 
 
@@ -585,6 +599,21 @@ def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
     return sock
 
 
+def _socket_file_id(path: Path) -> tuple[Path, int, int]:
+    """``path`` with the device and inode of the socket file just bound there."""
+    st = path.lstat()
+    return path, st.st_dev, st.st_ino
+
+
+def _remove_own_socket(path: Path, dev: int, ino: int) -> None:
+    """Unlink ``path`` if it is still the socket file this daemon bound (same device and
+    inode); a file another daemon bound there since is left alone."""
+    with contextlib.suppress(OSError):
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            path.unlink()
+
+
 def _lane_socket(cfg: Config, inherited: list[socket.socket]) -> tuple[socket.socket | None,
                                                                         Path | None]:
     """The priority lane's listening socket and the path to unlink at exit (None if inherited).
@@ -619,9 +648,15 @@ def _resolve_models_dir(cfg: Config) -> Path:
 
 
 async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
-                     identity_lookup: IdentityLookup = system_identity) -> int:
+                     identity_lookup: IdentityLookup = system_identity,
+                     host_clock: Callable[[], float] = time.perf_counter,
+                     reload: ConfigLoader | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status.
 
+    ``reload`` reads the configuration again on SIGHUP (:mod:`edgesched.server.reload`).
+
+    ``host_clock`` times the models' runs on the host (start-up measurement and each request's
+    ``host_us``); tests inject one that does not depend on the machine's load.
     ``identity_lookup`` maps a unix peer's uid/gid to a user and its groups for the admin
     endpoints (tests inject one; the default asks the user database).
     """
@@ -633,31 +668,50 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    models_dir = _resolve_models_dir(cfg)
-    models, errors = load_models(models_dir, cfg.models.num_threads, cfg.models.warmup_runs,
-                                 cfg.models.measure_runs)
-    for err in errors:
-        log.error("skipping model: %s", err)
-    if not models:
-        raise ModelError(f"{models_dir}: no loadable .tflite model")
-    for m in models.values():
-        log.info("model %s: %d input(s), %d output(s), service %.0f us", m.name,
-                 len(m.inputs), len(m.outputs), m.service_s * 1e6)
-
+    # what can be refused fast comes before the seconds of loading models: the policy spec, the
+    # board spec, the sockets (a second daemon on a live socket is refused at once)
+    policy = open_policy(cfg.policy.spec, cfg.policy.fallback)
+    hands_off = bool(getattr(policy, "hands_off", False))  # `kernel`: no lease on a real board
     board = open_board_spec(cfg.board.spec, sysfs_root=Path(cfg.board.sysfs_root),
                             state_dir=Path(cfg.board.state_dir),
                             runtime_dir=Path(cfg.board.runtime_dir), clock=clock,
-                            virtual_slowdown=cfg.board.virtual_slowdown)
-    sock_path: Path | None = None
-    lane_path: Path | None = None
+                            virtual_slowdown=cfg.board.virtual_slowdown, hands_off=hands_off)
+    if hands_off and getattr(board, "hands_off", False):
+        policy.measure_only()  # type: ignore[attr-defined]  # KernelPolicy: the kernel decides
+    owned: list[tuple[Path, int, int]] = []  # the socket files this daemon created
+    unserved: list[socket.socket] = []  # bound, not yet handed to a listener
     lane: PriorityLane | None = None
     server: Server | None = None
     dispatcher: Dispatcher | None = None
+    arbiter: PolicyArbiter | None = None
     old_switch_s = sys.getswitchinterval()
     sys.setswitchinterval(cfg.server.switch_interval_us / 1e6)
     try:
-        policy = open_policy(cfg.policy.spec, cfg.policy.fallback)
         policy.reset(board.view)
+        inherited = systemd.inherited_sockets()
+        if not inherited:
+            sock_path = Path(cfg.server.socket)
+            unserved.append(bind_unix_socket(sock_path, cfg.server.socket_mode,
+                                             cfg.server.socket_group))
+            owned.append(_socket_file_id(sock_path))
+        socks = list(unserved)
+        lane_sock, lane_path = _lane_socket(cfg, inherited)  # takes the lane's from inherited
+        socks.extend(inherited)
+        unserved.extend(inherited)
+        if lane_sock is not None:
+            unserved.append(lane_sock)
+        if lane_path is not None:
+            owned.append(_socket_file_id(lane_path))
+        models_dir = _resolve_models_dir(cfg)
+        models, errors = load_models(models_dir, cfg.models.num_threads, cfg.models.warmup_runs,
+                                     cfg.models.measure_runs, host_clock)
+        for err in errors:
+            log.error("skipping model: %s", err)
+        if not models:
+            raise ModelError(f"{models_dir}: no loadable .tflite model")
+        for m in models.values():
+            log.info("model %s: %d input(s), %d output(s), service %.0f us", m.name,
+                     len(m.inputs), len(m.outputs), m.service_s * 1e6)
         q = cfg.queue
         queue = RequestQueue(levels=q.levels, max_count=q.max_count, max_bytes=q.max_bytes,
                              aging_s=q.aging_s, shed_lower=q.shed_lower)
@@ -667,7 +721,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                 queue_full_status=cfg.server.queue_full_status,
                                 retry_after_s=cfg.server.retry_after_s,
                                 nice=cfg.server.dispatcher_nice,
-                                inline_max_s=cfg.server.inline_max_us / 1e6)
+                                inline_max_s=cfg.server.inline_max_us / 1e6,
+                                host_clock=host_clock)
         # a thread that ends while the daemon serves wakes the main loop at once (no polling)
         ended: list[str] = []
 
@@ -684,6 +739,9 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                             model_errors=errors, models_dir=models_dir,
                             gate=AdminGate(cfg.server.admin_group, cfg.server.admin_over_tcp,
                                            identity_lookup))
+        state.arbiter = arbiter = PolicyArbiter(policy, cfg.policy.spec, clock)
+        arbiter.start(state)  # the power source now and every power_source.poll_s
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, state, reload)
         if cfg.server.admin_group:
             try:
                 grp.getgrnam(cfg.server.admin_group)
@@ -693,13 +751,12 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         server = http_server(state)
         listeners: list[asyncio.AbstractServer] = []
         names: list[str] = []
-        inherited = systemd.inherited_sockets()
-        lane_sock, lane_path = _lane_socket(cfg, inherited)
         ensure_fd_limit(cfg.server.max_connections * (2 if lane_sock else 1), log)
         gate = ConnectionGate(server, cfg.server.max_connections,
                               cfg.server.retry_after_s, on_refused=meter.connection_refused)
         lane_name = ""
         if lane_sock is not None:  # first: the daemon is ready once every door is open
+            unserved.remove(lane_sock)
             lane = PriorityLane(
                 http_server(state, lane=True), lane_sock, name=_listener_name(lane_sock),
                 max_connections=cfg.server.max_connections,
@@ -715,12 +772,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 raise
             state.lane = lane
             lane_name = f"{lane.name} (priority lane)"
-        socks = list(inherited)
-        if not inherited:
-            sock_path = Path(cfg.server.socket)
-            socks.append(bind_unix_socket(sock_path, cfg.server.socket_mode,
-                                          cfg.server.socket_group))
         for sock in socks:
+            unserved.remove(sock)
             listeners.append(await loop.create_server(gate, sock=sock, backlog=LISTEN_BACKLOG))
             names.append(_listener_name(sock))
         if cfg.server.http_port:
@@ -733,6 +786,7 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                  board.profile.name, policy.name)
         systemd.notify(f"READY=1\nSTATUS=serving {len(models)} model(s) on {where}")
         ping_s = systemd.watchdog_interval_s()
+        watchdog = systemd.Watchdog(ping_s, clock=clock) if ping_s else None
         status = 0
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -741,8 +795,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                 log.error("%s stopped; exiting", ended[0])
                 status = 1
                 break
-            if ping_s:
-                systemd.notify("WATCHDOG=1")
+            if watchdog is not None:  # only while the dispatcher's heartbeat is recent
+                watchdog.beat(dispatcher.heartbeat_s)
         log.info("stopping: draining the queue for up to %.1f s", cfg.server.shutdown_timeout_s)
         systemd.notify("STOPPING=1")
         state.ready = False
@@ -771,17 +825,28 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             await server.shutdown(0.0)
         if lane is not None:
             lane.shutdown(5.0)
+        if arbiter is not None:
+            arbiter.close()
+            loop.remove_signal_handler(signal.SIGHUP)
         board.close()
-        for path in (sock_path, lane_path):
-            if path is not None:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        for sock in unserved:
+            sock.close()
+        for path, dev, ino in owned:  # only the files bound here: never another daemon's
+            _remove_own_socket(path, dev, ino)
 
 
-def serve(cfg: Config) -> int:
-    """Run the daemon on uvloop's event loop (a dependency on Linux), else on asyncio's."""
+def _on_sighup(st: ServerState, reload: ConfigLoader | None) -> None:
+    if reload is None:
+        log.warning("SIGHUP: this daemon was started without a configuration to reload")
+        return
+    st.arbiter.spawn(reload_config(st, reload))
+
+
+def serve(cfg: Config, reload: ConfigLoader | None = None) -> int:
+    """Run the daemon on uvloop's event loop (a dependency on Linux), else on asyncio's.
+    ``reload``: how SIGHUP reads the configuration again."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(run_daemon(cfg))
-    return uvloop.run(run_daemon(cfg))
+        return asyncio.run(run_daemon(cfg, reload=reload))
+    return uvloop.run(run_daemon(cfg, reload=reload))

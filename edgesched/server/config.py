@@ -87,7 +87,9 @@ class BoardSection:
 @dataclass(frozen=True)
 class PolicySection:
     spec: str = "schedutil"
-    fallback: str = "schedutil"
+    fallback: str = ""
+    """The baseline run when ``spec`` cannot be used; "" (the default): the daemon refuses to
+    start instead."""
     dir: str = ""
 
 
@@ -95,6 +97,24 @@ class PolicySection:
 class EnergySection:
     grid_gco2e_per_kwh: float = 400.0
     renewable_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class SourcePolicySection:
+    policy: str = ""
+    """The policy spec while on this source ("": ``policy.spec``)."""
+
+
+@dataclass(frozen=True)
+class PowerSourceSection:
+    """``[power_source]``: where the power comes from picks the policy
+    (:mod:`edgesched.power.supply`)."""
+
+    poll_s: float = 5.0
+    sysfs_root: str = ""
+    """Where ``class/power_supply`` is read ("": ``board.sysfs_root``)."""
+    battery: SourcePolicySection = field(default_factory=SourcePolicySection)
+    ac: SourcePolicySection = field(default_factory=SourcePolicySection)
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,7 @@ class Config:
     board: BoardSection = field(default_factory=BoardSection)
     policy: PolicySection = field(default_factory=PolicySection)
     energy: EnergySection = field(default_factory=EnergySection)
+    power_source: PowerSourceSection = field(default_factory=PowerSourceSection)
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -144,6 +165,8 @@ def _check_value(src: str, key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{src}: {key}: expected a string, got {value!r}")
         return value
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):  # [power_source.battery]
+        return _section(kind, value, src, key)
     raise AssertionError(f"unsupported config type {kind!r}")  # pragma: no cover
 
 
@@ -234,8 +257,17 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.energy.renewable_fraction <= 1.0:
         raise bad("energy.renewable_fraction", "a fraction in [0, 1]",
                   cfg.energy.renewable_fraction)
-    if not cfg.policy.fallback or ":" in cfg.policy.fallback:
-        raise bad("policy.fallback", "a built-in baseline such as schedutil", cfg.policy.fallback)
+    if not (cfg.power_source.poll_s > 0 and math.isfinite(cfg.power_source.poll_s)):
+        raise bad("power_source.poll_s", "a finite number of seconds > 0",
+                  cfg.power_source.poll_s)
+    if cfg.policy.fallback:
+        from edgesched.errors import PolicyError
+        from edgesched.policy.registry import check_fallback
+
+        try:
+            check_fallback(cfg.policy.fallback)
+        except PolicyError as exc:
+            raise ConfigError(f"{src}: policy.fallback: {exc}") from None
     return cfg
 
 

@@ -35,14 +35,23 @@ import numpy as np
 
 from edgesched.device import Work
 from edgesched.errors import AdmissionError, QueueFullError
-from edgesched.observation import URGENT_WINDOW_S, Decision, DecisionContext
+from edgesched.observation import URGENT_WINDOW_S, Decision, DecisionContext, Waiting, waiting_of
 from edgesched.policy.base import Policy
+from edgesched.policy.eas import first_cluster
 from edgesched.power.board import Board
 from edgesched.queue import Entry, RequestQueue
 from edgesched.server.admission import InferRequest
 from edgesched.server.metrics import Metrics
 from edgesched.server.runner import LoadedModel
-from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter, RecentMin
+from edgesched.utilisation import (
+    BusyAverage,
+    BusyWindow,
+    PeltTracker,
+    RateMeter,
+    RecentMin,
+    TaskUtil,
+    kernel_capacity,
+)
 
 log = logging.getLogger("edgesched.server")
 
@@ -78,12 +87,15 @@ class Dispatcher:
     def __init__(self, board: Board, policy: Policy, queue: RequestQueue, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic, pin_threads: bool = True,
                  idle_wait_s: float = 1.0, queue_full_status: int = 429,
-                 retry_after_s: float = 1.0, nice: int = 0, inline_max_s: float = 0.0) -> None:
+                 retry_after_s: float = 1.0, nice: int = 0, inline_max_s: float = 0.0,
+                 host_clock: Callable[[], float] = time.perf_counter) -> None:
         self.board = board
         self.policy = policy
         self.queue = queue
         self.metrics = metrics
         self.clock = clock
+        self.host_clock = host_clock
+        """Times a model's run on the host (``host_us``); the models' start-up times use it too."""
         self.view = board.view
         self.idle_wait_s = idle_wait_s
         self.queue_full_status = queue_full_status
@@ -105,6 +117,10 @@ class Dispatcher:
         now = clock()
         n = self.view.n_clusters
         self._pelt = [PeltTracker(now) for _ in range(n)]
+        prof = board.profile
+        self._task = TaskUtil(tuple(kernel_capacity(prof.capacity(i)) for i in range(n)), now,
+                              first_cluster(prof))
+        """The inference task's PELT util_avg and util_est (the simulator keeps the same)."""
         self._board_busy = BusyAverage(now_s=now)
         self._busy = [BusyWindow(now) for _ in range(n)]
         self._rate = RateMeter(now_s=now)
@@ -112,6 +128,10 @@ class Dispatcher:
         self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
         self._quiescent = False
         self._cur_opps = list(board.current_opps())
+        self.floor_khz = 0
+        """A frequency floor (a hold's ``min_khz``, 0: none): see :meth:`set_floor`."""
+        self._floor_opps = [0] * n
+        self._note_frequencies(now)
         self._allowed_cpus: set[int] = set()
         if pin_threads and hasattr(os, "sched_getaffinity"):
             self._allowed_cpus = set(os.sched_getaffinity(0))
@@ -159,6 +179,7 @@ class Dispatcher:
                 return False
             now = self.clock()
             entry = self._entry(job)
+            entry.enqueued_s = now  # it never enters the queue: its wait is 0, not the uptime
             if self._arrived(entry, now):
                 self._cond.notify()  # the dispatcher thread's wait is for the next tick
         try:
@@ -226,6 +247,31 @@ class Dispatcher:
         self.policy = policy
         self._quiescent = False
         self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
+
+    def set_floor(self, min_khz: int) -> None:
+        """Run every cluster at ``min_khz`` or above (0: no floor), on the dispatcher thread
+        (through :meth:`call`). Like a ``FREQ_QOS_MIN`` request on each cpufreq policy
+        (``freq_qos_add_request`` in ``kernel/power/qos.c``, clamped to the policy's
+        ``cpuinfo_max_freq`` by ``cpufreq_set_policy``): a cluster whose top OPP is below the
+        floor runs at its top OPP. Decisions and governor ticks are raised to the floor, and a
+        cluster below it is raised at once."""
+        prof = self.board.profile
+        self.floor_khz = max(0, int(min_khz))
+        self._floor_opps = [
+            next((i for i, o in enumerate(c.opps) if o.khz >= self.floor_khz), len(c.opps) - 1)
+            for c in prof.clusters]
+        for c, floor in enumerate(self._floor_opps):
+            if self._cur_opps[c] < floor:
+                self._apply(Decision(c, floor))
+
+    def _floored(self, decision: Decision) -> Decision:
+        floor = self._floor_opps[decision.cluster]
+        return decision if decision.opp >= floor else Decision(decision.cluster, floor)
+
+    def _note_frequencies(self, now: float) -> None:
+        clusters = self.board.profile.clusters
+        self.metrics.frequencies(now, [(c.name, c.opps[i].khz)
+                                       for c, i in zip(clusters, self._cur_opps, strict=True)])
 
     def models_changed(self) -> None:
         """Forget per-model work estimates (call through :meth:`call` after a reload)."""
@@ -393,7 +439,16 @@ class Dispatcher:
             urgent_waiting=urgent, backlog_ms=backlog_ms, earliest_deadline_s=earliest,
             cur_opp=list(self._cur_opps), arrival_rate_hz=rate,
             utilisation=self._board_busy.advance(now, False), util_by_cluster=utils,
-            busy_fraction_by_cluster=busy, urgent_timeout_s=urgent_timeout_s)
+            busy_fraction_by_cluster=busy, urgent_timeout_s=urgent_timeout_s,
+            head_enqueued_s=entry.enqueued_s, waiting_in_order=self._waiting_in_order,
+            task_util=self._task.advance(now, 0.0), task_util_est=self._task.util_est / 1024.0,
+            task_cluster=self._task.cluster, task_woken=not self._task.enqueued)
+
+    def _waiting_in_order(self) -> tuple[Waiting, ...]:
+        """``DecisionContext.waiting_in_order``: the queue behind the head, copied under the lock
+        (the HTTP threads push while the policy looks)."""
+        with self._cond:
+            return waiting_of(self.queue.in_service_order())
 
     def _busy_fraction(self, cluster: int, now: float) -> float:
         """Busy fraction of the current window, without starting a new one."""
@@ -408,6 +463,7 @@ class Dispatcher:
     def _apply(self, decision: Decision) -> None:
         self.board.apply(decision)
         self._cur_opps = list(self.board.current_opps())
+        self._note_frequencies(self.clock())
 
     def _pin(self, cluster: int | None) -> None:
         """Pin the calling thread to ``cluster``'s CPUs (None: to every CPU it may use)."""
@@ -439,29 +495,33 @@ class Dispatcher:
         except Exception:
             log.exception("policy %s failed to decide; running at the top OPP", self.policy.name)
             decision = self._fallback_decision()
+        if self.floor_khz:
+            decision = self._floored(decision)
         try:
             self._apply(decision)
         except Exception:
             log.exception("board failed to apply %s", decision)
         self._pin(decision.cluster)
         started_s = self.clock()
-        t0 = time.perf_counter()
+        t0 = self.host_clock()
         try:
             results = job.model.run(job.req.inputs)
         except Exception as exc:  # the interpreter's errors are not typed
-            host_s = time.perf_counter() - t0
+            host_s = self.host_clock() - t0
             log.warning("model %s failed: %s", job.model.name, exc)
             self._finish(entry, Outcome(500, "error", f"inference failed: {exc}"))
             return
-        host_s = time.perf_counter() - t0
+        host_s = self.host_clock() - t0
         cost = self.board.settle(decision, host_s, started_s, reference_s=job.model.service_s)
+        if cost.cluster is not None and cost.opp is not None:  # the kernel chose (hands-off)
+            decision = Decision(cost.cluster, cost.opp)
         end_s = self.clock()
         self._account(decision, started_s, end_s, cost.wall_s)
         job.model.record(host_s)
         self.served += 1
         opp = self.board.profile.clusters[decision.cluster].opps[decision.opp]
         params = {
-            "queue_wait_us": round((now - entry.enqueued_s) * 1e6),
+            "queue_wait_us": 0 if inline else round((now - entry.enqueued_s) * 1e6),
             "service_us": round(cost.wall_s * 1e6),
             "host_us": round(host_s * 1e6),
             "freq_khz": opp.khz,
@@ -488,16 +548,27 @@ class Dispatcher:
         self._board_busy.advance(started_s, False)
         self._board_busy.advance(end_s, True)
         self._busy[c].add_busy(wall_s)
+        self._task.enqueue(started_s, c)
+        self._task.advance(end_s, scale)
+        with self._cond:
+            idle = not len(self.queue)
+        if idle:  # nothing left to run: the inference task goes to sleep (util_est updates)
+            self._task.dequeue(end_s)
 
     def _tick(self) -> None:
         now = self.clock()
         settled = True
+        task_signal = bool(getattr(self.policy, "uses_task_util", False))
         for c in range(self.view.n_clusters):
             util = self._pelt[c].advance(now, 0.0)
+            if task_signal:
+                self._task.advance(now, 0.0)
+                util = self._task.cpu_util(c)
             busy = self._busy[c].sample(now)
             settled = settled and util < QUIESCENT_UTIL and busy == 0.0
             try:
                 opp = self.policy.tick(self.view, now, c, self._cur_opps[c], util, busy)
+                opp = max(opp, self._floor_opps[c])
                 if opp != self._cur_opps[c]:
                     settled = False
                     self._apply(Decision(c, opp))

@@ -69,6 +69,8 @@ class Request:
     """``time.monotonic()`` when the request's first bytes were read."""
     server: Server | None = None
     """The server that read it (``server.active``: requests it is handling now)."""
+    connection: Connection | None = None
+    """The connection it came on (``closed_callbacks``: run when that connection ends)."""
 
 
 class Response:
@@ -226,6 +228,8 @@ class Connection(asyncio.Protocol):
         self._eof = False
         self._peer: Any = None
         self._received_s = 0.0
+        self.closed_callbacks: list[Callable[[], None]] = []
+        """Run (on the event loop) when the connection ends, however it ends."""
 
     # ------------------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -237,6 +241,12 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self._cancel_timer()
+        callbacks, self.closed_callbacks = self.closed_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one failing callback must not skip the clean-up below
+                self.server.log.exception("connection close callback failed")
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self.transport = None
@@ -315,7 +325,7 @@ class Connection(asyncio.Protocol):
         self._body_end = 0
         path, _, query = target.partition("?")
         return Request(method, path, query, version, headers, body, peer=self._peer,
-                       received_s=self._received_s, server=self.server)
+                       received_s=self._received_s, server=self.server, connection=self)
 
     def _check_partial_head(self) -> None:
         buf = self._buf

@@ -1,6 +1,22 @@
 """Counters the daemon keeps, rendered in the Prometheus text exposition format (version 0.0.4).
 
 Written by hand (a dozen lines of formatting) so the daemon needs no metrics library.
+
+Besides the request, energy and queue families:
+
+``edgesched_opp_seconds_total{cluster,khz}``
+    cumulative time each cluster spent at each frequency since the daemon started (the
+    frequency the daemon set and read back; time in the dispatcher's clock). Like the kernel's
+    ``cpufreq/stats/time_in_state`` (``cpufreq_stats_update`` in
+    ``drivers/cpufreq/cpufreq_stats.c`` charges the time since the last change to the old
+    frequency at every change and at every read), the open interval is added at scrape time.
+``edgesched_deadline_outcomes_total{priority,outcome}``
+    per priority class, what became of each request's deadline: ``met`` (answered in time; a
+    request without a timeout counts as met), ``late`` (answered after it), ``expired`` (its
+    deadline passed while it was queued) and ``shed`` (displaced from a full queue). Rejected
+    requests, errors and requests cut off by a shutdown are not counted here.
+
+``docs/grafana/edgesched-dashboard.json`` is a Grafana dashboard over these names.
 """
 
 from __future__ import annotations
@@ -12,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from edgesched.power.meters import CarbonAccount
 
 DEADLINE_MISS_OUTCOMES = frozenset({"late", "deadline_missed"})
+DEADLINE_OUTCOMES = {"ok": "met", "late": "late", "deadline_missed": "expired", "shed": "shed"}
+"""A request's outcome -> its deadline outcome in ``edgesched_deadline_outcomes_total``."""
 
 
 def _escape(value: str) -> str:
@@ -41,6 +59,34 @@ class Metrics:
         self.received_total = 0
         self.connections_refused: Counter[str] = Counter()
         """By listener: ``main`` (the main socket and TCP) or ``priority`` (the lane)."""
+        self.deadline_outcomes: Counter[tuple[int, str]] = Counter()
+        """By (priority, met | late | expired | shed)."""
+        self.opp_s: dict[tuple[str, int], float] = {}
+        """Closed time per (cluster, kHz); the open interval is in ``_opp_since``."""
+        self._opp_now: list[tuple[str, int]] = []
+        self._opp_since_s = 0.0
+
+    def frequencies(self, now_s: float, freq_khz_by_cluster: Sequence[tuple[str, int]]) -> None:
+        """The clusters run at ``freq_khz_by_cluster`` from ``now_s`` on (call at start and
+        after every frequency change; an unchanged frequency costs one comparison)."""
+        current = list(freq_khz_by_cluster)
+        with self._lock:
+            if current == self._opp_now:
+                return
+            self._close_opp_interval(now_s)
+            self._opp_now = current
+
+    def _close_opp_interval(self, now_s: float) -> None:
+        span_s = max(0.0, now_s - self._opp_since_s)
+        for key in self._opp_now:
+            self.opp_s[key] = self.opp_s.get(key, 0.0) + span_s
+        self._opp_since_s = now_s
+
+    def opp_seconds(self, now_s: float) -> dict[tuple[str, int], float]:
+        """Time per (cluster, kHz) up to ``now_s``."""
+        with self._lock:
+            self._close_opp_interval(now_s)
+            return dict(self.opp_s)
 
     def connection_refused(self, listener: str = "main") -> None:
         with self._lock:
@@ -55,6 +101,9 @@ class Metrics:
             self.requests[(model, priority, outcome)] += 1
             if outcome in DEADLINE_MISS_OUTCOMES:
                 self.deadline_misses[model] += 1
+            kind = DEADLINE_OUTCOMES.get(outcome)
+            if kind is not None:
+                self.deadline_outcomes[(priority, kind)] += 1
             if energy_j:
                 self.energy_j_total += energy_j
                 self.energy_j_by_model[model] = self.energy_j_by_model.get(model, 0.0) + energy_j
@@ -76,8 +125,11 @@ class Metrics:
                     "energy_j_by_model": dict(self.energy_j_by_model)}
 
     def render(self, queue_by_priority: Mapping[int, int], freq_khz_by_cluster: Sequence[
-            tuple[str, int]], service_s_by_model: Iterable[tuple[str, float]]) -> str:
-        """The exposition text; gauges are passed in, read from the dispatcher at scrape time."""
+            tuple[str, int]], service_s_by_model: Iterable[tuple[str, float]],
+               now_s: float | None = None) -> str:
+        """The exposition text; gauges are passed in, read from the dispatcher at scrape time.
+        ``now_s`` (the dispatcher's clock) closes the open interval of the OPP time."""
+        opp_s = self.opp_seconds(now_s) if now_s is not None else dict(self.opp_s)
         lines: list[str] = []
 
         def family(name: str, kind: str, doc: str,
@@ -93,9 +145,17 @@ class Metrics:
             energy = self.energy_j_total
             received = self.received_total
             refused = sorted(self.connections_refused.items()) or [("main", 0)]
+            deadlines = sorted(self.deadline_outcomes.items())
         family("edgesched_requests_total", "counter",
                "Inference requests answered, by model, priority and outcome.",
                ((({"model": m, "priority": p, "outcome": o}), n) for (m, p, o), n in requests))
+        family("edgesched_deadline_outcomes_total", "counter",
+               "Requests by priority class and what became of their deadline: met, late "
+               "(answered after it), expired (in the queue) or shed.",
+               (({"priority": p, "outcome": o}, n) for (p, o), n in deadlines))
+        family("edgesched_opp_seconds_total", "counter",
+               "Cumulative time per cluster at each frequency (kHz), in seconds.",
+               (({"cluster": c, "khz": khz}, round(s, 6)) for (c, khz), s in sorted(opp_s.items())))
         family("edgesched_requests_received_total", "counter",
                "Inference requests received (before admission).", [({}, received)])
         family("edgesched_connections_refused_total", "counter",

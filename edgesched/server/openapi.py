@@ -114,6 +114,22 @@ def openapi() -> dict[str, Any]:
                                            "inside policy.dir)"}}}),
             "/v2/admin/models/reload": _admin("load the configured models folder again"),
             "/v2/admin/restore": _admin("restore the cpufreq settings found at start"),
+            "/v2/admin/holds": _admin(
+                "hold a policy or a frequency floor for a while (released on expiry, by DELETE, "
+                "or when this connection closes unless release_on_disconnect is false; the "
+                "strongest hold wins: see edgesched.server.holds)",
+                {"type": "object", "additionalProperties": False, "properties": {
+                    "policy": {"type": "string", "description": "a policy spec to hold"},
+                    "min_khz": {"type": "integer", "minimum": 0,
+                                "description": "frequency floor for every cluster"},
+                    "seconds": {"type": "number", "exclusiveMinimum": 0,
+                                "description": "how long (absent: until released)"},
+                    "reason": {"type": "string"},
+                    "release_on_disconnect": {"type": "boolean"}}}),
+            "/v2/admin/holds/{id}": {"delete": {
+                **_admin("release a hold")["post"],
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}]}},
         },
         "components": {"schemas": {
             "Tensor": tensor, "Infer": infer_request, "Result": infer_response,

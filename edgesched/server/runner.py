@@ -183,6 +183,7 @@ def load_model(path: Path, num_threads: int = 1, warmup_runs: int = 3,
 
 
 def load_models(folder: Path, num_threads: int = 1, warmup_runs: int = 3, measure_runs: int = 11,
+                clock: Callable[[], float] = time.perf_counter,
                 ) -> tuple[dict[str, LoadedModel], list[str]]:
     """Every loadable ``*.tflite`` in ``folder`` by name (file stem), and one error per skip."""
     if not folder.is_dir():
@@ -192,7 +193,8 @@ def load_models(folder: Path, num_threads: int = 1, warmup_runs: int = 3, measur
     errors: list[str] = []
     for path in sorted(folder.glob("*.tflite")):
         try:
-            models[path.stem] = load_model(path, num_threads, warmup_runs, measure_runs, cls)
+            models[path.stem] = load_model(path, num_threads, warmup_runs, measure_runs, cls,
+                                           clock)
         except ModelError as exc:
             errors.append(str(exc))
     return models, errors

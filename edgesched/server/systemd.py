@@ -4,13 +4,23 @@
   counts the inherited listening sockets, starting at fd 3.
 - Readiness and watchdog (sd_notify(3)): datagrams such as ``READY=1`` or ``WATCHDOG=1`` sent to
   the ``NOTIFY_SOCKET`` address (a path, or ``@name`` in the abstract namespace).
+
+The watchdog vouches for the dispatcher, not only for the event loop: :class:`Watchdog` sends
+``WATCHDOG=1`` only while the dispatcher thread's heartbeat (``Dispatcher.heartbeat_s``, set on
+every turn of its loop, and at least every ``idle_wait_s`` while it waits for work) is younger
+than ``stale_after_s`` (by default the ping interval, half of ``WatchdogSec``). A dispatcher
+stuck in one inference or command longer than that stops the pings, and systemd restarts the
+daemon ``WatchdogSec`` after the last one. So ``WatchdogSec`` must exceed twice the longest
+single inference on the board (the shipped unit's 30 s leaves 15 s).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 SD_LISTEN_FDS_START = 3
 
@@ -67,3 +77,39 @@ def watchdog_interval_s(env: Mapping[str, str] | None = None, pid: int | None = 
     if wpid and wpid.isdigit() and int(wpid) != pid:
         return None
     return usec / 2e6 if usec > 0 else None
+
+
+class Watchdog:
+    """Pings the service manager's watchdog while a heartbeat is recent (see the module
+    docstring). ``clock`` must be the heartbeat's clock."""
+
+    def __init__(self, interval_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 stale_after_s: float | None = None, env: Mapping[str, str] | None = None,
+                 log: logging.Logger | None = None) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"watchdog interval must be > 0 s, got {interval_s!r}")
+        self.interval_s = interval_s
+        self.stale_after_s = interval_s if stale_after_s is None else stale_after_s
+        self.clock = clock
+        self.env = env
+        self.log = log or logging.getLogger("edgesched.server")
+        self.stalled = False
+        """True while the heartbeat is stale (no pings are sent)."""
+        self.pings = 0
+
+    def beat(self, heartbeat_s: float) -> bool:
+        """Ping if ``heartbeat_s`` is recent; True when a ping was sent."""
+        age_s = self.clock() - heartbeat_s
+        if age_s > self.stale_after_s:
+            if not self.stalled:
+                self.log.error("the dispatcher has not turned for %.1f s (limit %.1f s); no more "
+                               "watchdog pings: the service manager will restart the daemon",
+                               age_s, self.stale_after_s)
+            self.stalled = True
+            return False
+        if self.stalled:
+            self.log.warning("the dispatcher turns again; watchdog pings resume")
+            self.stalled = False
+        sent = notify("WATCHDOG=1", self.env)
+        self.pings += sent
+        return sent

@@ -13,6 +13,12 @@ costs its transition latency at the new OPP's static power. The run lasts until
 Policies with ``tick_s > 0`` (kernel governors) are re-evaluated on a tick grid while a request
 runs, the request's progress carrying over between OPPs; after an idle gap they get one tick with
 the utilisation decayed over the gap.
+
+The inference task's utilisation (:class:`~edgesched.utilisation.TaskUtil`, as the daemon's
+dispatcher keeps it) starts a run when a request starts and sleeps when nothing is left to run;
+policies get it in the context, and ``uses_task_util`` policies get its ``cpu_util`` at ticks
+and no tick at the end of an idle gap (a NO_HZ kernel does not tick idle CPUs; the wake-up's own
+update, ``decide``, comes first).
 """
 
 from __future__ import annotations
@@ -31,11 +37,22 @@ from edgesched.observation import (
     BoardView,
     Decision,
     DecisionContext,
+    Waiting,
     observation_from,
+    waiting_of,
 )
 from edgesched.policy.base import Policy
+from edgesched.policy.eas import first_cluster
 from edgesched.queue import Entry, RequestQueue
-from edgesched.utilisation import BusyAverage, BusyWindow, PeltTracker, RateMeter, RecentMin
+from edgesched.utilisation import (
+    BusyAverage,
+    BusyWindow,
+    PeltTracker,
+    RateMeter,
+    RecentMin,
+    TaskUtil,
+    kernel_capacity,
+)
 from edgesched_sim.scenarios import JobSet
 from edgesched_sim.workloads import MODELS
 
@@ -161,6 +178,12 @@ class Engine:
         self.top_ms = tables.top_ms
         self.ref_j = tables.ref_j
         self.track_pelt = True
+        """Keep the utilisation signals (per-cluster PELT and the inference task's)."""
+        self.task_capacity = tuple(kernel_capacity(profile.capacity(i))
+                                   for i in range(self.n_clusters))
+        self.task_first_cluster = first_cluster(profile)
+        self.task_signal = False
+        """Ticks get the task's ``cpu_util`` instead of the cluster's PELT (``uses_task_util``)."""
         self.job_model = list(map(self._model_index.__getitem__, jobs.model))
         self.job_work = list(map(self.works.__getitem__, self.job_model))
         self.job_release = jobs.release_s.tolist()
@@ -180,6 +203,7 @@ class Engine:
         self.next_job = 0
         self.cur_opp = [0] * nc
         self.pelt = [PeltTracker() for _ in range(nc)]
+        self.task = TaskUtil(self.task_capacity, 0.0, self.task_first_cluster)
         self.windows = [BusyWindow() for _ in range(nc)]
         self.rate = RateMeter()
         self.urgent = RecentMin(URGENT_WINDOW_S)
@@ -245,6 +269,8 @@ class Engine:
             head = q.pop(self.now)
             if head is not None:
                 return head
+            if self.track_pelt and self.task.enqueued:
+                self.task.dequeue(self.now)  # nothing left to run: the inference task sleeps
             if self.next_job >= len(self.job_release):
                 self.done = True
                 return None
@@ -260,12 +286,16 @@ class Engine:
         self.busy_avg.advance(t, False)
         self.now = t
         if policy is not None and policy.tick_s > 0 and t >= self.next_tick_s:
-            self._tick(policy)
+            # a NO_HZ kernel takes no tick on an idle CPU: for a policy fed the task's signals
+            # (schedutil) the wake-up's own update (``decide``) comes first, not a tick
+            if not self.task_signal:
+                self._tick(policy)
             self.next_tick_s = (math.floor(t / policy.tick_s) + 1) * policy.tick_s
 
     def context(self, head: Entry) -> DecisionContext:
         now = self.now
         q = self.queue
+        task = self.task
         return DecisionContext(
             now_s=now, head_priority=head.priority, head_deadline_s=head.deadline_s,
             head_work=self.job_work[head.request_id], levels=q.levels,
@@ -274,7 +304,15 @@ class Engine:
             cur_opp=self.cur_opp, arrival_rate_hz=self.rate.rate_hz(now),
             utilisation=self.busy_avg.value,
             util_by_cluster=[p.util for p in self.pelt] if self.track_pelt else self._zeros,
-            busy_fraction_by_cluster=self._zeros, urgent_timeout_s=self.urgent.value(now))
+            busy_fraction_by_cluster=self._zeros, urgent_timeout_s=self.urgent.value(now),
+            head_enqueued_s=head.enqueued_s, waiting_in_order=self._waiting_in_order,
+            task_util=task.advance(now, 0.0) if self.track_pelt else 0.0,
+            task_util_est=task.util_est / 1024.0, task_cluster=task.cluster,
+            task_woken=not task.enqueued)
+
+    def _waiting_in_order(self) -> tuple[Waiting, ...]:
+        """``DecisionContext.waiting_in_order``: built only when a policy asks for it."""
+        return waiting_of(self.queue.in_service_order())
 
     def observation(self, head: Entry) -> np.ndarray:
         """The shared observation for ``head`` (same values as building it from ``context``)."""
@@ -299,6 +337,9 @@ class Engine:
         now = self.now
         for c in range(self.n_clusters):
             util = self.pelt[c].advance(now, 0.0)
+            if self.task_signal:
+                self.task.advance(now, 0.0)
+                util = self.task.cpu_util(c)
             busy = self.windows[c].sample(now)
             new = policy.tick(self.view, now, c, self.cur_opp[c], util, busy)
             if new != self.cur_opp[c]:
@@ -312,6 +353,9 @@ class Engine:
         if self.cur_opp[c] != o:
             self._switch(c, o)
         start = self.now
+        track = self.track_pelt
+        if track:
+            self.task.enqueue(start, c)
         energy = 0.0
         if policy is None or policy.tick_s <= 0:
             dt, energy, extra_j, khz_s = self.run_cost[m][c][o]
@@ -319,9 +363,10 @@ class Engine:
             self.busy_khz_s += khz_s
             self.busy_s += dt
             self.now = start + dt
-            if self.track_pelt:
+            if track:
                 self.pelt[c].advance(start, 0.0)
                 self.pelt[c].advance(self.now, self.run_scale[c][o])
+                self.task.advance(self.now, self.run_scale[c][o])
                 self.windows[c].add_busy(dt)
         else:
             remaining = 1.0
@@ -340,6 +385,8 @@ class Engine:
                 self.pelt[c].advance(self.now, 0.0)
                 self.now += seg
                 self.pelt[c].advance(self.now, self.run_scale[c][o])
+                if track:
+                    self.task.advance(self.now, self.run_scale[c][o])
                 self.windows[c].add_busy(seg)
                 remaining -= seg / total
                 if self.now >= self.next_tick_s - 1e-12:
@@ -365,6 +412,7 @@ class Engine:
     def run(self, policy: Policy, seed: int | None = None) -> RunStats:
         self.reset()
         policy.reset(self.view, seed)
+        self.task_signal = bool(getattr(policy, "uses_task_util", False))
         if policy.tick_s > 0:
             self.next_tick_s = policy.tick_s
         while True:

@@ -73,6 +73,23 @@ maximum; a row whose start fell inside ``I`` now starts at ``t1`` and is recompu
 Once the densest interval left is at most the critical speed, the rest of the component costs
 ``slope0`` per megacycle whatever YDS would do, so the solver stops there.
 
+Where the floor is not tight: the YDS part lets compute use the whole window and charges the
+memory-bound time ``M_j`` apart, without giving it room in the window (one inference at a time
+occupies the board for ``C_j / s + M_j``). On a job set whose critical intervals are dense, a
+real schedule must squeeze the compute into what the memory time leaves and so run faster (and
+dearer) than YDS assumes; the floor stays valid but falls below the best schedule by up to that
+difference. On lightly loaded sets (critical speed everywhere) the two coincide.
+
+Feasibility (:func:`demand_test`): whether any schedule at all can finish every job in time,
+judged with each job's full service time at the board's top speed, memory-bound time included
+(``DeviceProfile.min_latency_ms``). For every window ``[r_i, d_j]`` the jobs released in it and
+due in it must fit: ``sum p_k <= d_j - r_i`` (the processor-demand criterion for one processor
+with release times and preemption; EDF meets every deadline exactly when it holds). It ignores
+non-preemptive blocking, so it is a necessary condition for the simulator's non-preemptive runs:
+``feasible`` false proves that no schedule serves every request; ``feasible`` true says the
+preemptive relaxation can, which is what the floor needs. On an infeasible set the floor's
+premise (every job finished in time) fails and :func:`energy_floor` is no floor there.
+
 Cost: job sets of thousands of requests with the simulator's deadlines (tens of ms to seconds)
 take well under a second. The worst case is O(n^3): thousands of windows nested inside each
 other whose YDS speeds all differ and all lie above the critical speed (3,000 such levels take
@@ -91,7 +108,8 @@ import numpy as np
 
 from edgesched.device import DeviceProfile, Work
 
-__all__ = ["Floor", "OracleJob", "PowerEnvelope", "energy_floor", "power_envelope"]
+__all__ = ["Demand", "Floor", "OracleJob", "PowerEnvelope", "demand_test", "energy_floor",
+           "power_envelope"]
 
 _UJ_TO_J = 1e-6
 _ROW_CHUNK = 256
@@ -409,3 +427,110 @@ def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: f
     compute_j = (yds_uws + unbounded_uws) * _UJ_TO_J
     return Floor(energy_j=idle_j + memory_j + compute_j, idle_j=idle_j, memory_j=memory_j,
                  compute_j=compute_j, infeasible_jobs=int(infeasible.sum()), speeds=speeds)
+
+
+# ---------------------------------------------------------------------------------------------
+# feasibility: the processor-demand test
+
+_DEMAND_TOL_S = 1e-9
+"""Excess demand (seconds) below which a window counts as fitting (rounding)."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """The processor-demand test of a job set (see the module notes)."""
+
+    feasible: bool
+    """Every window ``[r_i, d_j]`` holds the service time of the jobs released and due in it."""
+    max_load: float
+    """Largest demand / window length over all windows: the factor by which the board's top
+    speed would have to grow for the set to fit (``> 1`` exactly when infeasible; ``inf`` when a
+    job has a zero-length window)."""
+    max_excess_s: float
+    """Largest demand minus window length (seconds, ``<= 0`` when feasible) over the windows
+    inside one component of the union of the jobs' windows (a window across components can
+    exceed it when several components overflow; ``feasible`` is exact either way)."""
+    min_misses: int
+    """A proven lower bound on the jobs any schedule misses, summed over the components of the
+    union of the windows (their jobs are disjoint): per component, the jobs whose own window is
+    shorter than their service time, plus, among the rest, the fewest jobs whose removal makes
+    the window with the largest excess fit (largest service times first)."""
+
+
+def _worst_window(rel: np.ndarray, dl: np.ndarray, p: np.ndarray) -> tuple[float, float, float,
+                                                                              float]:
+    """(max excess s, max load, window start, window end) over windows ``[r_i, d_j]``."""
+    if not len(p):
+        return -math.inf, 0.0, 0.0, 0.0
+    order = np.argsort(dl, kind="stable")
+    rel, dl, p = rel[order], dl[order], p[order]
+    starts = np.unique(rel)
+    best_excess, best_load, best_a, best_b = -math.inf, 0.0, 0.0, 0.0
+    for lo in range(0, len(starts), _ROW_CHUNK):
+        s = starts[lo:lo + _ROW_CHUNK, None]
+        # a window [s, d] holds jobs with r >= s and dl <= d; jobs due before the chunk's first
+        # start hold none of its windows
+        first = int(np.searchsorted(dl, starts[lo], side="left"))
+        if first == len(dl):
+            break
+        r_t, d_t, p_t = rel[first:], dl[first:], p[first:]
+        cum = np.cumsum(np.where(r_t[None, :] >= s, p_t[None, :], 0.0), axis=1)
+        span = d_t[None, :] - s
+        valid = span >= 0.0
+        excess = np.where(valid, cum - span, -np.inf)
+        k = int(np.argmax(excess))
+        row, col = divmod(k, excess.shape[1])
+        if float(excess[row, col]) > best_excess:
+            best_excess = float(excess[row, col])
+            best_a, best_b = float(s[row, 0]), float(d_t[col])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            load = np.where(valid & (cum > 0.0), cum / span, 0.0)
+        best_load = max(best_load, float(load.max()))
+    return best_excess, best_load, best_a, best_b
+
+
+def demand_test(release_s: np.ndarray, deadline_s: np.ndarray, service_s: np.ndarray) -> Demand:
+    """Processor-demand test of jobs with absolute windows and service times (seconds).
+
+    Jobs with ``deadline_s = inf`` constrain nothing and are left out. Numpy, chunked: about
+    ``n^2 / 2`` window sums, a fraction of a second for a few thousand jobs.
+    """
+    rel = np.asarray(release_s, dtype=float)
+    dl = np.asarray(deadline_s, dtype=float)
+    p = np.asarray(service_s, dtype=float)
+    if not (rel.shape == dl.shape == p.shape):
+        raise ValueError("release_s, deadline_s and service_s need the same length")
+    if np.any(~np.isfinite(rel)) or np.any(np.isnan(dl)) or np.any(~(p >= 0)):
+        raise ValueError("demand_test needs finite releases, deadlines that are numbers or "
+                         "inf, and service times >= 0")
+    keep = np.isfinite(dl) & (p > 0.0)
+    order = np.argsort(rel[keep], kind="stable")
+    rel, dl, p = rel[keep][order], dl[keep][order], p[keep][order]
+    if not len(p):
+        return Demand(True, 0.0, 0.0, 0)
+    # a window across a point no job's window spans splits in two whose demands add up to its
+    # own and whose lengths add up to at most its own: each component of the union of the
+    # windows decides alone
+    reach = np.maximum.accumulate(dl)
+    cuts = np.flatnonzero(rel[1:] >= reach[:-1]) + 1
+    bounds = [0, *cuts.tolist(), len(p)]
+    excess, load, misses = -math.inf, 0.0, 0
+    for lo, hi in itertools.pairwise(bounds):
+        e, ld, _, _ = _worst_window(rel[lo:hi], dl[lo:hi], p[lo:hi])
+        excess, load = max(excess, e), max(load, ld)
+        if e > _DEMAND_TOL_S:
+            misses += _min_misses(rel[lo:hi], dl[lo:hi], p[lo:hi])
+    return Demand(misses == 0, load, excess, misses)
+
+
+def _min_misses(rel: np.ndarray, dl: np.ndarray, p: np.ndarray) -> int:
+    """Lower bound on the misses of one component (see ``Demand.min_misses``)."""
+    alone = p > (dl - rel) + _DEMAND_TOL_S
+    misses = int(alone.sum())
+    rest = ~alone
+    r_excess, _, a, b = _worst_window(rel[rest], dl[rest], p[rest])
+    if r_excess > _DEMAND_TOL_S:
+        inside = rest & (rel >= a) & (dl <= b)
+        drop = np.cumsum(np.sort(p[inside])[::-1])
+        misses += int(np.searchsorted(drop, r_excess - _DEMAND_TOL_S, side="left")) + 1
+    return misses

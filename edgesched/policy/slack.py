@@ -1,0 +1,231 @@
+"""``slack``: a non-learned, deadline-aware least-energy baseline.
+
+For the request at the head of the queue, ``slack`` runs the (cluster, OPP) of the least energy
+whose run (frequency switch included) satisfies every one of these bounds:
+
+1. **Deadline**: the head finishes by its deadline.
+2. **The queue behind it** (:func:`queue_room_s`): every request waiting behind the head, taken
+   in the queue's own service order (priority class, then earliest deadline;
+   ``DecisionContext.waiting_in_order``) and run at the board's top speed after it, still meets
+   its deadline wherever it would have met it had the head run at top speed.
+3. **Priority-1 blocking** (:func:`~edgesched.observation.run_limit_s`, the limit the learned
+   policies' shield applies): a lower-priority run stays within ``BLOCKING_SHARE`` of the
+   shortest recent priority-1 timeout, since a run cannot be interrupted and a priority-1
+   request arriving just after it started waits for it.
+4. **Blocking of the head's own and higher classes** (:meth:`SlackPolicy.class_limit_s`,
+   ``class_blocking``): the same rule for every class, with the shortest timeout ``slack`` has
+   seen in the last ``URGENT_WINDOW_S`` among the requests of the head's class or a higher one.
+   Without it a background MobileNet run stretched to its 1 s deadline makes every
+   latency-critical request arriving during it miss.
+5. **Load** (``load_target``): the run is at most ``load_target / load`` times the head's
+   top-speed run, where ``load`` is the arrival rate times the mean top-speed service time of
+   recent requests (the share of the board the work would take at top speed). With the default
+   0.8 the board stays at most 80 % busy in the mean, the headroom schedutil gives
+   (``map_util_perf`` in the kernel's ``include/linux/sched/cpufreq.h``: util + util/4): the
+   queue stays short, so arrivals ``slack`` cannot foresee find room.
+
+All bounds limit the time from now to the end of the head's run, so when no option meets them
+all, no option meets the ones the fastest misses: ``slack`` then runs the fastest option (least
+run time, ties to less energy), as it does when no option meets the head's own deadline.
+
+Bounds 1 and 2 are look-ahead EDF DVS in the spirit of Pillai and Shin ("Real-Time Dynamic
+Voltage Scaling for Low-Power Embedded Operating Systems", SOSP 2001): run the current job as
+slowly as the deadlines of the work already known allow, assuming that work runs at top speed
+later. Unlike their periodic task model ``slack`` knows only the requests already queued; bounds
+3 to 5 stand in for the arrivals it cannot see. Each request runs non-preemptively at one OPP.
+
+Energy of an option is what the simulator's engine charges for it beyond idling
+(``sim/edgesched_sim/engine.py``): the cluster's busy power (dynamic power of the CPUs the model
+keeps busy plus the cluster's static power) minus its idle power, over the run time from the
+profile's latency model, plus the transition latency at the new OPP's static power minus idle
+when the OPP changes. The other clusters idle either way and cost the same whatever the choice.
+Boards with any number of clusters are searched alike.
+
+Not modelled: aging of waiting requests (their class as of now counts) and the decision's own
+overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from edgesched.device import Work
+from edgesched.observation import (
+    BLOCKING_SHARE,
+    URGENT_WINDOW_S,
+    BoardView,
+    Decision,
+    DecisionContext,
+    Waiting,
+    run_limit_s,
+)
+from edgesched.policy.base import StaticPolicy
+from edgesched.utilisation import RecentMin
+
+__all__ = ["SlackPolicy", "queue_room_s"]
+
+
+class _Option(NamedTuple):
+    cluster: int
+    opp: int
+    run_s: float
+    """Run time of the work at this OPP, without a frequency switch."""
+    run_j: float
+    """Energy of the run above the cluster's idle power."""
+
+
+_CACHE_SIZE = 4096
+LOAD_TARGET = 0.8
+"""Default ``load_target``: schedutil's headroom (1.25x the utilisation)."""
+MEAN_WEIGHT = 0.05
+"""Weight of each new request in the mean top-speed service time (about the last 20)."""
+_MARGIN_S = 1e-9
+"""Kept free before every bound, so that rounding in the caller's clock arithmetic cannot turn
+a finish exactly at a deadline into a miss."""
+
+
+def queue_room_s(waiting: list[Waiting] | tuple[Waiting, ...], now_s: float,
+                 handoff_s: float) -> float:
+    """How much later than ``now_s + handoff_s`` the board may become free for the waiting
+    requests without making any of them miss that would otherwise meet its deadline.
+
+    The requests run one after another in the order given, each for its ``service_ms`` (the
+    top-speed service time), starting at ``now_s + handoff_s``. One whose deadline passes before
+    it could start is dropped by the queue and takes no time; one that would finish late runs
+    but sets no bound. inf when no waiting request bounds the head.
+    """
+    t = now_s + handoff_s
+    room = math.inf
+    for w in waiting:
+        if t > w.deadline_s:
+            continue  # expired while queued: answered without running
+        t += w.service_ms * 1e-3
+        if t <= w.deadline_s:
+            left = w.deadline_s - t
+            if left < room:
+                room = left
+    return room
+
+
+class SlackPolicy(StaticPolicy):
+    """The least-energy (cluster, OPP) that meets the head's deadline, leaves the queue behind
+    it its time and respects the priority-1 blocking limit; the fastest when none does."""
+
+    name = "slack"
+
+    def __init__(self, class_blocking: bool = True, load_target: float = LOAD_TARGET) -> None:
+        if not load_target > 0:
+            raise ValueError(f"load_target must be > 0 (math.inf: no load bound), got {load_target}")
+        self.class_blocking = class_blocking
+        """Bound 4 of the module docstring (off: the priority-1 limit only, as the shield)."""
+        self.load_target = load_target
+        """Bound 5: the mean busy share the load bound aims at; math.inf turns it off."""
+        self._mean_top_s = 0.0
+        self._timeouts: list[RecentMin] = []
+        self._view: BoardView | None = None
+        self._options: dict[int, tuple[Work, tuple[_Option, ...]]] = {}
+        self._switch_j: tuple[tuple[float, ...], ...] = ()
+        self._fastest = 0
+        self._fastest_top = 0
+
+    def reset(self, view: BoardView, seed: int | None = None) -> None:
+        del seed
+        self._timeouts = []
+        self._mean_top_s = 0.0
+        self._prepare(view)
+
+    def class_limit_s(self, ctx: DecisionContext) -> float:
+        """``BLOCKING_SHARE`` of the shortest timeout among the requests of the head's class or
+        higher that started in the last ``URGENT_WINDOW_S`` (the head's own included)."""
+        timeouts = self._timeouts
+        while len(timeouts) < ctx.levels:
+            timeouts.append(RecentMin(URGENT_WINDOW_S))
+        k = min(max(ctx.head_priority, 1), ctx.levels)
+        now = ctx.now_s
+        own = ctx.head_deadline_s - ctx.head_enqueued_s
+        if own != math.inf:
+            timeouts[k - 1].add(now, own)
+        return BLOCKING_SHARE * min(t.value(now) for t in timeouts[:k])
+
+    def load_limit_s(self, ctx: DecisionContext, top_s: float) -> float:
+        """Bound 5: ``top_s`` (the head's run at top speed) stretched by at most
+        ``load_target / load``; updates the mean top-speed service time with the head's."""
+        mean = self._mean_top_s
+        self._mean_top_s = mean + (top_s - mean) * MEAN_WEIGHT if mean > 0 else top_s
+        load = ctx.arrival_rate_hz * self._mean_top_s
+        return top_s * self.load_target / load if load > 0 else math.inf
+
+    def _prepare(self, view: BoardView) -> None:
+        if view is self._view:
+            return
+        clusters = view.profile.clusters
+        self._switch_j = tuple(
+            tuple((c.static_power_uw(o) - c.idle_uw) * c.transition_latency_ns * 1e-15
+                  for o in range(len(c.opps)))
+            for c in clusters)
+        self._fastest = view.profile.fastest_cluster
+        self._fastest_top = len(clusters[self._fastest].opps) - 1
+        self._options = {}
+        self._view = view
+
+    def options(self, view: BoardView, work: Work) -> tuple[_Option, ...]:
+        """Every (cluster, OPP) of the board with ``work``'s run time and energy above idle,
+        cached by the identity of ``work``."""
+        self._prepare(view)
+        hit = self._options.get(id(work))
+        if hit is not None and hit[0] is work:
+            return hit[1]
+        profile = view.profile
+        opts: list[_Option] = []
+        for ci, c in enumerate(profile.clusters):
+            for oi in range(len(c.opps)):
+                run_s = profile.latency_ms(work, ci, oi) * 1e-3
+                extra_uw = c.busy_power_uw(oi, work.threads) - c.idle_uw
+                opts.append(_Option(ci, oi, run_s, extra_uw * run_s * 1e-6))
+        table = tuple(opts)
+        if len(self._options) >= _CACHE_SIZE:
+            self._options.clear()
+        self._options[id(work)] = (work, table)
+        return table
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        options = self.options(view, ctx.head_work)
+        cur = ctx.cur_opp
+        trans_s = view.transition_s
+        switch_j = self._switch_j
+        fc, ftop = self._fastest, self._fastest_top
+        fc_after_switch_s = trans_s[fc] if cur[fc] != ftop else 0.0
+        # per option: time to the end of the run, time until the board can serve the next
+        # request at top speed, energy above idle
+        costs: list[tuple[float, float, float, _Option]] = []
+        for opt in options:
+            c, o = opt.cluster, opt.opp
+            if o != cur[c]:
+                dur = opt.run_s + trans_s[c]
+                energy = opt.run_j + switch_j[c][o]
+            else:
+                dur = opt.run_s
+                energy = opt.run_j
+            # the waiting requests run on the fastest cluster's top OPP: switch there if needed
+            fc_switch_s = (0.0 if o == ftop else trans_s[fc]) if c == fc else fc_after_switch_s
+            handoff = dur + fc_switch_s
+            costs.append((dur, handoff, energy, opt))
+        fastest = min(costs, key=lambda k: (k[0], k[2]))
+        limit_s = min(ctx.head_deadline_s - ctx.now_s, run_limit_s(ctx))
+        if self.class_blocking:
+            limit_s = min(limit_s, self.class_limit_s(ctx))
+        limit_s = min(limit_s, self.load_limit_s(ctx, min(o.run_s for o in options)))
+        limit_s -= _MARGIN_S
+        handoff_limit_s = math.inf
+        if ctx.queue_len > 0:
+            first_free_s = min(k[1] for k in costs)
+            room = queue_room_s(tuple(ctx.waiting_in_order()), ctx.now_s, first_free_s)
+            handoff_limit_s = first_free_s + room - _MARGIN_S
+        best: tuple[float, float, float, _Option] | None = None
+        for k in costs:
+            if k[0] <= limit_s and k[1] <= handoff_limit_s and (
+                    best is None or (k[2], k[0]) < (best[2], best[0])):
+                best = k
+        chosen = (best or fastest)[3]
+        return Decision(chosen.cluster, chosen.opp)
