@@ -1,7 +1,8 @@
 """Run every bench and gather the figures: writes DIR/results.json and PNG plots.
 
 Each bench runs as a subprocess and prints one JSON object (sim_speed, serve_overhead,
-decision_time, overload, fuzz, kill_restart). Also measured here: the idle daemon's RSS and CPU over
+decision_time, overload, fuzz, kill_restart, peers: an "error" entry when MLServer's venv
+.venv-bench is not installed). Also measured here: the idle daemon's RSS and CPU over
 ``--idle-s`` seconds (virtual board, schedutil). Energy per board is measured here, not copied
 from the committed reports: the evaluation (``edgesched_sim.report.device_summary`` over
 ``edgesched eval`` runs) of schedutil, performance, the board's learned policy
@@ -205,6 +206,9 @@ def main() -> int:
                             "60" if q else "600"], 1800)
     raw["kill_restart"] = run_json([str(BENCH / "kill_restart.py"), "--runs",
                                     "5" if q else "50"], 1800)
+    # MLServer side by side; an "error" entry when the bench venv (.venv-bench) is not installed
+    raw["peers"] = run_json([str(BENCH / "peers.py"), *(["--rounds", "1", "--requests", "100",
+                             "--face-requests", "10", "--seconds", "1"] if q else [])], 1800)
     idle = idle_daemon(args.idle_s)
     so, dt, ov, fz = raw["serve_overhead"], raw["decision_time"], raw["overload"], raw["fuzz"]
     results: dict[str, Any] = {
@@ -213,7 +217,14 @@ def main() -> int:
                             if "p99_us" in so and "bare_p50_us" in so else None),
         "daemon_overhead_p50_us": so.get("daemon_overhead_p50_us"),
         "transport_client_p50_us": so.get("transport_client_p50_us"),
+        "shm_overhead_p50_us": so.get("shm_overhead_p50_us"),
         "throughput_rps": so.get("throughput_rps"),
+        # okay_nabu against the floors measured in the same run (bench/serve_overhead.py)
+        **{k: so.get(k) for k in ("floor_rtt_us", "floor_payload_us", "e2e_p50_us",
+                                  "daemon_cpu_us_per_request")},
+        "peer_throughput_ratio": raw["peers"].get("peer_throughput_ratio"),
+        "peer_overhead_ratio": raw["peers"].get("peer_overhead_ratio"),
+        "peer_face_json_cpu_ratio": raw["peers"].get("peer_face_json_cpu_ratio"),
         "decision_us": dt.get("decision_us_p50"),
         "rss_mb": idle.get("rss_mb"),
         "idle_cpu_pct": idle.get("idle_cpu_pct"),

@@ -15,7 +15,10 @@ overhead between runs is not board time.
 
 Power comes from an :class:`~edgesched.power.meters.EnergyMeter` (RAPL, hwmon, or on the virtual board
 :class:`VirtualBoardMeter`, which reads the energy the board prices from its profile's power model
-as a board-level meter would see it). Without a meter the power cells stay empty.
+as a board-level meter would see it). Without a meter the power cells stay empty. With
+``cluster_meters`` (:func:`open_rail_meters`: each cluster's own INA2xx/INA3221 supply rail, as
+the Odroid-XU3's INA231s on the A15 and A7 supplies) a cluster's rows carry its rail's busy and
+idle power, which ``edgesched fit --power-scope cluster`` reads as that cluster's.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from edgesched.power.meters import (
     HwmonMeter,
     PowerChannel,
     RaplMeter,
+    cluster_rail_channels,
     detect_meter,
+    hwmon_channels,
 )
 
 Clock = Callable[[], float]
@@ -197,6 +202,27 @@ def open_meter(sensor: str, board: Board, *, sysfs_root: Path, clock: Clock,
                       "device directory), virtual or none")
 
 
+def open_rail_meters(profile: DeviceProfile, *, sysfs_root: Path, clock: Clock,
+                     rails: Mapping[str, str] | None = None) -> dict[int, EnergyMeter]:
+    """A meter on each cluster's own supply rail, from the INA2xx/INA3221 channels under
+    ``<sysfs_root>/class/hwmon`` (labels matched by
+    :func:`~edgesched.power.meters.cluster_rail_channels`; ``rails`` maps cluster names to
+    labels). Every cluster must have one: the message lists the labels found."""
+    channels = hwmon_channels(sysfs_root, totals_only=False)
+    found = cluster_rail_channels(channels, [(c.name, c.core) for c in profile.clusters], rails)
+    unknown = sorted(set(rails or {}) - {c.name for c in profile.clusters})
+    if unknown:
+        raise ConfigError(f"--rail {unknown[0]}=...: no such cluster in {profile.name} "
+                          f"({', '.join(c.name for c in profile.clusters)})")
+    missing = [c.name for i, c in enumerate(profile.clusters) if i not in found]
+    if missing:
+        labels = ", ".join(ch.label for ch in channels) or "none"
+        raise ConfigError(f"no power rail found for cluster {missing[0]} under "
+                          f"{Path(sysfs_root) / 'class/hwmon'} (channels: {labels}); name it "
+                          f"with --rail {missing[0]}=LABEL or use --power-scope board")
+    return {ci: HwmonMeter(channels=[ch], clock=clock) for ci, ch in sorted(found.items())}
+
+
 class Pinner(Protocol):
     """Sets the calling thread's CPU affinity (the hardware edge of pinning)."""
 
@@ -335,8 +361,13 @@ def measure(board: Board, workloads: Sequence[Workload], *, runs: int = 5, warmu
             max_runs: int = 2000, sample_s: float = 0.005,
             clock: Clock = time.perf_counter, sleep: Sleep = time.sleep,
             host_clock: Clock | None = None, pinner: Pinner | None = None, progress: Progress | None = None,
-            log: logging.Logger | None = None) -> list[Measurement]:
+            log: logging.Logger | None = None,
+            cluster_meters: Mapping[int, EnergyMeter] | None = None) -> list[Measurement]:
     """Measure every workload at every OPP of every cluster (see the module docstring).
+
+    ``cluster_meters``: a meter per cluster index (its own supply rail, :func:`open_rail_meters`)
+    used instead of ``meter`` while that cluster is measured: busy and idle power are then the
+    cluster's rail (``edgesched fit --power-scope cluster``).
 
     Per OPP and workload: ``warmup_runs`` untimed, then a window of at least ``runs`` timed runs
     lasting at least ``min_window_s`` of board time (so short models get a median over many
@@ -361,6 +392,8 @@ def measure(board: Board, workloads: Sequence[Workload], *, runs: int = 5, warmu
     try:
         for ci, c in enumerate(profile.clusters):
             cal.pin(ci)
+            if cluster_meters is not None:
+                cal.meter = cluster_meters.get(ci)
             for oi in reversed(range(len(c.opps))):
                 step += 1
                 d = cal.set_opp(ci, oi)

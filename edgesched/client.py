@@ -19,17 +19,22 @@ file objects). A request is one ``sendall`` (head and a small body together), or
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
+import os
 import re
 import socket
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from edgesched.errors import ClientError
-from edgesched.tensorwire import encode_tensor
+from edgesched.tensorwire import encode_tensor, json_bytes
 
 DEFAULT_SOCKET = "/run/edgesched/edgesched.sock"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -435,7 +440,7 @@ def encode_infer_pieces(inputs: Mapping[str, np.ndarray], priority: int = 0,
         head_doc["id"] = request_id
     if params:
         head_doc["parameters"] = params
-    head = json.dumps(head_doc, separators=(",", ":")).encode()
+    head = json_bytes(head_doc)  # JSON tensor data written from the arrays by orjson
     headers = {"Content-Type": "application/json"}
     if not binary:
         return [head], headers
@@ -445,8 +450,11 @@ def encode_infer_pieces(inputs: Mapping[str, np.ndarray], priority: int = 0,
 
 def decode_infer(body: bytes, header_length: int | None) -> InferResult:
     """Parse an infer response (JSON or JSON header + binary outputs)."""
-    head = body if header_length is None else body[:header_length]
-    doc = json.loads(head)
+    head = body if header_length is None else memoryview(body)[:header_length]
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError:  # what orjson refuses (NaN, UTF-16): the standard library
+        doc = json.loads(bytes(head))
     outputs: dict[str, np.ndarray] = {}
     offset = header_length or 0
     for out in doc.get("outputs", []):
@@ -562,3 +570,168 @@ class Client:
             raise ClientError(status, str(doc.get("error", "")), str(doc.get("outcome", "")))
         raw_len = msg.get(HEADER_LENGTH)
         return decode_infer(data, int(raw_len) if raw_len is not None else None)
+
+    # ------------------------------------------------------------------ system shared memory
+    def _call(self, method: str, path: str, body: bytes = b"") -> bytes:
+        headers = {"Content-Type": "application/json"} if body else None
+        status, _, data = self.request(method, path, body, headers)
+        if status != 200:
+            try:
+                reason = str(json.loads(data).get("error", ""))
+            except (ValueError, AttributeError):
+                reason = data.decode(errors="replace")
+            raise ClientError(status, reason)
+        return data
+
+    def register_system_shared_memory(self, name: str, key: str, byte_size: int,
+                                      offset: int = 0) -> None:
+        """Register ``[offset, offset + byte_size)`` of the POSIX shared memory object ``key``
+        as region ``name`` (Triton's system shared-memory extension)."""
+        body = json.dumps({"key": key, "offset": offset, "byte_size": byte_size}).encode()
+        self._call("POST", f"/v2/systemsharedmemory/region/{name}/register", body)
+
+    def unregister_system_shared_memory(self, name: str = "") -> None:
+        """Unregister region ``name`` ("": every region of this user)."""
+        where = f"/region/{name}" if name else ""
+        self._call("POST", f"/v2/systemsharedmemory{where}/unregister")
+
+    def get_system_shared_memory_status(self, name: str = "") -> list[dict[str, Any]]:
+        where = f"/region/{name}" if name else ""
+        return list(json.loads(self._call("GET", f"/v2/systemsharedmemory{where}/status")))
+
+    def infer_shm(self, model: str, inputs: Mapping[str, np.ndarray], priority: int = 0,
+                  timeout_us: int | None = None, request_id: str = "") -> InferResult:
+        """One request through system shared memory: create an object, register it, infer,
+        read the outputs, unregister and unlink (also on errors)."""
+        with SharedMemorySession(self, model) as session:
+            return session.infer(inputs, priority, timeout_us, request_id)
+
+
+SHM_DIR = "/dev/shm"
+
+
+def _shm_params(region: str, offset: int, size: int) -> dict[str, Any]:
+    return {"shared_memory_region": region, "shared_memory_offset": offset,
+            "shared_memory_byte_size": size}
+
+
+class SharedMemorySession:
+    """One POSIX shared memory object, registered with the daemon, that holds a model's inputs
+    and outputs for many requests::
+
+        with Client(sock) as c, SharedMemorySession(c, "okay_nabu") as s:
+            result = s.infer({"input": x})
+
+    The object is created under ``/dev/shm`` (what ``shm_open`` does on Linux) with mode 0600;
+    closing the session unregisters the region and unlinks the object, also after an error.
+    """
+
+    def __init__(self, client: Client, model: str, shm_dir: str = SHM_DIR) -> None:
+        self.client = client
+        self.model = model
+        meta = client.model_metadata(model)
+        self._layout: dict[str, tuple[str, int, tuple[int, ...], np.dtype[Any]]] = {}
+        offset = 0
+        for kind in ("inputs", "outputs"):
+            for t in meta[kind]:
+                dtype = DTYPES[t["datatype"]]
+                shape = tuple(int(d) for d in t["shape"])
+                self._layout[f"{kind}:{t['name']}"] = (t["datatype"], offset, shape, dtype)
+                offset += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self.inputs = [t["name"] for t in meta["inputs"]]
+        self.outputs = [t["name"] for t in meta["outputs"]]
+        self.byte_size = offset
+        self.key = f"/edgesched-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.name = self.key.lstrip("/")
+        self.path = f"{shm_dir}/{self.name}"
+        self._mapping: Any = None
+        self._registered = False
+        self._open()
+
+    def _open(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self.byte_size)
+            self._mapping = mmap.mmap(fd, self.byte_size)
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.path)
+            raise
+        os.close(fd)
+        try:
+            self.client.register_system_shared_memory(self.name, self.key, self.byte_size)
+            self._registered = True
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> SharedMemorySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _array(self, kind: str, name: str) -> np.ndarray:
+        _, offset, shape, dtype = self._layout[f"{kind}:{name}"]
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(self._mapping, dtype=dtype, count=count,
+                             offset=offset).reshape(shape)
+
+    def infer(self, inputs: Mapping[str, np.ndarray], priority: int = 0,
+              timeout_us: int | None = None, request_id: str = "") -> InferResult:
+        """Write ``inputs`` into the region, run the model, return copies of the outputs."""
+        tensors = []
+        for name, value in inputs.items():
+            key = f"inputs:{name}"
+            if key not in self._layout:
+                raise ValueError(f"model {self.model!r} has no input {name!r} "
+                                 f"(inputs: {', '.join(self.inputs)})")
+            datatype, offset, shape, dtype = self._layout[key]
+            dst = self._array("inputs", name)
+            dst[...] = np.asarray(value, dtype=dtype).reshape(shape)
+            del dst
+            tensors.append({"name": name, "datatype": datatype, "shape": list(shape),
+                            "parameters": _shm_params(self.name, offset,
+                                                      dtype.itemsize * int(np.prod(shape)))})
+        outs = []
+        for name in self.outputs:
+            _, offset, shape, dtype = self._layout[f"outputs:{name}"]
+            outs.append({"name": name, "parameters": _shm_params(
+                self.name, offset, dtype.itemsize * int(np.prod(shape)))})
+        params: dict[str, Any] = {}
+        if priority:
+            params["priority"] = int(priority)
+        if timeout_us is not None:
+            params["timeout"] = int(timeout_us)
+        doc: dict[str, Any] = {"inputs": tensors, "outputs": outs}
+        if request_id:
+            doc["id"] = request_id
+        if params:
+            doc["parameters"] = params
+        status, _, data = self.client.request(
+            "POST", f"/v2/models/{self.model}/infer",
+            json.dumps(doc, separators=(",", ":")).encode(), {"Content-Type": "application/json"})
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = {"error": data.decode(errors="replace")}
+        if status != 200:
+            raise ClientError(status, str(answer.get("error", "")), str(answer.get("outcome", "")))
+        outputs = {o["name"]: self._array("outputs", o["name"]).copy()
+                   for o in answer.get("outputs", [])}
+        return InferResult(model=answer.get("model_name", ""), request_id=answer.get("id", ""),
+                           outputs=outputs, parameters=answer.get("parameters") or {})
+
+    def close(self) -> None:
+        """Unregister the region and unlink the object (errors of the daemon are ignored: the
+        daemon unregisters every region at shutdown anyway)."""
+        if self._registered:
+            self._registered = False
+            with contextlib.suppress(ClientError, OSError):
+                self.client.unregister_system_shared_memory(self.name)
+        if self._mapping is not None:
+            mapping, self._mapping = self._mapping, None
+            with contextlib.suppress(BufferError):
+                mapping.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)

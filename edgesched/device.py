@@ -5,8 +5,18 @@ Format (JSON, ``"format": "edgesched-device/1"``), documented in ``edgesched/pro
 Power follows the kernel Energy Model (Documentation/power/energy-model.rst,
 drivers/opp/of.c ``dev_pm_opp_calc_power``): dynamic power of one busy CPU is
 ``P[uW] = C[uW/MHz/V^2] * V[V]^2 * f[MHz]``. To that the profile adds cluster static power
-``static_uw_at_1v * V^static_exponent`` while the cluster runs, ``idle_uw`` while it idles, and a
-board floor that no policy changes (reported separately, never part of a policy comparison).
+while the cluster runs, ``idle_uw`` while it idles, and a board floor that no policy changes
+(reported separately, never part of a policy comparison). Static power is leakage that grows with
+voltage and temperature, plus what stays clocked while the CPUs idle at the OPP::
+
+    static_uw(V, f, T) = static_uw_at_1v * V^static_exponent
+                         * exp(static_temp_coeff_per_c * (T - default_temp_c))
+                         + idle_dynamic_coefficient * V^2 * f
+
+Every power function takes an optional temperature in Celsius (the profile's ``default_temp_c``
+when absent); with ``static_temp_coeff_per_c = 0`` and ``idle_dynamic_coefficient = 0`` (the
+defaults) this is the constant-temperature form of earlier profiles, number for number. Why this
+form and where it comes from: ``edgesched/profiles/README.md``.
 
 Latency of a piece of work on cluster ``c`` at OPP ``o`` is a compute part that scales with the
 frequency and the core's per-clock performance, plus a memory-bound part that does not::
@@ -29,9 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from edgesched.errors import ProfileError
+from edgesched.thermal import ThermalSpec, parse_thermal, thermal_to_dict
 
 PROFILE_FORMAT = "edgesched-device/1"
 REFERENCE_CAPACITY_DMIPS_MHZ = 1024
+MAX_PROFILE_CLUSTERS = 4
+"""Most clusters (cpufreq policies) a profile may have: RK3588 has three, SM8150 three, some have four."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,12 @@ class Cluster:
     static_exponent: float
     idle_uw: float
     opps: tuple[Opp, ...]
+    static_temp_coeff_per_c: float = 0.0
+    """k_T of the leakage: it grows by ``exp(k_T * (T - default_temp_c))`` (0: no temperature term)."""
+    idle_dynamic_coefficient: float = 0.0
+    """uW/MHz/V^2 of what stays clocked while the CPUs idle at an OPP (L2, SCU, clock tree)."""
+    default_temp_c: float = 25.0
+    """Temperature the power functions assume when given none (the profile's ``default_temp_c``)."""
 
     @property
     def max_khz(self) -> int:
@@ -110,14 +129,29 @@ class Cluster:
         mv = opp.uv // 1000
         return int(self.dynamic_power_coefficient) * mv * mv * (opp.khz * 1000 // 1_000_000) // 1_000_000
 
-    def static_power_uw(self, opp_index: int) -> float:
-        """Leakage of the whole cluster while it runs at this OPP's voltage."""
-        return self.static_uw_at_1v * self.opps[opp_index].volts ** self.static_exponent
+    def leakage_uw(self, opp_index: int, temp_c: float | None = None) -> float:
+        """Leakage of the powered cluster at this OPP's voltage and ``temp_c`` (Celsius; the
+        profile's ``default_temp_c`` when None): ``S * V^n * exp(k_T * (T - default_temp_c))``."""
+        leak = self.static_uw_at_1v * self.opps[opp_index].volts ** self.static_exponent
+        if self.static_temp_coeff_per_c and temp_c is not None:
+            leak *= math.exp(self.static_temp_coeff_per_c * (temp_c - self.default_temp_c))
+        return leak
 
-    def busy_power_uw(self, opp_index: int, active_cpus: int = 1) -> float:
-        """Cluster power with ``active_cpus`` CPUs busy at this OPP."""
+    def static_power_uw(self, opp_index: int, temp_c: float | None = None) -> float:
+        """Power of the whole cluster held at this OPP with no CPU busy (what a rail monitor reads
+        while it idles there): leakage plus ``idle_dynamic_coefficient * V^2 * f``."""
+        leak = self.leakage_uw(opp_index, temp_c)
+        if self.idle_dynamic_coefficient:
+            opp = self.opps[opp_index]
+            leak += self.idle_dynamic_coefficient * opp.volts**2 * opp.mhz
+        return leak
+
+    def busy_power_uw(self, opp_index: int, active_cpus: int = 1,
+                      temp_c: float | None = None) -> float:
+        """Cluster power with ``active_cpus`` CPUs busy at this OPP (at ``temp_c`` Celsius, the
+        profile's default when None)."""
         n = max(1, min(active_cpus, len(self.cpus)))
-        return self.dynamic_power_uw(opp_index) * n + self.static_power_uw(opp_index)
+        return self.dynamic_power_uw(opp_index) * n + self.static_power_uw(opp_index, temp_c)
 
     def opp_index_at_least(self, khz: float) -> int:
         """Index of the lowest OPP at or above ``khz`` (the top one if none is)."""
@@ -144,6 +178,8 @@ class DeviceProfile:
     """Memory-bound share of a model's latency at top speed when nothing better is known."""
     source: str = ""
     sources: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    thermal: ThermalSpec | None = None
+    """The heat model and the kernel's throttling (:mod:`edgesched.thermal`); ``None``: none."""
 
     # computed once per profile (the profile is frozen): both are asked for at every decision
     @functools.cached_property
@@ -217,7 +253,7 @@ def _positive(value: float, src: str, fld: str, expected: str, allow_zero: bool 
     return value
 
 
-def _parse_cluster(d: Any, src: str, idx: int) -> Cluster:
+def _parse_cluster(d: Any, src: str, idx: int, default_temp_c: float = 25.0) -> Cluster:
     where = f"clusters[{idx}]."
     if not isinstance(d, Mapping):
         raise ProfileError(src, f"clusters[{idx}]", "an object")
@@ -242,6 +278,15 @@ def _parse_cluster(d: Any, src: str, idx: int) -> Cluster:
         raise ProfileError(src, where + "static_exponent", f"a number, got {sexp!r}")
     idle = _req(d, "idle_uw", num, src, where, "idle power in uW >= 0")
     _positive(idle, src, where + "idle_uw", "idle power in uW >= 0", allow_zero=True)
+    ktemp = d.get("static_temp_coeff_per_c", 0.0)
+    if isinstance(ktemp, bool) or not isinstance(ktemp, num) or not 0 <= ktemp <= 0.2:
+        raise ProfileError(src, where + "static_temp_coeff_per_c", "a leakage temperature "
+                           f"coefficient in 1/C between 0 and 0.2, got {ktemp!r}")
+    idyn = d.get("idle_dynamic_coefficient", 0.0)
+    if isinstance(idyn, bool) or not isinstance(idyn, num):
+        raise ProfileError(src, where + "idle_dynamic_coefficient", f"a number, got {idyn!r}")
+    _positive(idyn, src, where + "idle_dynamic_coefficient", "a coefficient in uW/MHz/V^2 >= 0",
+              allow_zero=True)
     raw_opps = _req(d, "opps", list, src, where, "a non-empty list of {khz, uv}")
     if not raw_opps:
         raise ProfileError(src, where + "opps", "a non-empty list of {khz, uv}")
@@ -258,13 +303,16 @@ def _parse_cluster(d: Any, src: str, idx: int) -> Cluster:
             raise ProfileError(src, ow + "khz", f"frequencies in increasing order, {khz} after "
                                f"{opps[-1].khz}")
         opps.append(Opp(khz=khz, uv=uv))
-    if idle > s1v * opps[0].volts ** float(sexp) + 1e-9 and s1v > 0:
+    if idle > (s1v * opps[0].volts ** float(sexp) + float(idyn) * opps[0].volts ** 2 * opps[0].mhz
+               + 1e-9) and s1v > 0:
         raise ProfileError(src, where + "idle_uw", "idle power no higher than the static power at "
                            "the lowest OPP")
     return Cluster(name=name, core=str(d.get("core", "")), cpus=tuple(cpus),
                    capacity_dmips_mhz=cap, dynamic_power_coefficient=float(dpc),
                    transition_latency_ns=lat, static_uw_at_1v=float(s1v),
-                   static_exponent=float(sexp), idle_uw=float(idle), opps=tuple(opps))
+                   static_exponent=float(sexp), idle_uw=float(idle), opps=tuple(opps),
+                   static_temp_coeff_per_c=float(ktemp), idle_dynamic_coefficient=float(idyn),
+                   default_temp_c=default_temp_c)
 
 
 def parse_profile(data: Any, source: str) -> DeviceProfile:
@@ -285,9 +333,14 @@ def parse_profile(data: Any, source: str) -> DeviceProfile:
     raw = _req(data, "clusters", list, source, "", "a non-empty list of clusters")
     if not raw:
         raise ProfileError(source, "clusters", "a non-empty list of clusters")
-    if len(raw) > 2:
-        raise ProfileError(source, "clusters", "one or two clusters (more are not supported yet)")
-    clusters = tuple(_parse_cluster(c, source, i) for i, c in enumerate(raw))
+    if len(raw) > MAX_PROFILE_CLUSTERS:
+        raise ProfileError(source, "clusters", f"one to {MAX_PROFILE_CLUSTERS} clusters (DVFS domains), "
+                           f"got {len(raw)}")
+    temp = data.get("default_temp_c", 25.0)
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not -40 <= temp <= 125:
+        raise ProfileError(source, "default_temp_c", f"a temperature in Celsius between -40 and "
+                           f"125, got {temp!r}")
+    clusters = tuple(_parse_cluster(c, source, i, float(temp)) for i, c in enumerate(raw))
     seen: set[int] = set()
     for i, c in enumerate(clusters):
         if seen & set(c.cpus):
@@ -297,7 +350,9 @@ def parse_profile(data: Any, source: str) -> DeviceProfile:
     return DeviceProfile(name=name, soc=str(data.get("soc", "")), clusters=clusters,
                          board_floor_uw=float(floor), mem_time_scale=float(mem),
                          typical_mem_fraction=float(frac), source=source,
-                         sources=sources if isinstance(sources, Mapping) else {})
+                         sources=sources if isinstance(sources, Mapping) else {},
+                         thermal=parse_thermal(data.get("thermal"), source,
+                                               [c.name for c in clusters]))
 
 
 def builtin_profiles() -> list[str]:
@@ -340,6 +395,8 @@ def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
         "board_floor_uw": profile.board_floor_uw,
         "mem_time_scale": profile.mem_time_scale,
         "typical_mem_fraction": profile.typical_mem_fraction,
+        **({"default_temp_c": profile.clusters[0].default_temp_c}
+           if profile.clusters[0].default_temp_c != 25.0 else {}),
         "clusters": [
             {
                 "name": c.name, "core": c.core, "cpus": list(c.cpus),
@@ -348,10 +405,16 @@ def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
                 "transition_latency_ns": c.transition_latency_ns,
                 "static_uw_at_1v": c.static_uw_at_1v, "static_exponent": c.static_exponent,
                 "idle_uw": c.idle_uw,
+                **({"static_temp_coeff_per_c": c.static_temp_coeff_per_c}
+                   if c.static_temp_coeff_per_c else {}),
+                **({"idle_dynamic_coefficient": c.idle_dynamic_coefficient}
+                   if c.idle_dynamic_coefficient else {}),
                 "opps": [{"khz": o.khz, "uv": o.uv} for o in c.opps],
             }
             for c in profile.clusters
         ],
+        **({"thermal": thermal_to_dict(profile.thermal, [c.name for c in profile.clusters])}
+           if profile.thermal is not None else {}),
     }
 
 

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgesched.device import Cluster, DeviceProfile, Work
+from edgesched.errors import PolicyMismatchError
 from edgesched.queue import Entry
 
 OBS_VERSION = 1
@@ -110,12 +111,14 @@ class BoardView:
         best = min(_energy_per_cycle(c, _efficient_opp(c)) for c in profile.clusters)
         level_to_opp: list[tuple[int, ...]] = []
         mask = np.zeros(N_ACTIONS, dtype=np.int8)
-        for ci in range(MAX_CLUSTERS):
+        # a row per cluster (every one of a board with more than MAX_CLUSTERS, for ``encode``);
+        # the actions and their mask cover the first MAX_CLUSTERS only (see ``observable``)
+        for ci in range(max(n, MAX_CLUSTERS)):
             c = profile.clusters[ci if ci < n else 0]
             row = tuple(c.opp_index_at_least((lv + 1) / LEVELS * c.max_khz - 1e-6)
                         for lv in range(LEVELS))
             level_to_opp.append(row)
-            if ci < n:
+            if ci < n and ci < MAX_CLUSTERS:
                 seen: set[int] = set()
                 for lv, opp in enumerate(row):
                     if opp not in seen:
@@ -156,6 +159,38 @@ class BoardView:
 def action_map_id() -> str:
     """A stable description of the action encoding (not of any board)."""
     return f"cluster*{LEVELS}+level;level->lowest opp >= (level+1)/{LEVELS}*fmax;clusters<={MAX_CLUSTERS}"
+
+
+def observable(profile: DeviceProfile) -> bool:
+    """Whether the observation shows every cluster of ``profile`` (at most ``MAX_CLUSTERS``).
+
+    Profiles may have more clusters (up to ``edgesched.device.MAX_PROFILE_CLUSTERS``): the kernel
+    baselines, ``slack`` and the oracle run on any of them; the policies that read this
+    observation (``learned:...``, ``qlearn``) and the training environment do not.
+    """
+    return len(profile.clusters) <= MAX_CLUSTERS
+
+
+def check_observable(profile: DeviceProfile, policy: str) -> None:
+    """Refuse ``policy`` (a policy that reads this observation) on a board it cannot see whole.
+
+    Raises :class:`~edgesched.errors.PolicyMismatchError` naming the board's cluster count, the
+    observation's, and what runs there instead.
+    """
+    if observable(profile):
+        return
+    raise PolicyMismatchError(
+        f"{policy} cannot run on board {profile.name!r}: it has {len(profile.clusters)} clusters "
+        f"(DVFS domains) but the policy's observation (version {OBS_VERSION}) shows at most "
+        f"{MAX_CLUSTERS}; on this board use a kernel baseline (schedutil, schedutil-big, "
+        "performance, powersave, ondemand, conservative) or slack")
+
+
+def check_policy_board(policy: object, profile: DeviceProfile) -> None:
+    """:func:`check_observable` for a policy object that reads the observation (one with an
+    ``observation_clusters`` attribute); any other policy runs on any board."""
+    if getattr(policy, "observation_clusters", None) is not None:
+        check_observable(profile, f"policy {getattr(policy, 'name', type(policy).__name__)!r}")
 
 
 class Waiting(NamedTuple):
@@ -223,6 +258,12 @@ class DecisionContext:
     task_woken: bool = True
     """True when the task slept since its last run, so this request is a wake-up (where the
     kernel places tasks); False when it kept running from the previous request."""
+    temp_c: float = math.nan
+    """The board's thermal-zone temperature in C (:mod:`edgesched.thermal`); nan when the board
+    has no heat model or sensor. Not part of the observation vector (version 1)."""
+    cap_opp: Sequence[int] | None = None
+    """Per cluster, the highest OPP index the thermal throttling allows now (the top OPP when not
+    throttled); None when unknown (no cap). Not part of the observation vector (version 1)."""
 
 
 def run_limit_s(ctx: DecisionContext) -> float:

@@ -259,3 +259,13 @@ def test_restore_on_the_virtual_board(start_daemon: StartDaemon) -> None:
         assert nabu(c) == "ok"
         status, body = admin(c, "restore")
         assert status == 200, body
+
+
+def test_a_shipped_policy_can_be_chosen_by_name_without_policy_dir(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        got, body = admin(c, "policy", {"policy": "learned:rk3399"})
+        assert got == 200, body
+        assert c.status()["policy"]["spec"] == "learned:rk3399"
+        assert nabu(c) == "ok"
+        got, body = admin(c, "policy", {"policy": "learned:no-such-shipped-policy"})
+        assert got == 403 and "policy.dir" in body["error"], body

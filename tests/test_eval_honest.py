@@ -205,7 +205,7 @@ def test_a_dropping_policy_can_go_below_the_oracle_but_not_below_its_own_floor()
 @pytest.mark.parametrize("spec", ["performance", "powersave", "learned:policies/rk3399.npz"])
 def test_runs_by_cluster_is_the_share_of_requests_that_ran(spec: str) -> None:
     rk = load_profile("rk3399")
-    doc = evaluate(rk, "mixed-priority", [spec], seed=4, duration_s=10.0)
+    doc = evaluate(rk, "mixed-priority", [spec], seed=4, duration_s=10.0, guard=False)
     row = doc["results"][0]
     shares = row["runs_by_cluster"]
     assert len(shares) == len(rk.clusters) and doc["clusters"] == [c.name for c in rk.clusters]

@@ -144,7 +144,7 @@ GOOD = "big,1800000,m,12.5,2.5,1.9"
 @pytest.mark.parametrize(("text", "line", "column", "expected"), [
     ("", 1, None, "header"),
     ("cluster,freq_khz,model,latency_ms,busy_power_w\n" + GOOD, 1, "idle_power_w", "column"),
-    (HEADER + ",temp_c\n" + GOOD + ",40", 1, "temp_c", "one of the columns"),
+    (HEADER + ",voltage_mv\n" + GOOD + ",900", 1, "voltage_mv", "one of the columns"),
     (HEADER + "\n" + GOOD + "\nbig,1608000,m,fast,2.4,1.9", 3, "latency_ms", "'fast'"),
     (HEADER + "\n" + GOOD + "\nbig,1.6GHz,m,13,2.4,1.9", 3, "freq_khz", "integer"),
     (HEADER + "\n" + GOOD + "\nbig,1608000,m,-3,2.4,1.9", 3, "latency_ms", "'-3'"),

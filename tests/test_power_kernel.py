@@ -370,3 +370,26 @@ def test_a_clamp_refused_midway_is_rolled_back(tmp_path: Path) -> None:
             read_attr(tree, BIG, "scaling_max_freq")) == ("408000", "1800000")
     assert cf.set_khz(BIG, 816_000) == 816_000
     cf.close()
+
+
+def test_a_hands_off_board_takes_no_other_policy(tmp_path: Path) -> None:
+    """A hold, a reload or an admin switch to another policy on a board opened for ``kernel``
+    is refused (its decisions would be dropped silently); ``kernel`` itself stays measure-only."""
+    tree, _ = thermal_tree(tmp_path / "sys")
+    before = tree_files(tree)
+    board = open_board("sysfs:rk3399", sysfs_root=tree, state_dir=tmp_path / "state",
+                       runtime_dir=tmp_path, hands_off=True)
+    policy = make_policy("kernel")
+    policy.measure_only()
+    policy.reset(board.view)
+    dispatcher = Dispatcher(board, policy, RequestQueue(levels=3), Metrics(CarbonAccount(500.0)),
+                            idle_wait_s=0.01)
+    try:
+        with pytest.raises(PolicyError, match="hands-off"):
+            dispatcher.set_policy(make_policy("performance"))
+        again = make_policy("kernel")
+        dispatcher.set_policy(again)
+        assert dispatcher.policy is again and again.inner is None  # measure-only
+    finally:
+        board.close()
+    assert tree_files(tree) == before

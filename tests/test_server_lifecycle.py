@@ -201,7 +201,7 @@ def test_daemon_imports_no_torch_or_gymnasium(tmp_path: Path,
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
                 for line in d.stderr().splitlines() if line.startswith("import time:")}
     assert "uvloop" in imported and "edgesched" in imported
-    assert not imported & {"torch", "gymnasium", "stable_baselines3", "aiohttp"}
+    assert not imported & {"torch", "gymnasium", "stable_baselines3", "aiohttp", "ray"}
 
 
 def test_virtual_board_emulates_the_chosen_frequency(

@@ -48,6 +48,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--power-sensor", default="auto", metavar="KIND",
                    help="auto | rapl | hwmon:PATH | virtual | none (default auto: the virtual "
                         "board's model on a virtual board, else RAPL or hwmon if present)")
+    p.add_argument("--power-scope", choices=("board", "cluster"), default="board",
+                   help="board: one meter for the whole board (--power-sensor; default); "
+                        "cluster: each cluster's own supply rail from the INA2xx/INA3221 hwmon "
+                        "channels under the sysfs root (e.g. the Odroid-XU3's INA231s)")
+    p.add_argument("--rail", action="append", default=[], metavar="CLUSTER=LABEL",
+                   help="with --power-scope cluster: the hwmon channel label of a cluster's "
+                        "rail, when its label does not name the cluster (repeatable)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per model and OPP (default 5)")
     p.add_argument("--min-window-s", type=float, default=0.1,
                    help="keep running a model at an OPP until this much board time has passed "
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         TfliteWorkload,
         calibrate,
         open_meter,
+        open_rail_meters,
     )
     from edgesched.cli import check_output_path, check_positive
     from edgesched.device import load_profile
@@ -98,7 +106,16 @@ def run(args: argparse.Namespace) -> int:
     if kind == "null":
         raise ConfigError("a null: board has no frequency control; calibrate a virtual: or "
                           "sysfs: board")
-    if args.sysfs_root is not None and kind != "sysfs" and args.power_sensor != "rapl":
+    rails: dict[str, str] = {}
+    for item in args.rail:
+        cluster, sep, label = str(item).partition("=")
+        if not sep or not cluster or not label:
+            raise ConfigError(f"--rail {item!r}: expected CLUSTER=LABEL, e.g. --rail big=VDD_ARM")
+        rails[cluster] = label
+    if rails and args.power_scope != "cluster":
+        raise ConfigError("--rail applies only with --power-scope cluster")
+    if (args.sysfs_root is not None and kind != "sysfs" and args.power_sensor != "rapl"
+            and args.power_scope != "cluster"):
         raise ConfigError(f"--sysfs-root applies only to a sysfs: board (or --power-sensor "
                           f"rapl), and the board is {spec!r}; give --board sysfs:PROFILE or drop "
                           "--sysfs-root")
@@ -133,19 +150,30 @@ def run(args: argparse.Namespace) -> int:
             clock, sleep = emu.now, emu.sleep
         board = open_board(spec, sysfs_root=sysfs_root, state_dir=args.state_dir,
                            runtime_dir=runtime_dir, clock=clock, sleep=sleep, log=log)
+        cluster_meters = None
         try:
-            meter = open_meter(args.power_sensor, board, sysfs_root=sysfs_root,
-                               clock=clock, log=log)
+            if args.power_scope == "cluster":
+                cluster_meters = open_rail_meters(board.profile, sysfs_root=sysfs_root,
+                                                  clock=clock, rails=rails)
+                meter = None
+            else:
+                meter = open_meter(args.power_sensor, board, sysfs_root=sysfs_root,
+                                   clock=clock, log=log)
         except BaseException:
             board.close()
             raise
+        power_desc = (meter.describe() if meter is not None else
+                      "; ".join(f"{board.profile.clusters[ci].name}: {m.describe()}"
+                                for ci, m in cluster_meters.items())
+                      if cluster_meters else "none")
         _progress(f"{board.profile.name}: {len(workloads)} models x "
                   f"{sum(len(c.opps) for c in board.profile.clusters)} OPPs x {args.runs} runs; "
-                  f"power: {meter.describe() if meter is not None else 'none'}")
+                  f"power: {power_desc}")
         rows = calibrate(board, workloads, runs=args.runs, warmup_runs=args.warmup_runs,
                          meter=meter, idle_s=args.idle_s, min_window_s=args.min_window_s,
                          clock=clock, sleep=sleep, host_clock=time.perf_counter,
-                         pinner=AffinityPinner(), progress=_progress, log=log)
+                         pinner=AffinityPinner(), progress=_progress, log=log,
+                         cluster_meters=cluster_meters)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -155,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         _progress(f"wrote {len(rows)} rows to {args.csv}")
     result = fit_profile(rows, base, name=args.name or args.out.stem,
                          source=str(args.csv) if args.csv else "<calibrate>",
-                         meta={"board": spec, "runs": args.runs,
-                               "power_sensor": meter.describe() if meter is not None else "none"})
+                         meta={"board": spec, "runs": args.runs, "power_sensor": power_desc},
+                         power_scope=args.power_scope)
     args.out.write_text(json.dumps(result.document(), indent=1) + "\n", encoding="utf-8")
     print(format_summary(result))
     print(f"wrote {args.out}")

@@ -24,11 +24,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgesched.errors import ClientError, EdgeschedError
+
+if TYPE_CHECKING:
+    from edgesched.device import DeviceProfile
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--policies", default=None,
                    help="comma-separated policy specs, one run each (same workload and seed) "
                    "(default: performance,powersave,schedutil plus the shipped learned policy "
-                   "for the board, learned:NAME, else learned:generic)")
+                   "for the board, learned:NAME, else learned:generic; slack instead on a "
+                   "board with more clusters than the learned policies observe, e.g. rk3588)")
     p.add_argument("--board", default="virtual:rk3399")
     p.add_argument("--models", default=None, help="models folder (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
@@ -243,12 +247,32 @@ def short_name(spec: str) -> str:
     return f"{kind}:{Path(arg).stem}" if arg else spec
 
 
+def board_profile(board: str) -> DeviceProfile | None:
+    """The profile a ``virtual:``/``sysfs:`` board spec names; None for ``none`` or a profile
+    that does not load (the daemon reports that one itself)."""
+    from edgesched.device import load_profile
+    from edgesched.errors import ProfileError
+
+    kind, _, arg = board.partition(":")
+    if kind not in ("virtual", "sysfs") or not arg:
+        return None
+    try:
+        return load_profile(arg)
+    except ProfileError:
+        return None
+
+
 def default_policies(board: str) -> str:
     """The baselines, plus the shipped ``learned:NAME`` for a virtual board (else
-    ``learned:generic``) when it is installed."""
+    ``learned:generic``) when it is installed; on a board with more clusters than the learned
+    policies' observation shows, ``slack`` instead."""
+    from edgesched.observation import observable
     from edgesched.policy.registry import shipped_policies
 
     specs = "performance,powersave,schedutil"
+    profile = board_profile(board)
+    if profile is not None and not observable(profile):
+        return f"{specs},slack"
     name = board.split(":", 1)[1] if board.startswith("virtual:") else ""
     shipped = shipped_policies()
     for candidate in (name, "generic"):
@@ -268,6 +292,13 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     check_specs(policies)  # before any daemon starts: PolicyError names the valid specs
+    profile = board_profile(args.board)
+    if profile is not None:  # learned:... and qlearn:... read the observation: refused up front
+        from edgesched.observation import check_observable
+
+        for spec in policies:
+            if spec.split(":", 1)[0] in ("learned", "qlearn"):
+                check_observable(profile, f"policy {spec!r}")
     from edgesched.cli import check_output_path
 
     check_output_path("--json", args.json)  # before the runs, not after them

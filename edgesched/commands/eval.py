@@ -15,13 +15,19 @@ def add_parser(sub: Any) -> None:
         "table with the misses of every priority class, whether the job set is feasible at all "
         "and, with the oracle, each row's energy floor; SPEC is performance, powersave, "
         "ondemand, conservative, schedutil, qlearn, qlearn:PATH, oracle or learned:PATH.")
-    p.add_argument("--device", required=True, help="built-in profile name or profile file")
+    p.add_argument("--device", required=True,
+                   help="built-in profile name or profile file; random:SEED for a generated board "
+                   "(edgesched_sim.randomise), heldout for the 20 held-out generated boards in "
+                   "turn (never used in training)")
     p.add_argument("--scenario", required=True, help="built-in scenario name or scenario file")
     p.add_argument("--policy", action="append", required=True, metavar="SPEC",
                    help="policy to run (repeat for several)")
     p.add_argument("--seed", type=int, default=0, help="seed of the job set, >= 0")
     p.add_argument("--duration-s", type=float, default=None,
                    help="simulated seconds (default: the scenario's)")
+    p.add_argument("--no-guard", action="store_true",
+                   help="run the learned policies and slack without the miss-budget guard "
+                   "(default: guarded with the scenario's qos.miss_budget)")
     p.add_argument("--json", metavar="OUT.json",
                    help="write the results as JSON (default: not written)")
     p.add_argument("--plot", metavar="OUT.png",
@@ -32,6 +38,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgesched.cli import check_output_path, check_positive, require_extra
+    from edgesched.errors import EdgeschedError, PolicyMismatchError
 
     # everything that can be checked is checked before the (long) run
     check_positive("--seed", args.seed, zero_ok=True)
@@ -45,12 +52,56 @@ def run(args: argparse.Namespace) -> int:
 
     check_specs(args.policy, builtin=("oracle", "qlearn"))  # a mistyped name is an error
     from edgesched_sim.evaluate import evaluate, format_table, plot
+    from edgesched_sim.randomise import HELDOUT, resolve_devices
 
-    doc = evaluate(args.device, args.scenario, args.policy, seed=args.seed,
-                   duration_s=args.duration_s)
-    print(format_table(doc))
+    boards = resolve_devices(args.device)
+    if args.plot and len(boards) > 1:
+        raise EdgeschedError("--plot draws one board; with --device heldout use --json")
+    docs = []
+    skipped: list[dict[str, str]] = []
+    for board in boards:
+        try:
+            doc = evaluate(board, args.scenario, args.policy, seed=args.seed,
+                           duration_s=args.duration_s, guard=not args.no_guard)
+        except PolicyMismatchError as exc:
+            if len(boards) == 1:
+                raise
+            # a policy whose observation cannot show this board: the other boards still run
+            skipped.append({"device": board.name, "reason": str(exc)})
+            print(f"{board.name}: skipped ({exc})\n")
+            continue
+        docs.append(doc)
+        print(format_table(doc))
+        if len(boards) > 1:
+            print()
+    if len(boards) > 1:
+        print(heldout_summary(docs, len(boards)))
     if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        out: Any = (docs[0] if args.device != HELDOUT else
+                    {"device": HELDOUT, "runs": docs, "skipped": skipped})
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     if args.plot:
-        plot(doc, args.plot)
+        plot(docs[0], args.plot)
     return 0
+
+
+def heldout_summary(docs: list[dict[str, Any]], boards: int) -> str:
+    """Per policy over the boards that ran: mean energy vs schedutil (when it ran) and on how
+    many boards it stayed inside every class's miss budget."""
+    if not docs:
+        return f"no board of {boards} could run every policy"
+    names = [r["policy"] for r in docs[0]["results"] if r["policy"] != "oracle"]
+    lines = [f"over {len(docs)} of {boards} boards (the others skipped, see above):"
+             if len(docs) < boards else f"over {len(docs)} boards:"]
+    for name in names:
+        rows = [next(r for r in d["results"] if r["policy"] == name) for d in docs]
+        inside = sum(all(r["within_budget"].values()) for r in rows)
+        ratio = ""
+        if name != "schedutil" and all(any(r["policy"] == "schedutil" for r in d["results"])
+                                       for d in docs):
+            refs = [next(r for r in d["results"] if r["policy"] == "schedutil") for d in docs]
+            vals = [r["energy_j"] / s["energy_j"] for r, s in zip(rows, refs, strict=True)
+                    if s["energy_j"] > 0]
+            ratio = f", energy {sum(vals) / len(vals):.3f}x schedutil (mean)" if vals else ""
+        lines.append(f"  {name}: inside every miss budget on {inside}/{len(docs)} boards{ratio}")
+    return "\n".join(lines)

@@ -53,6 +53,10 @@ def add_parser(subparsers: Any) -> None:
                         "--socket (edgesched.sock -> edgesched-priority.sock)")
     p.add_argument("--json-data", action="store_true",
                    help="send and receive tensors as JSON instead of binary")
+    p.add_argument("--shm", action="store_true",
+                   help="pass the tensors through system shared memory (a POSIX shared memory "
+                        "object under /dev/shm, registered for this one request, unregistered "
+                        "and removed afterwards); the daemon must have server.shared_memory on")
     p.add_argument("--output", type=Path, default=None, metavar="OUT.npz",
                    help="also save the output tensors to an .npz file (default: not saved)")
     p.set_defaults(func=run)
@@ -204,14 +208,22 @@ def run(args: argparse.Namespace) -> int:
         try:
             meta = client.model_metadata(args.model)
             inputs = build_inputs(args.input, meta)
-            result = client.infer(args.model, inputs, priority=args.priority,
-                                  timeout_us=args.timeout_us, binary=not args.json_data)
+            if args.shm:
+                result = client.infer_shm(args.model, inputs, priority=args.priority,
+                                          timeout_us=args.timeout_us)
+            else:
+                result = client.infer(args.model, inputs, priority=args.priority,
+                                      timeout_us=args.timeout_us, binary=not args.json_data)
         except InputMismatchError as exc:
             print(f"edgesched infer: error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
         except ClientError as exc:
             doc = {"error": exc.reason, "status": exc.status, "outcome": exc.outcome}
             print(json.dumps(doc), file=sys.stderr)
+            return EXIT_REFUSED
+        except OSError as exc:  # --shm: the shared memory object cannot be created
+            print(f"edgesched infer: error: cannot create a shared memory object under "
+                  f"/dev/shm ({exc.strerror or exc}); run without --shm", file=sys.stderr)
             return EXIT_REFUSED
     summary = {
         "model": result.model, "id": result.request_id, "parameters": result.parameters,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from edgesched.errors import ClientError
@@ -19,13 +21,42 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--socket", default=None, help="daemon socket "
                    "(default /run/edgesched/edgesched.sock)")
     p.add_argument("--metrics", action="store_true", help="print /metrics (Prometheus) instead")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for the daemon to be ready before asking (for "
+                        "scripts that have just started it; 0: ask at once)")
     p.set_defaults(func=run)
+
+
+def wait_ready(socket_path: str, wait_s: float, *, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Poll the daemon's readiness until it answers ready or ``wait_s`` has passed."""
+    from edgesched.client import Client
+
+    deadline = clock() + wait_s
+    while True:
+        try:
+            with Client(socket_path, timeout_s=max(0.1, min(2.0, wait_s))) as client:
+                if client.ready():
+                    return True
+        except (ClientError, OSError):
+            pass
+        if clock() >= deadline:
+            return False
+        sleep(0.1)
 
 
 def run(args: argparse.Namespace) -> int:
     from edgesched.client import DEFAULT_SOCKET, Client
 
-    with Client(args.socket or DEFAULT_SOCKET, timeout_s=10.0) as client:
+    if args.wait < 0:
+        print("edgesched status: --wait must be >= 0 seconds", file=sys.stderr)
+        return 2
+    path = args.socket or DEFAULT_SOCKET
+    if args.wait > 0 and not wait_ready(path, args.wait):
+        print(f"edgesched status: the daemon on {path} was not ready within {args.wait:g} s",
+              file=sys.stderr)
+        return 1
+    with Client(path, timeout_s=10.0) as client:
         try:
             if args.metrics:
                 sys.stdout.write(client.metrics())

@@ -13,7 +13,11 @@ def add_parser(sub: Any) -> None:
         "and a manifest). Several --device values (or 'all') train one generic policy with "
         "domain randomisation.")
     p.add_argument("--device", action="append", required=True, metavar="NAME_OR_PATH",
-                   help="device profile (repeat, or 'all' for every shipped profile)")
+                   help="device profile (repeat, or 'all' for every shipped profile, or 'random' "
+                   "for a generated board and workload per episode, never a held-out one)")
+    p.add_argument("--miss-budget", metavar="P1,P2,P3",
+                   help="train the per-class miss budgets as constraints (Lagrangian PPO): "
+                   "'default' (0.001,0.01,0.05) or three fractions (default: fixed miss weights)")
     p.add_argument("--scenario", action="append", metavar="NAME_OR_PATH",
                    help="scenario (repeat; default: the built-in ones)")
     p.add_argument("--algo", choices=("ppo", "maskable-ppo", "dqn"), default="ppo",
@@ -31,6 +35,21 @@ def add_parser(sub: Any) -> None:
                    "every baseline and write NAME.eval.json and NAME.eval.png (needs the plot "
                    "extra too)")
     p.add_argument("--out", required=True, help="output path without suffix, e.g. policies/rk3399")
+    sw = p.add_argument_group(
+        "sweeps", "--sweep trains --trials configurations drawn from a search space with Ray Tune, "
+        "scores each against schedutil on validation seeds, writes the best as NAME.npz + "
+        "NAME.json and every trial to NAME.sweep.json (docs/training-sweeps.md); --seed then "
+        "seeds the sampler")
+    sw.add_argument("--sweep", action="store_true", help="run a hyper-parameter and seed sweep")
+    sw.add_argument("--sweep-config", metavar="FILE",
+                    help="TOML or JSON file overriding the search space and scoring (default: the "
+                    "built-in space)")
+    sw.add_argument("--trials", type=int, metavar="N", help="trials in the sweep, > 0 (default: 8)")
+    sw.add_argument("--cpus-per-trial", type=float, metavar="CPUS",
+                    help="CPUs Ray reserves for each trial, > 0 (default: 1)")
+    sw.add_argument("--ray-address", metavar="ADDRESS",
+                    help="join this Ray cluster ('auto': the one 'ray start' runs here; default: "
+                    "start a local Ray on this machine)")
     p.set_defaults(func=run)
 
 
@@ -39,14 +58,47 @@ TRAIN_MODULES = ("torch", "stable_baselines3")
 bar's tqdm and rich are optional)."""
 
 
+def parse_miss_budget(spec: str | None) -> dict[int, float] | None:
+    """``--miss-budget``: None, 'default' or 'P1,P2,P3' (fractions in [0, 1))."""
+    from edgesched.errors import EdgeschedError
+    from edgesched.qos import DEFAULT_BUDGETS
+
+    if spec is None:
+        return None
+    if spec == "default":
+        return dict(DEFAULT_BUDGETS)
+    parts = spec.split(",")
+    try:
+        values = [float(x) for x in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(0.0 <= v < 1.0 for v in values):
+        raise EdgeschedError(f"--miss-budget: expected 'default' or three fractions in [0, 1) "
+                             f"for priorities 1,2,3 such as 0.001,0.01,0.05, got {spec!r}")
+    return {1: values[0], 2: values[1], 3: values[2]}
+
+
 def run(args: argparse.Namespace) -> int:
     from edgesched.cli import check_positive, require_extra
+    from edgesched.errors import EdgeschedError
 
     # checked before anything is imported or trained: a bad value must not cost a run
     check_positive("--timesteps", args.timesteps)
     check_positive("--n-envs", args.n_envs)
     check_positive("--eval-every", args.eval_every, zero_ok=True)
     check_positive("--seed", args.seed, zero_ok=True)
+    budget = parse_miss_budget(args.miss_budget)
+    if args.report and "random" in args.device:
+        raise EdgeschedError("--report evaluates on the training devices; with --device random "
+                             "evaluate on the held-out boards instead: edgesched eval --device "
+                             "heldout --scenario NAME --policy learned:OUT --policy schedutil")
+    if args.sweep:
+        return _run_sweep(args)
+    for flag, value in (("--sweep-config", args.sweep_config), ("--trials", args.trials),
+                        ("--cpus-per-trial", args.cpus_per_trial),
+                        ("--ray-address", args.ray_address)):
+        if value is not None:
+            raise EdgeschedError(f"{flag} is a sweep option; add --sweep")
     modules = list(TRAIN_MODULES)
     if args.algo == "maskable-ppo":
         modules.append("sb3_contrib")
@@ -59,10 +111,50 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(devices=expand_devices(args.device),
                       scenarios=args.scenario or list(BUILTIN_NAMES), algo=args.algo,
                       timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,
-                      eval_every=args.eval_every)
+                      eval_every=args.eval_every, miss_budget=budget)
     manifest = train(cfg, args.out, progress=not args.no_progress,
                      tensorboard_log=args.tensorboard)
     print(f"wrote {manifest} and its weights")
+    if args.report:
+        from edgesched_sim.report import write_report
+
+        path = write_report(args.out, cfg.devices)
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    """``edgesched train --sweep``: see :mod:`edgesched_sim.sweep`."""
+    from edgesched.cli import check_positive, require_extra
+    from edgesched.errors import EdgeschedError
+
+    trials = 8 if args.trials is None else args.trials
+    cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
+    check_positive("--trials", trials)
+    check_positive("--cpus-per-trial", cpus)
+    for flag, used in (("--eval-every", args.eval_every), ("--tensorboard", args.tensorboard)):
+        if used:
+            raise EdgeschedError(f"{flag} is not available with --sweep; every trial is scored "
+                                 "after training instead")
+    modules = [*TRAIN_MODULES, "ray"]
+    if args.algo == "maskable-ppo":
+        modules.append("sb3_contrib")
+    require_extra("train", modules, "edgesched train --sweep")
+    if args.report:
+        require_extra("plot", ["matplotlib"], "edgesched train --report")
+    from edgesched_sim.scenarios import BUILTIN_NAMES
+    from edgesched_sim.sweep import SweepConfig, apply_sweep_file, run_sweep
+    from edgesched_sim.train import expand_devices
+
+    cfg = SweepConfig(devices=expand_devices(args.device),
+                      scenarios=args.scenario or list(BUILTIN_NAMES), algo=args.algo,
+                      timesteps=args.timesteps, n_envs=args.n_envs, trials=trials,
+                      cpus_per_trial=cpus, sampler_seed=args.seed,
+                      miss_budget=parse_miss_budget(args.miss_budget))
+    if args.sweep_config:
+        cfg = apply_sweep_file(cfg, args.sweep_config)
+    manifest = run_sweep(cfg, args.out, ray_address=args.ray_address)
+    print(f"wrote {manifest}, its weights and {manifest.with_suffix('')}.sweep.json")
     if args.report:
         from edgesched_sim.report import write_report
 

@@ -38,6 +38,7 @@ import numpy as np
 from edgesched.errors import PolicyError, PolicyMismatchError
 from edgesched.observation import BLOCKING_SHARE as BLOCKING_SHARE  # re-exported, as before
 from edgesched.observation import (
+    MAX_CLUSTERS,
     N_ACTIONS,
     OBS_DIM,
     OBS_VERSION,
@@ -46,6 +47,7 @@ from edgesched.observation import (
     DecisionContext,
     action_map_id,
     build_observation,
+    check_policy_board,
     run_limit_s,
     run_time_s,
 )
@@ -100,6 +102,12 @@ class LearnedPolicy(StaticPolicy):
     (:meth:`_shield`) may take a faster one: for a priority-1 request that would miss its
     deadline, or for a lower-priority run long enough to hold up a priority-1 request.
     """
+
+    qos_guardable = True
+    """The miss-budget guard (:mod:`edgesched.qos`) may raise its decisions."""
+    observation_clusters = MAX_CLUSTERS
+    """Clusters the observation shows: ``reset`` refuses a board with more
+    (:func:`~edgesched.observation.check_policy_board`)."""
 
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], *, activation: str,
                  name: str = "learned", manifest: Mapping[str, Any] | None = None,
@@ -183,6 +191,7 @@ class LearnedPolicy(StaticPolicy):
 
     def reset(self, view: BoardView, seed: int | None = None) -> None:
         del seed
+        check_policy_board(self, view.profile)
         self._mask_for(view)
 
     def action(self, view: BoardView, obs: np.ndarray) -> int:

@@ -18,6 +18,7 @@ from edgesched.errors import PolicyError, PolicyMismatchError
 from edgesched.observation import (
     CLUSTER_FEATURES,
     GLOBAL_FEATURES,
+    MAX_CLUSTERS,
     N_ACTIONS,
     OBS_VERSION,
     BoardView,
@@ -25,6 +26,7 @@ from edgesched.observation import (
     DecisionContext,
     action_map_id,
     build_observation,
+    check_policy_board,
 )
 from edgesched.policy.base import StaticPolicy
 
@@ -60,11 +62,17 @@ class QTablePolicy(StaticPolicy):
     """Greedy over the Q-table among the board's unmasked actions."""
 
     name = "qlearn"
+    observation_clusters = MAX_CLUSTERS
+    """Clusters the observation shows: ``reset`` refuses a board with more."""
 
     def __init__(self, q: np.ndarray) -> None:
         if q.shape != (N_STATES, N_ACTIONS):
             raise PolicyMismatchError(f"Q-table has shape {q.shape}, expected {(N_STATES, N_ACTIONS)}")
         self.q = q.astype(np.float64)
+
+    def reset(self, view: BoardView, seed: int | None = None) -> None:
+        del seed
+        check_policy_board(self, view.profile)
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
         row = self.q[state_of(build_observation(view, ctx))]

@@ -41,6 +41,13 @@ profile's latency model, plus the transition latency at the new OPP's static pow
 when the OPP changes. The other clusters idle either way and cost the same whatever the choice.
 Boards with any number of clusters are searched alike.
 
+Heat: options above the thermal cap (``DecisionContext.cap_opp``, the OPP the kernel's throttling
+allows now) are left out, since the kernel would run them slower than planned and the plan's
+deadlines would not hold. Among the rest the least energy is also the least heat: the board's
+thermal time constant (minutes, :mod:`edgesched.thermal`) is far longer than one run, so its
+temperature follows the energy spent per second, and with the same requests to serve the
+least-energy choice keeps it furthest from the trip point.
+
 Not modelled: aging of waiting requests (their class as of now counts) and the decision's own
 overhead.
 """
@@ -113,6 +120,8 @@ class SlackPolicy(StaticPolicy):
     it its time and respects the priority-1 blocking limit; the fastest when none does."""
 
     name = "slack"
+    qos_guardable = True
+    """The miss-budget guard (:mod:`edgesched.qos`) may raise its decisions."""
 
     def __init__(self, class_blocking: bool = True, load_target: float = LOAD_TARGET) -> None:
         if not load_target > 0:
@@ -199,8 +208,11 @@ class SlackPolicy(StaticPolicy):
         # per option: time to the end of the run, time until the board can serve the next
         # request at top speed, energy above idle
         costs: list[tuple[float, float, float, _Option]] = []
+        cap = ctx.cap_opp
         for opt in options:
             c, o = opt.cluster, opt.opp
+            if cap is not None and o > cap[c]:
+                continue  # the thermal cap would run it slower than planned
             if o != cur[c]:
                 dur = opt.run_s + trans_s[c]
                 energy = opt.run_j + switch_j[c][o]

@@ -39,6 +39,7 @@ import logging
 import math
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,17 +65,30 @@ from edgesched.power.cpufreq import (
     read_small_file,
     recover,
 )
-from edgesched.power.fakesysfs import FakeKernel, from_profile
+from edgesched.power.fakesysfs import (
+    FakeKernel,
+    add_cpufreq_cooling,
+    add_thermal_zone,
+    from_profile,
+    set_zone_temp,
+)
 from edgesched.power.lease import LeaseLock
 from edgesched.power.meters import EnergyMeter, ModelMeter, detect_meter
+from edgesched.thermal import ThermalState
 
 Clock = Callable[[], float]
+ZONE_WRITE_S = 0.1
+"""The virtual board's sensor: its zone's ``temp`` is rewritten after a run at most this often
+(the passive polling rate of the boards shipped), and at every status or metrics read."""
 Sleep = Callable[[float], None]
 SPEC_KINDS = ("virtual", "sysfs", "null")
 
 
-def _price_model_j(profile: DeviceProfile, cluster: int, opp: int, busy_s: float) -> float:
-    return profile.clusters[cluster].busy_power_uw(opp, 1) * busy_s * 1e-6
+def _price_model_j(profile: DeviceProfile, cluster: int, opp: int, busy_s: float,
+                   temp_c: float | None = None) -> float:
+    """Energy of one busy CPU of ``cluster`` for ``busy_s`` at ``opp``, its leakage at ``temp_c``
+    Celsius (the profile's default when None)."""
+    return profile.clusters[cluster].busy_power_uw(opp, 1, temp_c) * busy_s * 1e-6
 
 
 def latency_ratio(profile: DeviceProfile, cluster: int, opp: int) -> float:
@@ -296,6 +310,52 @@ class VirtualBoard(_CpufreqBoard):
         self._ratios: dict[tuple[int, int], float] = {}
         self.sleep = sleep
         self._pending_transition_s = 0.0
+        self.heat: ThermalState | None = None
+        """The board's heat when the profile has a thermal section (:mod:`edgesched.thermal`):
+        the RC node heated by each run's modelled power, shown in the tree's thermal zone; its
+        step_wise governor sets the tree's cpufreq cooling devices, which cap the policies as
+        the kernel's do. Idle time is counted when the next run settles or :meth:`refresh_heat`
+        is called (``GET /v2/status``, ``/metrics``)."""
+        self._heat_lock = threading.Lock()
+        if profile.thermal is not None:
+            spec = profile.thermal
+            by_cpu = {min(c.cpus): i for i, c in enumerate(profile.clusters)}
+            self._cdev_of: dict[int, str] = {}
+            for cdev in add_cpufreq_cooling(self.sysfs_root):
+                cpu = int(read_small_file(cdev / "type").removeprefix("cpufreq-cpu"))
+                if cpu in by_cpu:
+                    self._cdev_of[by_cpu[cpu]] = cdev.name
+            self.heat = ThermalState(spec, [len(c.opps) for c in profile.clusters],
+                                     profile.idle_power_uw, start_s=clock())
+            self._zone = add_thermal_zone(self.sysfs_root, spec.zone, self.heat.temp_c,
+                                          [(t.temp_c, t.kind) for t in spec.trips])
+            self._states = [0] * len(profile.clusters)
+            self._zone_written_s = -math.inf
+
+    def refresh_heat(self, busy: tuple[float, float, int, int] | None = None) -> None:
+        """Bring the heat model up to now (idle since the last run), or over one run
+        ``(start_s, end_s, cluster, opp)``; writes the zone's temperature and the cooling states."""
+        heat = self.heat
+        if heat is None:
+            return
+        with self._heat_lock:
+            idle_uw = self.profile.idle_power_uw
+            if busy is None:
+                heat.advance(max(self.clock(), heat.t_s), idle_uw)
+            else:
+                start_s, end_s, ci, opp = busy
+                c = self.profile.clusters[ci]
+                heat.advance(max(start_s, heat.t_s), idle_uw)
+                heat.advance(max(end_s, heat.t_s), idle_uw - c.idle_uw + c.busy_power_uw(opp))
+            if busy is None or heat.t_s - self._zone_written_s >= ZONE_WRITE_S:
+                set_zone_temp(self._zone, heat.temp_c)
+                self._zone_written_s = heat.t_s
+            for i, state in enumerate(heat.governor.state):
+                if state != self._states[i] and i in self._cdev_of:
+                    self.kernel.set_cooling_state(self._cdev_of[i], state)
+                    self._states[i] = state
+                    # the cap moved the policy: the next decision goes through cpufreq again
+                    self._checked_s[i] = self._seen_s[i] = -math.inf
 
     def apply(self, decision: Decision) -> float:
         if not self._set(decision):
@@ -333,12 +393,16 @@ class VirtualBoard(_CpufreqBoard):
         run_s = self.emulated_s(ci, opp, host_s if reference_s is None else reference_s)
         wall_s = run_s + self._pending_transition_s
         self._pending_transition_s = 0.0
+        if self.heat is not None:
+            self.refresh_heat((started_s, started_s + wall_s, ci, opp))
         remaining_s = started_s + wall_s - self.clock()
         if remaining_s > 0.0:
             self.sleep(remaining_s)
         elif reference_s is not None:
             wall_s -= remaining_s  # the host was slower than the board it emulates
-        return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s))
+        # under a thermal cap the kernel ran it below the decided OPP: say where it ran
+        ran = {} if opp == decision.opp else {"cluster": ci, "opp": opp}
+        return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s), **ran)
 
     def close(self) -> None:
         try:

@@ -5,6 +5,7 @@ test reads and writes it exactly as it would the real one (point ``sysfs_root`` 
 copied from real boards::
 
     make_tree(tmp_path, "rk3399")        # big.LITTLE: policy0 (CPUs 0-3), policy4 (CPUs 4-5)
+    make_tree(tmp_path, "rk3588")        # three domains: policy0 (0-3), policy4 (4-5), policy6 (6-7)
     make_tree(tmp_path, "rpi4")          # one policy, no scaling_available_frequencies
     make_tree(tmp_path, "no-userspace")  # governors schedutil performance powersave only
     make_tree(tmp_path, "read-only")     # writable attributes chmod 0444
@@ -65,7 +66,7 @@ from edgesched.power.cpufreq import (
     thermal_cap_khz,
 )
 
-SHAPES = ("rk3399", "rpi4", "no-userspace", "read-only")
+SHAPES = ("rk3399", "rk3588", "rpi4", "no-userspace", "read-only")
 ALL_GOVERNORS = ("conservative", "ondemand", "userspace", "powersave", "performance", "schedutil")
 NO_USERSPACE_GOVERNORS = ("schedutil", "performance", "powersave")
 WRITABLE = ("scaling_governor", "scaling_min_freq", "scaling_max_freq", "scaling_setspeed")
@@ -218,6 +219,8 @@ def make_tree(root: Path, shape: str) -> Path:
     """Build one of :data:`SHAPES` under ``root``; returns ``root``."""
     if shape == "rk3399":
         return from_profile(root, load_profile("rk3399"))
+    if shape == "rk3588":
+        return from_profile(root, load_profile("rk3588"))
     if shape == "rpi4":
         return from_profile(root, load_profile("bcm2711"), available_frequencies=False)
     if shape == "no-userspace":
@@ -555,3 +558,28 @@ class FaultInjector:
         self._check(path, "write")
         self.inner.write_text(path, value)
         self.writes.append((str(path), value))
+
+
+def add_thermal_zone(root: Path, zone_type: str, temp_c: float,
+                     trips: Iterable[tuple[float, str]] = (), policy: str = "step_wise") -> Path:
+    """A ``class/thermal/thermal_zoneN`` as thermal_sysfs.c shows it: ``type``, ``temp`` and
+    ``trip_point_K_temp``/``_type`` in millidegrees Celsius, ``policy`` (the governor), ``mode``.
+    Returns the zone's directory; :func:`set_zone_temp` is the sensor."""
+    thermal = Path(root) / THERMAL_REL
+    thermal.mkdir(parents=True, exist_ok=True)
+    n = len(list(thermal.glob("thermal_zone*")))
+    zdir = thermal / f"thermal_zone{n}"
+    zdir.mkdir()
+    _put(zdir / "type", zone_type, 0o444)
+    _put(zdir / "policy", policy)
+    _put(zdir / "mode", "enabled")
+    for k, (t_c, kind) in enumerate(trips):
+        _put(zdir / f"trip_point_{k}_temp", str(round(t_c * 1000)), 0o444)
+        _put(zdir / f"trip_point_{k}_type", kind, 0o444)
+    _put(zdir / "temp", str(round(temp_c * 1000)), 0o444)
+    return zdir
+
+
+def set_zone_temp(zone_dir: Path, temp_c: float) -> None:
+    """What the sensor reports: the zone's ``temp`` (millidegrees Celsius)."""
+    _force_write(Path(zone_dir) / "temp", str(round(temp_c * 1000)))

@@ -22,8 +22,9 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -137,9 +138,10 @@ def _label(d: Path, stem: str, default: str) -> str:
         return default
 
 
-def hwmon_channels(sysfs_root: Path, chips: Sequence[str] = POWER_MONITOR_CHIPS
-                   ) -> list[PowerChannel]:
-    """Power channels of the known power-monitor chips under ``<root>/class/hwmon``."""
+def hwmon_channels(sysfs_root: Path, chips: Sequence[str] = POWER_MONITOR_CHIPS,
+                   totals_only: bool = True) -> list[PowerChannel]:
+    """Power channels of the known power-monitor chips under ``<root>/class/hwmon``; with
+    ``totals_only``, only the board-input rails when there are any (:data:`TOTAL_RAIL_LABELS`)."""
     channels: list[PowerChannel] = []
     for hdir in sorted((Path(sysfs_root) / HWMON_REL).glob("hwmon*")):
         try:
@@ -160,8 +162,55 @@ def hwmon_channels(sysfs_root: Path, chips: Sequence[str] = POWER_MONITOR_CHIPS
             if volt.exists():
                 channels.append(PowerChannel(f"{chip}:{_label(hdir, f'in{n}', f'in{n}')}",
                                              volt_path=volt, curr_path=curr))
+    if not totals_only:
+        return channels
     totals = [c for c in channels if c.label.split(":", 1)[1] in TOTAL_RAIL_LABELS]
     return totals or channels
+
+
+RAIL_ALIASES = {"big": ("arm", "eagle", "a15", "a57", "a72", "a73", "a76"),
+                "little": ("kfc", "a7", "a53", "a55")}
+"""Label words that name a cluster's supply besides its own name and core: the Exynos 5422's
+``VDD_ARM`` (Cortex-A15, "Eagle") and ``VDD_KFC`` (Cortex-A7, "KFC") as the Odroid-XU3 labels
+its INA231 rails, and the usual core names."""
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.split(r"[^a-z0-9]+", text.lower()) if w}
+
+
+def cluster_rail_channels(channels: Sequence[PowerChannel], clusters: Sequence[tuple[str, str]],
+                          rails: Mapping[str, str] | None = None) -> dict[int, PowerChannel]:
+    """Which channel measures each cluster's supply: ``clusters`` are (name, core) pairs
+    (``("big", "arm,cortex-a15")``); ``rails`` maps a cluster name to a label (the part after
+    ``chip:`` or the whole ``chip:label``) and wins over matching. Otherwise a channel belongs to
+    a cluster when a word of its label is the cluster's name, its core (``a15``) or an alias of
+    :data:`RAIL_ALIASES`, and to no other cluster. Clusters with no such channel are absent."""
+    rails = dict(rails or {})
+    out: dict[int, PowerChannel] = {}
+    for ci, (name, core) in enumerate(clusters):
+        if name in rails:
+            want = rails[name].lower()
+            hits = [c for c in channels if want in (c.label.lower(),
+                                                    c.label.split(":", 1)[-1].lower())]
+            if len(hits) == 1:
+                out[ci] = hits[0]
+            continue
+        keys = {name.lower(), *RAIL_ALIASES.get(name.lower(), ())}
+        keys |= {w[len("cortex-"):] for w in core.lower().split(",") if w.startswith("cortex-")}
+
+        def matches(ch: PowerChannel, keys: set[str] = keys) -> bool:
+            words = _words(ch.label.split(":", 1)[-1])
+            return bool(words & keys) or any(w.startswith("cortex") and w[6:] in keys
+                                             for w in words)
+        hits = [c for c in channels if matches(c)]
+        if len(hits) == 1:
+            out[ci] = hits[0]
+    # a channel claimed by two clusters belongs to neither
+    seen: dict[str, list[int]] = {}
+    for ci, ch in out.items():
+        seen.setdefault(ch.label, []).append(ci)
+    return {ci: ch for ci, ch in out.items() if len(seen[ch.label]) == 1}
 
 
 class HwmonMeter:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from edgesched.errors import AdmissionError
 from edgesched.server.runner import LoadedModel, TensorSpec
-from edgesched.tensorwire import encode_tensor
+from edgesched.server.shm import SharedMemoryUse, shared_input, shared_output, tensor_params
+from edgesched.tensorwire import encode_tensor, json_bytes
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,18 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 def _json_doc(raw: bytes) -> Any:
     """``json.loads(raw)`` without NaN and infinities; raises ValueError (UnicodeDecodeError,
-    JSONDecodeError) or RecursionError as it does."""
+    JSONDecodeError) or RecursionError as it does.
+
+    orjson parses it (from the bytes, at library speed; it refuses NaN and infinities itself,
+    and reads an integer beyond 64 bits as a float, which the checks then refuse as they refuse
+    the integer). What orjson refuses is parsed again by the standard library, so that its
+    verdict and its reason are the same as ever: a body in UTF-16 or UTF-32, a lone surrogate
+    in a string, a literal like ``1e999`` (infinite: the finite-values check names the input),
+    nesting deeper than orjson's 1024 levels."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
@@ -120,8 +133,11 @@ def _binary_tensor(spec: TensorSpec, blob: memoryview, offset: int, size: int) -
 
 
 def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, levels: int,
-                default_priority: int) -> InferRequest:
-    """Decode ``body`` (JSON, or JSON header + binary tensors when ``header_length`` is given)."""
+                default_priority: int, shm: SharedMemoryUse | None = None) -> InferRequest:
+    """Decode ``body`` (JSON, or JSON header + binary tensors when ``header_length`` is given).
+
+    ``shm``: the request's use of system shared memory (:mod:`edgesched.server.shm`), None
+    when the extension is off; outputs bound for a region are left to it, not listed."""
     if header_length is not None:
         if not 0 < header_length <= len(body):
             raise _bad(f"Inference-Header-Content-Length {header_length} outside 1..{len(body)} "
@@ -173,6 +189,10 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
         tparams = item.get("parameters") or {}
         if not isinstance(tparams, dict):
             raise _bad(f"input {name!r}: 'parameters' must be an object")
+        if tensor_params(tparams):  # a view of a registered shared memory region
+            inputs[name] = shared_input(shm, spec, item, tparams)
+            _check_finite(spec, inputs[name])
+            continue
         size = tparams.get("binary_data_size")
         if size is not None:
             if header_length is None:
@@ -210,6 +230,9 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
                 raise _bad(f"model {model.name!r} has no output {_short(oname)} (outputs: "
                            f"{', '.join(t.name for t in model.outputs)})")
             oparams = item.get("parameters") or {}
+            if tensor_params(oparams):
+                shared_output(shm, out_names[str(oname)], oparams)
+                continue
             binary = oparams.get("binary_data", binary_all) if isinstance(oparams, dict) else None
             if not isinstance(binary, bool):
                 raise _bad(f"output {oname!r}: 'binary_data' must be true or false")
@@ -237,17 +260,19 @@ def check_deadline(req: InferRequest, service_s: float, margin: float, status: i
 
 def encode_response_parts(model: LoadedModel, request_id: str,
                           results: Mapping[str, np.ndarray], outputs: tuple[tuple[str, bool], ...],
-                          parameters: Mapping[str, Any]) -> tuple[bytes, list[memoryview]]:
+                          parameters: Mapping[str, Any],
+                          shared: list[dict[str, Any]] | None = None,
+                          ) -> tuple[bytes, list[memoryview]]:
     """The response's JSON (the header, when binary outputs follow it) and byte views of the
-    binary outputs, in order (the result arrays must not change until they are sent)."""
+    binary outputs, in order (the result arrays must not change until they are sent).
+    ``shared``: the docs of the outputs written to shared memory (no data), listed first."""
     specs = model.output_by_name
-    out_docs: list[dict[str, Any]] = []
+    out_docs: list[dict[str, Any]] = list(shared) if shared else []
     blobs: list[memoryview] = []
     for name, binary in outputs:
         out_docs.append(encode_tensor(name, results[name], specs[name].datatype, binary, blobs))
-    head = json.dumps({"model_name": model.name, "model_version": "1", "id": request_id,
-                       "parameters": dict(parameters), "outputs": out_docs},
-                      separators=(",", ":")).encode()
+    head = json_bytes({"model_name": model.name, "model_version": "1", "id": request_id,
+                       "parameters": dict(parameters), "outputs": out_docs})
     return head, blobs
 
 

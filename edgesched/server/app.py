@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from edgesched import __version__
-from edgesched.errors import AdmissionError, ConfigError, EdgeschedError, ModelError
+from edgesched.errors import AdmissionError, ConfigError, EdgeschedError, ModelError, PolicyMismatchError
 from edgesched.policy.base import Policy
 from edgesched.power.board import Board
 from edgesched.power.meters import CarbonAccount
+from edgesched.qos import QosGuard
 from edgesched.queue import RequestQueue
 from edgesched.server import systemd
 from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of, system_identity
@@ -49,10 +50,13 @@ from edgesched.server.http1 import (
     json_response,
 )
 from edgesched.server.lane import PriorityLane
-from edgesched.server.metrics import Metrics
+from edgesched.server.metrics import Metrics, render_heat
 from edgesched.server.openapi import openapi
 from edgesched.server.reload import ConfigLoader, ReloadRecord, reload_config
 from edgesched.server.runner import LoadedModel, load_models, shipped_models_dir
+from edgesched.server.shm import EXTENSION as SHM_EXTENSION
+from edgesched.server.shm import ROUTES as SHM_ROUTES
+from edgesched.server.shm import SharedMemoryRegistry, SharedMemoryUse
 
 log = logging.getLogger("edgesched.server")
 
@@ -84,6 +88,8 @@ class ServerState:
     arbiter: PolicyArbiter = field(default_factory=PolicyArbiter)
     """Holds, the power source and which policy runs (:mod:`edgesched.server.holds`)."""
     reloads: ReloadRecord = field(default_factory=ReloadRecord)
+    shm: SharedMemoryRegistry | None = None
+    """The system shared-memory regions; None while ``server.shared_memory`` is off."""
 
 
 class Mailbox:
@@ -150,8 +156,9 @@ async def ready(st: ServerState, request: Request) -> Response:
 
 
 async def server_metadata(st: ServerState, request: Request) -> Response:
+    extensions = [*EXTENSIONS, SHM_EXTENSION] if st.shm is not None else list(EXTENSIONS)
     return json_response({"name": SERVER_NAME, "version": __version__,
-                              "extensions": list(EXTENSIONS)})
+                              "extensions": extensions})
 
 
 async def model_metadata(st: ServerState, request: Request) -> Response:
@@ -172,6 +179,20 @@ async def model_ready(st: ServerState, request: Request) -> Response:
 
 
 async def infer(st: ServerState, request: Request) -> Response:
+    if st.shm is None:
+        return await _infer(st, request, None)
+    use = SharedMemoryUse(st.shm, request.peer)
+    try:
+        return await _infer(st, request, use)
+    finally:  # after _infer's frame is gone: no view of a region is left to keep it mapped
+        use.release()
+
+
+async def _infer(st: ServerState, request: Request, shm: SharedMemoryUse | None) -> Response:
+    """The answer's parameters (its receipt) carry ``daemon_cpu_us``: the CPU time of the
+    threads that handled the request (``time.thread_time_ns`` deltas), from parsing its head
+    to building its answer: the server thread's, and the dispatcher's when it was queued."""
+    cpu0_ns = time.thread_time_ns()
     arrived_s = st.clock()  # a request's timeout runs from its arrival
     st.metrics.received()
     cfg = st.config
@@ -189,7 +210,7 @@ async def infer(st: ServerState, request: Request) -> Response:
                 raise AdmissionError(400, f"{HEADER_LENGTH} must be an integer, got "
                                      f"{raw_len!r}") from None
         req = parse_infer(body, header_length, model, cfg.queue.levels,
-                          cfg.queue.default_priority)
+                          cfg.queue.default_priority, shm)
         priority = req.priority
         if cfg.admission.reject_infeasible_deadline:
             check_deadline(req, st.dispatcher.top_service_s(model),
@@ -215,9 +236,15 @@ async def infer(st: ServerState, request: Request) -> Response:
         known = model_name if model_name in st.models else ""
         st.metrics.count(known, priority, "rejected")
         return _admission_response(exc)
-    out = done[0] if fut is None else await fut
+    if fut is None:
+        out = done[0]
+    else:  # other requests run on this thread meanwhile: only this one's parts are counted
+        spent_ns = time.thread_time_ns() - cpu0_ns
+        out = await fut
+        cpu0_ns = time.thread_time_ns() - spent_ns - out.cpu_ns
     params = {**out.parameters, "outcome": out.outcome,
-              "daemon_us": round((time.monotonic() - request.received_s) * 1e6)}
+              "daemon_us": round((time.monotonic() - request.received_s) * 1e6),
+              "daemon_cpu_us": round((request.cpu_ns + time.thread_time_ns() - cpu0_ns) / 1e3)}
     if out.results is None:
         headers = None
         if out.outcome in ("shed", "shutting_down"):
@@ -225,7 +252,12 @@ async def infer(st: ServerState, request: Request) -> Response:
         return json_response({"error": out.reason, "id": req.request_id, "outcome":
                               out.outcome, "parameters": params}, status=out.status,
                              headers=headers)
-    head, blobs = encode_response_parts(model, req.request_id, out.results, req.outputs, params)
+    try:
+        shared = shm.write_outputs(out.results) if shm is not None and shm.outputs else None
+    except AdmissionError as exc:  # the region's object shrank meanwhile
+        return _admission_response(exc)
+    head, blobs = encode_response_parts(model, req.request_id, out.results, req.outputs, params,
+                                        shared)
     if not blobs:
         return Response(200, head)
     return Response(200, head, "application/octet-stream", {HEADER_LENGTH: str(len(head))},
@@ -242,8 +274,22 @@ async def metrics(st: ServerState, request: Request) -> Response:
     text = st.metrics.render(snap["queue_by_priority"], _freqs(st, snap["cur_opps"]),
                              [(m.name, m.service_s) for m in st.models.values()],
                              now_s=st.dispatcher.clock())
+    heat = _heat(st)
+    if heat is not None:
+        text += render_heat(heat)
     return Response(200, text.encode(), "text/plain; charset=utf-8",
                     {"X-Content-Type-Options": "nosniff"})
+
+
+def _heat(st: ServerState) -> dict[str, Any] | None:
+    """The board's thermal zones, caps and throttled time now (None: no sysfs root to read)."""
+    monitor = st.dispatcher.heat
+    if monitor is None:
+        return None
+    refresh = getattr(st.board, "refresh_heat", None)
+    if refresh is not None:
+        refresh()  # a virtual board counts the idle time since its last run
+    return monitor.sample()
 
 
 async def status(st: ServerState, request: Request) -> Response:
@@ -276,6 +322,7 @@ async def status(st: ServerState, request: Request) -> Response:
                                for (name, khz), opp, util in zip(
                                    _freqs(st, snap["cur_opps"]), snap["cur_opps"],
                                    snap["util_by_cluster"], strict=True)]},
+        "thermal": _heat(st),
         "models": models,
         "model_errors": st.model_errors,
         "requests": totals,
@@ -371,7 +418,8 @@ def _admin(no_params: str | None = None) -> Callable[[AdminHandler], StateHandle
 
 
 def _policy_spec_over_http(spec: str, policy_dir: str) -> str:
-    """``spec`` with any policy file resolved inside ``policy.dir``; refuses paths that leave it."""
+    """``spec`` with any policy file resolved inside ``policy.dir`` (a shipped ``learned:NAME``
+    needs no folder); refuses paths that leave it."""
     if "\x00" in spec or not spec.strip():
         raise AdmissionError(400, f"invalid policy spec {spec!r}")
     kind, sep, arg = spec.partition(":")
@@ -379,6 +427,11 @@ def _policy_spec_over_http(spec: str, policy_dir: str) -> str:
         return spec
     if kind not in ("learned", "qlearn"):
         raise AdmissionError(400, f"policy {kind!r} takes no argument (got {spec!r})")
+    if kind == "learned":
+        from edgesched.policy.registry import shipped_policies
+
+        if arg in shipped_policies():  # a policy shipped with the package, by name
+            return spec
     if not policy_dir:
         raise AdmissionError(403, "loading policy files over HTTP is off: set policy.dir to the "
                              "folder of trusted policy files")
@@ -527,6 +580,8 @@ def build_app(state: ServerState, *, lane: bool = False) -> Router:
     add("POST", "/v2/admin/restore", admin_restore)
     add("POST", "/v2/admin/holds", _admin()(create_hold))
     add("DELETE", "/v2/admin/holds/{id}", _admin()(release_hold))
+    for method, path, fn in SHM_ROUTES:
+        add(method, path, fn)
     return r
 
 
@@ -684,10 +739,20 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
     server: Server | None = None
     dispatcher: Dispatcher | None = None
     arbiter: PolicyArbiter | None = None
+    shm: SharedMemoryRegistry | None = None
     old_switch_s = sys.getswitchinterval()
     sys.setswitchinterval(cfg.server.switch_interval_us / 1e6)
     try:
-        policy.reset(board.view)
+        try:
+            policy.reset(board.view)
+        except PolicyMismatchError as exc:  # e.g. learned:... on a board with more clusters
+            if not cfg.policy.fallback:
+                raise
+            from edgesched.policy.registry import make_policy
+
+            log.warning("%s; falling back to %s", exc, cfg.policy.fallback)
+            policy = make_policy(cfg.policy.fallback)
+            policy.reset(board.view)
         inherited = systemd.inherited_sockets()
         if not inherited:
             sock_path = Path(cfg.server.socket)
@@ -722,7 +787,9 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                                 retry_after_s=cfg.server.retry_after_s,
                                 nice=cfg.server.dispatcher_nice,
                                 inline_max_s=cfg.server.inline_max_us / 1e6,
-                                host_clock=host_clock)
+                                host_clock=host_clock,
+                                qos_guard=QosGuard(cfg.qos.miss_budget, cfg.qos.guard_config())
+                                if cfg.qos.guard else None)
         # a thread that ends while the daemon serves wakes the main loop at once (no polling)
         ended: list[str] = []
 
@@ -739,6 +806,9 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
                             model_errors=errors, models_dir=models_dir,
                             gate=AdminGate(cfg.server.admin_group, cfg.server.admin_over_tcp,
                                            identity_lookup))
+        if cfg.server.shared_memory:
+            state.shm = shm = SharedMemoryRegistry(cfg.server.shared_memory_group,
+                                                   identity_lookup)
         state.arbiter = arbiter = PolicyArbiter(policy, cfg.policy.spec, clock)
         arbiter.start(state)  # the power source now and every power_source.poll_s
         loop.add_signal_handler(signal.SIGHUP, _on_sighup, state, reload)
@@ -777,9 +847,15 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
             listeners.append(await loop.create_server(gate, sock=sock, backlog=LISTEN_BACKLOG))
             names.append(_listener_name(sock))
         if cfg.server.http_port:
-            listeners.append(await loop.create_server(
-                gate, cfg.server.http_host, cfg.server.http_port, reuse_address=True,
-                backlog=LISTEN_BACKLOG))
+            try:
+                listeners.append(await loop.create_server(
+                    gate, cfg.server.http_host, cfg.server.http_port, reuse_address=True,
+                    backlog=LISTEN_BACKLOG))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {cfg.server.http_host}:{cfg.server.http_port}: "
+                    f"{exc.strerror or exc}; choose another --http-port (server.http_port) or "
+                    "stop what holds it") from exc
             names.append(f"http://{cfg.server.http_host}:{cfg.server.http_port}")
         where = ", ".join([*names, lane_name] if lane_name else names)
         log.info("serving %d model(s) on %s; board %s, policy %s", len(models), where,
@@ -828,6 +904,8 @@ async def run_daemon(cfg: Config, clock: Callable[[], float] = time.monotonic,
         if arbiter is not None:
             arbiter.close()
             loop.remove_signal_handler(signal.SIGHUP)
+        if shm is not None:  # every region unregistered and unmapped
+            shm.close()
         board.close()
         for sock in unserved:
             sock.close()

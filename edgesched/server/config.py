@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesched.errors import ConfigError
+from edgesched.qos import GuardConfig, MissBudget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,6 +49,11 @@ class ServerSection:
     inline_max_us: int = 5000
     """An idle daemon serves a request on the HTTP thread itself when its model's longest
     expected run on the board is at most this (0: always through the dispatcher thread)."""
+    shared_memory: bool = False
+    """Triton's system shared-memory extension (:mod:`edgesched.server.shm`); off by default."""
+    shared_memory_group: str = ""
+    """With ``shared_memory`` on: "" lets every unix peer that can connect use it; a group
+    name limits it to root and that group's members."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,23 @@ class PowerSourceSection:
 
 
 @dataclass(frozen=True)
+class QosSection:
+    """``[qos]``: per-class miss budgets and the run-time guard (:mod:`edgesched.qos`)."""
+
+    guard: bool = True
+    """Raise the decisions of the learned policies and ``slack`` for a class spending its
+    budget (the kernel baselines are never changed)."""
+    window_requests: int = 200
+    window_s: float = 60.0
+    hold_s: float = 2.0
+    miss_budget: MissBudget = field(default_factory=MissBudget)
+
+    def guard_config(self) -> GuardConfig:
+        return GuardConfig(window_requests=self.window_requests, window_s=self.window_s,
+                           hold_s=self.hold_s)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     models: ModelsSection = field(default_factory=ModelsSection)
@@ -127,6 +150,7 @@ class Config:
     policy: PolicySection = field(default_factory=PolicySection)
     energy: EnergySection = field(default_factory=EnergySection)
     power_source: PowerSourceSection = field(default_factory=PowerSourceSection)
+    qos: QosSection = field(default_factory=QosSection)
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -260,6 +284,12 @@ def _validate(cfg: Config) -> Config:
     if not (cfg.power_source.poll_s > 0 and math.isfinite(cfg.power_source.poll_s)):
         raise bad("power_source.poll_s", "a finite number of seconds > 0",
                   cfg.power_source.poll_s)
+    budget = cfg.qos.miss_budget
+    for key in ("p1", "p2", "p3"):
+        value = getattr(budget, key)
+        if not 0.0 <= value < 1.0:
+            raise bad(f"qos.miss_budget.{key}", "a fraction in [0, 1) (0.001 = 0.1 %)", value)
+    cfg.qos.guard_config().check(f"{src}: qos")
     if cfg.policy.fallback:
         from edgesched.errors import PolicyError
         from edgesched.policy.registry import check_fallback

@@ -34,15 +34,17 @@ from typing import Any
 import numpy as np
 
 from edgesched.device import Work
-from edgesched.errors import AdmissionError, QueueFullError
+from edgesched.errors import AdmissionError, PolicyError, QueueFullError
 from edgesched.observation import URGENT_WINDOW_S, Decision, DecisionContext, Waiting, waiting_of
 from edgesched.policy.base import Policy
 from edgesched.policy.eas import first_cluster
 from edgesched.power.board import Board
+from edgesched.qos import MISSED_OUTCOMES, QosGuard, guardable
 from edgesched.queue import Entry, RequestQueue
 from edgesched.server.admission import InferRequest
 from edgesched.server.metrics import Metrics
 from edgesched.server.runner import LoadedModel
+from edgesched.thermal import HeatMonitor
 from edgesched.utilisation import (
     BusyAverage,
     BusyWindow,
@@ -70,6 +72,9 @@ class Outcome:
     reason: str = ""
     results: dict[str, np.ndarray] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    cpu_ns: int = 0
+    """CPU time the dispatcher thread spent serving it (``time.thread_time_ns``); 0 when it was
+    served inline, on the thread that already counts it."""
 
 
 @dataclass(eq=False)
@@ -88,7 +93,8 @@ class Dispatcher:
                  clock: Callable[[], float] = time.monotonic, pin_threads: bool = True,
                  idle_wait_s: float = 1.0, queue_full_status: int = 429,
                  retry_after_s: float = 1.0, nice: int = 0, inline_max_s: float = 0.0,
-                 host_clock: Callable[[], float] = time.perf_counter) -> None:
+                 host_clock: Callable[[], float] = time.perf_counter,
+                 qos_guard: QosGuard | None = None) -> None:
         self.board = board
         self.policy = policy
         self.queue = queue
@@ -104,6 +110,8 @@ class Dispatcher:
         self.inline_max_s = inline_max_s
         """Longest expected run (slowest OPP) of a model served inline; 0: never inline."""
         self.inlined = 0
+        self.heat = HeatMonitor.for_board(board, clock)
+        """Heat read through the board's sysfs root (:mod:`edgesched.thermal`); None without one."""
         """Requests served by :meth:`run_inline`."""
         self._token = threading.Lock()
         self._inline_ok: dict[str, bool] = {}
@@ -144,6 +152,10 @@ class Dispatcher:
         self._current: Entry | None = None
         self.on_stopped: Callable[[], None] | None = None
         """Called on the dispatcher thread as it ends, however it ends."""
+        self.qos_guard = qos_guard
+        """The miss-budget guard (:mod:`edgesched.qos`): told every request's outcome; raises
+        the decisions of guarded policies (learned, slack) for classes spending their budget."""
+        self._qos_lock = threading.Lock()  # outcomes arrive from the submitting threads too
 
     # ----------------------------------------------------------------------------- submit side
     def submit(self, job: Job) -> None:
@@ -158,6 +170,7 @@ class Dispatcher:
             try:
                 shed = self.queue.push(entry, now)
             except QueueFullError as exc:
+                self._record_outcome(job.req.priority, True)
                 raise AdmissionError(self.queue_full_status, exc.reason,
                                      retry_after_s=self.retry_after_s) from None
             self._arrived(entry, now)
@@ -241,7 +254,17 @@ class Dispatcher:
         return fut
 
     def set_policy(self, policy: Policy) -> None:
-        """Switch to ``policy`` (call through :meth:`call`: on the dispatcher thread only)."""
+        """Switch to ``policy`` (call through :meth:`call`: on the dispatcher thread only).
+
+        A board opened hands-off (``--policy kernel`` on a real board) takes no decision: only
+        ``kernel`` may run on it, measuring only, until the daemon restarts with another policy.
+        """
+        if getattr(self.board, "hands_off", False):
+            if not getattr(policy, "hands_off", False):
+                raise PolicyError(
+                    f"policy {policy.name!r} cannot run: the board was opened hands-off for "
+                    "'kernel' (no lease, no cpufreq write); restart the daemon with that policy")
+            policy.measure_only()  # type: ignore[attr-defined]
         policy.reset(self.view)
         now = self.clock()
         self.policy = policy
@@ -442,7 +465,22 @@ class Dispatcher:
             busy_fraction_by_cluster=busy, urgent_timeout_s=urgent_timeout_s,
             head_enqueued_s=entry.enqueued_s, waiting_in_order=self._waiting_in_order,
             task_util=self._task.advance(now, 0.0), task_util_est=self._task.util_est / 1024.0,
-            task_cluster=self._task.cluster, task_woken=not self._task.enqueued)
+            task_cluster=self._task.cluster, task_woken=not self._task.enqueued,
+            **self._heat_context())
+
+    def _heat_context(self) -> dict[str, Any]:
+        """``temp_c`` and ``cap_opp`` of the context: the hottest zone and, per cluster, the
+        highest OPP at or below its cooling device's cap (read at most once a second)."""
+        if self.heat is None:
+            return {}
+        temp_c, caps_khz = self.heat.current()
+        clusters = self.board.profile.clusters
+        if len(caps_khz) != len(clusters):
+            return {"temp_c": temp_c}
+        cap_opp = [len(c.opps) - 1 if cap is None else
+                   max([i for i, o in enumerate(c.opps) if o.khz <= cap] or [0])
+                   for c, cap in zip(clusters, caps_khz, strict=True)]
+        return {"temp_c": temp_c, "cap_opp": cap_opp}
 
     def _waiting_in_order(self) -> tuple[Waiting, ...]:
         """``DecisionContext.waiting_in_order``: the queue behind the head, copied under the lock
@@ -487,6 +525,7 @@ class Dispatcher:
     def _serve(self, entry: Entry, inline: bool = False) -> None:
         if not inline:  # answered by _finish, or by the crash path if it never gets there
             self._current = entry
+        cpu0_ns = 0 if inline else time.thread_time_ns()  # inline: the caller counts it
         job: Job = entry.payload
         now = self.clock()
         ctx = self._context(entry, job, now)
@@ -495,6 +534,10 @@ class Dispatcher:
         except Exception:
             log.exception("policy %s failed to decide; running at the top OPP", self.policy.name)
             decision = self._fallback_decision()
+        guard = self.qos_guard
+        if guard is not None and guardable(self.policy):
+            with self._qos_lock:
+                decision = guard.adjust(self.view, entry.priority, decision)
         if self.floor_khz:
             decision = self._floored(decision)
         try:
@@ -531,9 +574,13 @@ class Dispatcher:
             "energy_j": cost.energy_j,
             "priority": job.req.priority,
         }
+        temp_c = self.heat.temp_c() if self.heat is not None else math.nan
+        if math.isfinite(temp_c):
+            params["temp_c"] = temp_c  # the hottest thermal zone (read at most once a second)
         late = end_s > entry.deadline_s
+        cpu_ns = 0 if inline else time.thread_time_ns() - cpu0_ns
         self._finish(entry, Outcome(200, "late" if late else "ok", results=results,
-                                    parameters=params), energy_j=cost.energy_j)
+                                    parameters=params, cpu_ns=cpu_ns), energy_j=cost.energy_j)
 
     def _account(self, decision: Decision, started_s: float, end_s: float, wall_s: float) -> None:
         c = decision.cluster
@@ -583,11 +630,19 @@ class Dispatcher:
         if self._next_tick_s <= now:
             self._next_tick_s = now + self.policy.tick_s
 
+    def _record_outcome(self, priority: int, missed: bool) -> None:
+        guard = self.qos_guard
+        if guard is not None:
+            with self._qos_lock:
+                guard.record(priority, missed, self.clock())
+
     def _finish(self, entry: Entry, out: Outcome, energy_j: float = 0.0) -> None:
         if entry is self._current:
             self._current = None
         job: Job = entry.payload
         self.metrics.count(job.req.model, job.req.priority, out.outcome, energy_j=energy_j)
+        if out.outcome == "ok" or out.outcome in MISSED_OUTCOMES:
+            self._record_outcome(job.req.priority, out.outcome != "ok")
         try:
             job.answer(out)
         except Exception:  # the answer path must never take the loop down

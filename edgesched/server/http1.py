@@ -71,6 +71,9 @@ class Request:
     """The server that read it (``server.active``: requests it is handling now)."""
     connection: Connection | None = None
     """The connection it came on (``closed_callbacks``: run when that connection ends)."""
+    cpu_ns: int = 0
+    """CPU time (``time.thread_time_ns``) the server's thread spent parsing its head and
+    framing its body."""
 
 
 class Response:
@@ -281,6 +284,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------------- requests
     def _advance(self) -> None:
         """Parse what the buffer holds; start the handler once a whole request is there."""
+        cpu0_ns = time.thread_time_ns()
         try:
             request = self._parse()
         except _Refusal as exc:
@@ -288,6 +292,7 @@ class Connection(asyncio.Protocol):
             return
         if request is None:
             return
+        request.cpu_ns = time.thread_time_ns() - cpu0_ns
         self._waiting_since = None  # the timer stays; it finds nothing to do
         self.server.active += 1
         self.task = asyncio.get_running_loop().create_task(self._run(request))

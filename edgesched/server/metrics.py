@@ -16,14 +16,21 @@ Besides the request, energy and queue families:
     deadline passed while it was queued) and ``shed`` (displaced from a full queue). Rejected
     requests, errors and requests cut off by a shutdown are not counted here.
 
+``edgesched_daemon_cpu_seconds_total``
+    the daemon process's CPU time (user and system, every thread) at scrape time: the energy
+    the scheduler itself spends, beside the inferences' (each answer's ``daemon_cpu_us`` has
+    one request's share).
+
 ``docs/grafana/edgesched-dashboard.json`` is a Grafana dashboard over these names.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from edgesched.power.meters import CarbonAccount
 
@@ -49,8 +56,11 @@ def _fmt(value: float) -> str:
 class Metrics:
     """Thread-safe counters: requests by model/priority/outcome, deadline misses, energy."""
 
-    def __init__(self, carbon: CarbonAccount) -> None:
+    def __init__(self, carbon: CarbonAccount,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
         self.carbon = carbon
+        self.cpu_clock = cpu_clock
+        """The process's CPU seconds (``edgesched_daemon_cpu_seconds_total``)."""
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, int, str]] = Counter()
         self.deadline_misses: Counter[str] = Counter()
@@ -176,7 +186,27 @@ class Metrics:
                [({}, self.carbon.grams_co2e(energy))])
         family("edgesched_cpu_frequency_khz", "gauge", "Current frequency per cluster, in kHz.",
                (({"cluster": c}, khz) for c, khz in freq_khz_by_cluster))
+        family("edgesched_daemon_cpu_seconds_total", "counter",
+               "CPU time of the daemon process (user and system, all threads), in seconds.",
+               [({}, round(self.cpu_clock(), 6))])
         family("edgesched_model_service_seconds", "gauge",
                "Median host service time per model measured at start-up.",
                (({"model": m}, s) for m, s in service_s_by_model))
         return "\n".join(lines) + "\n"
+
+
+def render_heat(sample: Mapping[str, Any]) -> str:
+    """Exposition lines of a :meth:`edgesched.thermal.HeatMonitor.sample`: the temperature of
+    each thermal zone and the time the board spent throttled."""
+    lines = ["# HELP edgesched_temperature_celsius Temperature of each thermal zone (sysfs "
+             "class/thermal/thermal_zoneN/temp), in degrees Celsius.",
+             "# TYPE edgesched_temperature_celsius gauge"]
+    for z in sample.get("zones", ()):
+        lines.append(f"edgesched_temperature_celsius{_labels({'zone': z['zone'], 'type': z['type']})} "
+                     f"{_fmt(z['temp_c'])}")
+    lines += ["# HELP edgesched_throttled_seconds_total Time a thermal cap (a cpufreq cooling "
+              "device, or the Raspberry Pi firmware) held a cluster below its top frequency.",
+              "# TYPE edgesched_throttled_seconds_total counter",
+              f"edgesched_throttled_seconds_total {_fmt(round(sample.get('throttled_s', 0.0), 6))}"]
+    return "\n".join(lines) + "\n"
+

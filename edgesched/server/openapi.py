@@ -40,6 +40,46 @@ def _admin(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"post": op}
 
 
+def _shared_memory_paths() -> dict[str, Any]:
+    """Triton's system shared-memory extension (edgesched.server.shm)."""
+    region = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "region name"}
+    note = (". Needs server.shared_memory (403 while off) and a unix socket peer; a region "
+            "belongs to the uid that registered it (and root).")
+    fails = {"400": {**_ERROR, "description": "invalid request, a missing key, out of bounds"},
+             "403": {**_ERROR, "description": "off, or another user's region"},
+             "404": {**_ERROR, "description": "no such region"},
+             "409": {**_ERROR, "description": "the name is registered already"}}
+    listed = {"description": "regions", "content": {"application/json": {"schema": {
+        "type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "key": {"type": "string"},
+            "offset": {"type": "integer"}, "byte_size": {"type": "integer"}}}}}}}
+
+    def op(summary: str, ok: dict[str, Any], named: bool, **extra: Any) -> dict[str, Any]:
+        return {"summary": summary + note, "responses": {"200": ok, **fails},
+                **({"parameters": [region]} if named else {}), **extra}
+
+    done = {"description": "done (empty body)"}
+    base = "/v2/systemsharedmemory"
+    return {
+        f"{base}/status": {"get": op("every region of the caller", listed, False)},
+        f"{base}/region/{{name}}/status": {"get": op("one region", listed, True)},
+        f"{base}/region/{{name}}/register": {"post": op(
+            "register [offset, offset + byte_size) of the POSIX shared memory object key",
+            done, True, requestBody={"required": True, "content": {"application/json": {
+                "schema": {"type": "object", "required": ["key", "byte_size"],
+                           "properties": {"key": {"type": "string"},
+                                          "offset": {"type": "integer", "minimum": 0},
+                                          "byte_size": {"type": "integer",
+                                                        "minimum": 1}}}}}})},
+        f"{base}/region/{{name}}/unregister": {"post": op(
+            "unregister a region (requests using it keep it mapped until they end)", done,
+            True)},
+        f"{base}/unregister": {"post": op("unregister every region of the caller", done,
+                                          False)},
+    }
+
+
 def openapi() -> dict[str, Any]:
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"},
@@ -50,7 +90,11 @@ def openapi() -> dict[str, Any]:
         "parameters": {"type": "object", "properties": {
             "binary_data_size": {"type": "integer",
                                  "description": "bytes of this tensor after the JSON header"},
-            "binary_data": {"type": "boolean"}}}}}
+            "binary_data": {"type": "boolean"},
+            "shared_memory_region": {"type": "string", "description":
+                                     "a registered system shared memory region (Triton)"},
+            "shared_memory_offset": {"type": "integer", "minimum": 0},
+            "shared_memory_byte_size": {"type": "integer", "minimum": 0}}}}}
     infer_request = {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
         "parameters": {"type": "object", "properties": {
@@ -130,6 +174,7 @@ def openapi() -> dict[str, Any]:
                 **_admin("release a hold")["post"],
                 "parameters": [{"name": "id", "in": "path", "required": True,
                                 "schema": {"type": "integer"}}]}},
+            **_shared_memory_paths(),
         },
         "components": {"schemas": {
             "Tensor": tensor, "Infer": infer_request, "Result": infer_response,

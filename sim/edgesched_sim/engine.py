@@ -14,6 +14,13 @@ Policies with ``tick_s > 0`` (kernel governors) are re-evaluated on a tick grid 
 runs, the request's progress carrying over between OPPs; after an idle gap they get one tick with
 the utilisation decayed over the gap.
 
+Heat (profiles with a thermal section, :mod:`edgesched.thermal`): the board's RC node is
+heated by the same cluster power the energy accounts use, and the step_wise governor polls it on
+the run's clock; its cap limits the OPP any decision or governor tick asks for, as the kernel's
+``scaling_max_freq`` would. A cap that falls while a request runs applies from the next decision
+or tick (a run is not re-clocked midway). ``RunStats.throttled_s`` and ``peak_temp_c`` report it;
+without a thermal section none of this runs.
+
 The inference task's utilisation (:class:`~edgesched.utilisation.TaskUtil`, as the daemon's
 dispatcher keeps it) starts a run when a request starts and sleeps when nothing is left to run;
 policies get it in the context, and ``uses_task_util`` policies get its ``cpu_util`` at ticks
@@ -43,7 +50,9 @@ from edgesched.observation import (
 )
 from edgesched.policy.base import Policy
 from edgesched.policy.eas import first_cluster
+from edgesched.qos import QosGuard
 from edgesched.queue import Entry, RequestQueue
+from edgesched.thermal import ThermalSpec, ThermalState
 from edgesched.utilisation import (
     BusyAverage,
     BusyWindow,
@@ -97,6 +106,10 @@ class RunStats:
     busy_s: float = 0.0
     mean_busy_khz: float = 0.0
     """Time-weighted mean frequency while running requests."""
+    throttled_s: float = 0.0
+    """Time the thermal throttling capped some cluster below its top OPP (0 without heat model)."""
+    peak_temp_c: float = math.nan
+    """Highest thermal-zone temperature of the run (nan without a heat model)."""
 
 
 class BoardTables:
@@ -104,8 +117,12 @@ class BoardTables:
     cluster and OPP, service times and powers. Built once and shared by every run on the same
     board and models (the simulator's environment keeps one per pair)."""
 
-    def __init__(self, profile: DeviceProfile, model_names: Sequence[str]) -> None:
+    def __init__(self, profile: DeviceProfile, model_names: Sequence[str],
+                 temp_c: float | None = None) -> None:
+        """``temp_c``: the cluster temperature (Celsius) the powers are priced at; None for the
+        profile's ``default_temp_c`` (leakage: ``Cluster.leakage_uw``)."""
         self.profile = profile
+        self.temp_c = temp_c
         self.view = BoardView.of(profile)
         names = sorted(set(model_names))
         self.model_names = tuple(names)
@@ -117,9 +134,9 @@ class BoardTables:
         # [model][cluster][opp] service time (s) and extra power over the cluster's idle (uW)
         self.lat_s = [[[profile.latency_ms(w, c, o) / 1000.0 for o in range(len(cl.opps))]
                        for c, cl in enumerate(profile.clusters)] for w in self.works]
-        self.busy_uw = [[[cl.busy_power_uw(o, w.threads) for o in range(len(cl.opps))]
+        self.busy_uw = [[[cl.busy_power_uw(o, w.threads, temp_c) for o in range(len(cl.opps))]
                          for cl in profile.clusters] for w in self.works]
-        self.static_uw = [[cl.static_power_uw(o) for o in range(len(cl.opps))]
+        self.static_uw = [[cl.static_power_uw(o, temp_c) for o in range(len(cl.opps))]
                           for cl in profile.clusters]
         self.idle_uw = [cl.idle_uw for cl in profile.clusters]
         self.idle_total_uw = sum(self.idle_uw)
@@ -151,7 +168,8 @@ class Engine:
     """
 
     def __init__(self, profile: DeviceProfile, jobs: JobSet, duration_s: float,
-                 queue: QueueConfig | None = None, tables: BoardTables | None = None) -> None:
+                 queue: QueueConfig | None = None, tables: BoardTables | None = None,
+                 thermal: ThermalSpec | None = None) -> None:
         if (tables is None or tables.profile is not profile
                 or not tables.model_index.keys() >= set(jobs.model)):
             tables = BoardTables(profile, jobs.model)
@@ -161,6 +179,9 @@ class Engine:
         self.jobs = jobs
         self.duration_s = duration_s
         self.qcfg = queue or QueueConfig()
+        self.thermal = profile.thermal if thermal is None else thermal
+        """The heat model (:mod:`edgesched.thermal`): the profile's unless one is passed (another
+        ambient or cooling); None: no heat, no throttling, no cost."""
         self._model_index = tables.model_index
         self.works = tables.works
         self.input_bytes = tables.input_bytes
@@ -184,6 +205,8 @@ class Engine:
         self.task_first_cluster = first_cluster(profile)
         self.task_signal = False
         """Ticks get the task's ``cpu_util`` instead of the cluster's PELT (``uses_task_util``)."""
+        self.guard: QosGuard | None = None
+        """The miss-budget guard of the current run (:mod:`edgesched.qos`): told every outcome."""
         self.job_model = list(map(self._model_index.__getitem__, jobs.model))
         self.job_work = list(map(self.works.__getitem__, self.job_model))
         self.job_release = jobs.release_s.tolist()
@@ -224,6 +247,8 @@ class Engine:
         self._zeros = [0.0] * nc
         self.step_missed: list[int] = []  # priorities of requests missed since the last call
         self.done = False
+        self.heat = (None if self.thermal is None else
+                     ThermalState(self.thermal, [len(k) for k in self.khz], self.idle_total_uw))
 
     # ------------------------------------------------------------------------------- arrivals
     def _admit_until(self, t: float) -> None:
@@ -256,6 +281,8 @@ class Engine:
     def _miss(self, job: int, outcome: Outcome) -> None:
         self._outcome[job] = outcome
         self.step_missed.append(self.job_prio[job])
+        if self.guard is not None:
+            self.guard.record(self.job_prio[job], True, self.now)
 
     # ------------------------------------------------------------------------------- stepping
     def next_head(self, policy: Policy | None = None) -> Entry | None:
@@ -280,6 +307,8 @@ class Engine:
             self._admit_until(self.now)
 
     def _idle_until(self, t: float, policy: Policy | None) -> None:
+        if self.heat is not None:
+            self.heat.advance(t, self.idle_total_uw)
         if self.track_pelt:
             for c in range(self.n_clusters):
                 self.pelt[c].advance(t, 0.0)
@@ -308,7 +337,9 @@ class Engine:
             head_enqueued_s=head.enqueued_s, waiting_in_order=self._waiting_in_order,
             task_util=task.advance(now, 0.0) if self.track_pelt else 0.0,
             task_util_est=task.util_est / 1024.0, task_cluster=task.cluster,
-            task_woken=not task.enqueued)
+            task_woken=not task.enqueued,
+            temp_c=math.nan if self.heat is None else self.heat.temp_c,
+            cap_opp=None if self.heat is None else self.heat.cap)
 
     def _waiting_in_order(self) -> tuple[Waiting, ...]:
         """``DecisionContext.waiting_in_order``: built only when a policy asks for it."""
@@ -342,6 +373,8 @@ class Engine:
                 util = self.task.cpu_util(c)
             busy = self.windows[c].sample(now)
             new = policy.tick(self.view, now, c, self.cur_opp[c], util, busy)
+            if self.heat is not None and new > self.heat.cap[c]:
+                new = self.heat.cap[c]  # the thermal cap is scaling_max_freq: it clamps the governor
             if new != self.cur_opp[c]:
                 self._switch(c, new)
 
@@ -350,6 +383,11 @@ class Engine:
         job = head.request_id
         m = self.job_model[job]
         c, o = decision
+        heat = self.heat
+        if heat is not None:
+            heat.advance(self.now, self.idle_total_uw)
+            if o > heat.cap[c]:
+                o = heat.cap[c]  # the kernel's cap limits whatever OPP the policy asked for
         if self.cur_opp[c] != o:
             self._switch(c, o)
         start = self.now
@@ -359,6 +397,9 @@ class Engine:
         energy = 0.0
         if policy is None or policy.tick_s <= 0:
             dt, energy, extra_j, khz_s = self.run_cost[m][c][o]
+            if heat is not None:
+                heat.advance(start, self.idle_total_uw)
+                heat.advance(start + dt, self.idle_total_uw - self.idle_uw[c] + self.busy_uw[m][c][o])
             self.extra_j += extra_j
             self.busy_khz_s += khz_s
             self.busy_s += dt
@@ -378,6 +419,9 @@ class Engine:
                 total = self.lat_s[m][c][o]
                 seg = min(remaining * total, self.next_tick_s - self.now)
                 p = self.busy_uw[m][c][o]
+                if heat is not None:
+                    heat.advance(self.now, self.idle_total_uw)
+                    heat.advance(self.now + seg, self.idle_total_uw - self.idle_uw[c] + p)
                 energy += p * seg * 1e-6
                 self.extra_j += (p - self.idle_uw[c]) * seg * 1e-6
                 self.busy_khz_s += self.khz[c][o] * seg
@@ -403,14 +447,22 @@ class Engine:
             self._miss(job, Outcome.LATE)
         else:
             self._outcome[job] = Outcome.OK
+            if self.guard is not None:
+                self.guard.record(self.job_prio[job], False, finish)
         nxt = self.next_job
         if nxt < len(self.job_release) and self.job_release[nxt] <= finish:
             self._admit_until(finish)
         return energy
 
     # ------------------------------------------------------------------------------- whole runs
-    def run(self, policy: Policy, seed: int | None = None) -> RunStats:
+    def run(self, policy: Policy, seed: int | None = None,
+            guard: QosGuard | None = None) -> RunStats:
+        """Run ``policy`` over the job set; with ``guard``, its decisions go through
+        :meth:`QosGuard.adjust` and every outcome is recorded in it (:mod:`edgesched.qos`)."""
         self.reset()
+        if guard is not None:
+            guard.reset()
+        self.guard = guard
         policy.reset(self.view, seed)
         self.task_signal = bool(getattr(policy, "uses_task_util", False))
         if policy.tick_s > 0:
@@ -420,13 +472,20 @@ class Engine:
             if head is None:
                 break
             decision = policy.decide(self.view, self.context(head))
+            if guard is not None:
+                decision = guard.adjust(self.view, head.priority, decision)
             self.run_head(head, decision, policy)
+        self.guard = None
         return self.finish()
 
     def finish(self) -> RunStats:
         """Close the run's accounts (idle power over the horizon) and return the statistics."""
         s = self.stats
         s.horizon_s = max(self.duration_s, self.now)
+        if self.heat is not None:
+            self.heat.advance(s.horizon_s, self.idle_total_uw)
+            s.throttled_s = self.heat.throttled_s
+            s.peak_temp_c = self.heat.peak_temp_c
         s.idle_energy_j = self.idle_total_uw * s.horizon_s * 1e-6
         s.total_energy_j = s.idle_energy_j + self.extra_j
         s.board_floor_j = self.profile.board_floor_uw * s.horizon_s * 1e-6

@@ -16,12 +16,19 @@ depend on the policy and is left out). ``info["action_mask"]`` marks the
 actions that select distinct OPPs the board has.
 
 Domain randomisation: ``devices`` and ``scenarios`` may list several; each reset picks one of each
-with the environment's seeded generator.
+with the environment's seeded generator. With ``sampler`` (e.g.
+:class:`edgesched_sim.randomise.TrainingSampler`) each reset draws a new generated board and
+workload from that generator instead.
+
+Miss budgets as constraints: :meth:`EdgeDVFSEnv.set_miss_weights` replaces the per-class miss
+weights (the Lagrange multipliers of :class:`edgesched.qos.LagrangeMultipliers`, updated by the
+training callback), and the last step of an episode reports ``info["class_outcomes"]``:
+``{priority: (missed, requests)}`` of the episode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +37,9 @@ import numpy as np
 from gymnasium import spaces
 
 from edgesched.device import DeviceProfile, load_profile
-from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW
+from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW, check_observable
 from edgesched.queue import Entry
-from edgesched_sim.engine import BoardTables, Engine, QueueConfig
+from edgesched_sim.engine import MISSED, BoardTables, Engine, QueueConfig
 from edgesched_sim.scenarios import Scenario, generate, load_scenario
 from edgesched_sim.workloads import model_names
 
@@ -51,11 +58,16 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
     def __init__(self, devices: Sequence[str | DeviceProfile] = ("rk3399",),
                  scenarios: Sequence[str | Scenario] = ("steady-light",),
                  duration_s: float | None = 30.0, reward: RewardConfig | None = None,
-                 queue: QueueConfig | None = None) -> None:
+                 queue: QueueConfig | None = None,
+                 sampler: Callable[[np.random.Generator], tuple[DeviceProfile, Scenario]]
+                 | None = None) -> None:
         super().__init__()
+        self.sampler = sampler
         if not devices or not scenarios:
             raise ValueError("need at least one device and one scenario")
         self.profiles = [d if isinstance(d, DeviceProfile) else load_profile(d) for d in devices]
+        for prof in self.profiles:  # the observation and actions show MAX_CLUSTERS clusters
+            check_observable(prof, "training (the learned policies' environment)")
         self.scenarios = [s if isinstance(s, Scenario) else load_scenario(s) for s in scenarios]
         self.duration_s = duration_s
         self.reward_cfg = reward or RewardConfig()
@@ -71,8 +83,31 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         self._tables: dict[int, BoardTables] = {}
         """Board constants by profile index, built on first use."""
 
+    def set_miss_weights(self, weights: Mapping[int, float]) -> None:
+        """Per-class miss weights from now on (classes not named keep theirs)."""
+        for p, w in weights.items():
+            if 1 <= int(p) < len(self._miss_w):
+                self._miss_w[int(p)] = float(w)
+
+    def _class_outcomes(self, eng: Engine) -> dict[int, tuple[int, int]]:
+        out: dict[int, list[int]] = {}
+        missed = {int(o) for o in MISSED}
+        for prio, outcome in zip(eng.job_prio, eng._outcome, strict=True):
+            cell = out.setdefault(prio, [0, 0])
+            cell[0] += int(outcome) in missed
+            cell[1] += 1
+        return {p: (m, n) for p, (m, n) in out.items()}
+
     def _new_engine(self) -> Engine:
         rng = self.np_random
+        if self.sampler is not None:
+            profile, sc = self.sampler(rng)
+            dur = sc.duration_s if self.duration_s is None else self.duration_s
+            jobs = generate(sc, int(rng.integers(2**31 - 1)), dur)
+            engine = Engine(profile, jobs, dur, self.queue_cfg,
+                            BoardTables(profile, model_names()))
+            engine.track_pelt = False
+            return engine
         pi = int(rng.integers(len(self.profiles)))
         profile = self.profiles[pi]
         sc = self.scenarios[int(rng.integers(len(self.scenarios)))]
@@ -118,6 +153,7 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
             missed.clear()
         info: dict[str, Any] = {}
         if self._head is None:
+            info["class_outcomes"] = self._class_outcomes(eng)
             obs = np.zeros(OBS_DIM, dtype=np.float32)
             return np.clip(obs, OBS_LOW, OBS_HIGH), float(reward), True, False, info
         return eng.observation(self._head), float(reward), False, False, info

@@ -31,6 +31,12 @@ columns are a proven lower bound on the requests no schedule can serve
 (``misses_lower_bound: true``; per class, each class's own bound, and overall the larger of the
 overall bound and their sum).
 
+Miss budgets (``miss_budget``: the scenario's, :mod:`edgesched.qos`): every row carries
+``within_budget``, per class whether its miss rate stayed at or below the class's budget. The
+learned policies and ``slack`` run behind the run-time guard (:class:`edgesched.qos.QosGuard`)
+with those budgets unless ``guard=False``; ``guarded`` lists the rows that did. The kernel
+baselines are never guarded.
+
 Iso-QoS (``iso_qos``, when ``schedutil`` ran): per row whether it dominates schedutil (energy
 lower, misses no higher in every class) and, on a feasible set with an oracle, the share of the
 schedutil-to-floor energy gap it closes.
@@ -46,7 +52,9 @@ from typing import Any
 import numpy as np
 
 from edgesched.device import DeviceProfile, load_profile
+from edgesched.observation import check_policy_board
 from edgesched.policy.base import Policy
+from edgesched.qos import MissBudget, QosGuard, guardable
 from edgesched_sim.engine import MISSED, Engine, Outcome, QueueConfig, RunStats
 from edgesched_sim.oracle import Demand, OracleJob, demand_test, energy_floor
 from edgesched_sim.scenarios import JobSet, Scenario, generate, load_scenario
@@ -79,6 +87,10 @@ class PolicyResult:
     """Only for the oracle row: whether its energy is a floor for this job set."""
     misses_lower_bound: bool = False
     """The miss columns are a lower bound (the oracle row on an infeasible set)."""
+    throttled_s: float | None = None
+    """Time the thermal throttling capped a cluster (None: no heat model, or the oracle)."""
+    peak_temp_c: float | None = None
+    """Highest thermal-zone temperature of the run (None: no heat model, or the oracle)."""
 
     def to_json(self) -> dict[str, Any]:
         doc = {
@@ -94,6 +106,7 @@ class PolicyResult:
             "p99_latency_ms": self.p99_latency_ms,
             "mean_busy_khz": self.mean_busy_khz,
             "floor_j": self.floor_j, "vs_oracle": self.vs_oracle,
+            "throttled_s": self.throttled_s, "peak_temp_c": self.peak_temp_c,
         }
         if self.is_floor is not None:
             doc["is_floor"] = self.is_floor
@@ -158,7 +171,9 @@ def summarise(name: str, jobs: JobSet, stats: RunStats, profile: DeviceProfile |
         energy_per_received_j=_per(energy, n),
         runs_by_cluster=[float(x) / inferences for x in runs] if inferences else
         [0.0] * n_clusters,
-        misses_by_priority=counts, floor_j=floor_j, vs_oracle=vs)
+        misses_by_priority=counts, floor_j=floor_j, vs_oracle=vs,
+        throttled_s=None if math.isnan(stats.peak_temp_c) else float(stats.throttled_s),
+        peak_temp_c=None if math.isnan(stats.peak_temp_c) else float(stats.peak_temp_c))
 
 
 def _class_bounds(profile: DeviceProfile, jobs: JobSet, demand: Demand) -> tuple[int, dict[str, int]]:
@@ -258,15 +273,21 @@ def resolve_policy(spec: str, profile: DeviceProfile) -> Policy:
 
 def evaluate(device: str | DeviceProfile, scenario: str | Scenario, policies: Sequence[str],
              seed: int = 0, duration_s: float | None = None,
-             queue: QueueConfig | None = None) -> dict[str, Any]:
+             queue: QueueConfig | None = None, guard: bool = True) -> dict[str, Any]:
     """Run every policy on the same job set; returns the ``edgesched eval`` JSON document."""
-    return run_policies(device, scenario, {}, policies, seed, duration_s, queue)
+    return run_policies(device, scenario, {}, policies, seed, duration_s, queue, guard=guard)
+
+
+def budget_verdict(row: Mapping[str, Any], budget: MissBudget) -> dict[str, bool]:
+    """Per class of ``row``: whether its miss rate stayed at or below the class's budget."""
+    return {p: float(rate) <= budget.of(int(p)) + 1e-12
+            for p, rate in row["miss_rate_by_priority"].items()}
 
 
 def run_policies(device: str | DeviceProfile, scenario: str | Scenario,
                  objects: Mapping[str, Policy], specs: Sequence[str], seed: int = 0,
                  duration_s: float | None = None,
-                 queue: QueueConfig | None = None) -> dict[str, Any]:
+                 queue: QueueConfig | None = None, guard: bool = True) -> dict[str, Any]:
     """Like :func:`evaluate`, with ready policy objects (named by their keys) run first."""
     profile = device if isinstance(device, DeviceProfile) else load_profile(device)
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
@@ -274,24 +295,45 @@ def run_policies(device: str | DeviceProfile, scenario: str | Scenario,
     jobs = generate(sc, seed, dur)
     demand = feasibility(profile, jobs)
     floors = "oracle" in specs
+    # every policy is made (a bare qlearn trained) and checked against the board before any run:
+    # one that reads the observation is refused on a board with more clusters than it shows
+    made = {spec: resolve_policy(spec, profile) for spec in dict.fromkeys(specs) if spec != "oracle"}
+    for policy in (*objects.values(), *made.values()):
+        check_policy_board(policy, profile)
     results: list[PolicyResult] = []
-    engine = Engine(profile, jobs, dur, queue)
+    thermal = (profile.thermal.with_conditions(**sc.thermal)
+               if profile.thermal is not None and sc.thermal else None)
+    engine = Engine(profile, jobs, dur, queue, thermal=thermal)
+    budget = sc.miss_budget
+    guarded: list[str] = []
+
+    def guard_of(name: str, policy: Policy) -> QosGuard | None:
+        if not (guard and guardable(policy)):
+            return None
+        guarded.append(name)
+        return QosGuard(budget)
+
     for name, policy in objects.items():
-        results.append(summarise(name, jobs, engine.run(policy, seed), profile, floors, dur))
+        stats = engine.run(policy, seed, guard_of(name, policy))
+        results.append(summarise(name, jobs, stats, profile, floors, dur))
     for spec in specs:
         if spec == "oracle":
             results.append(oracle_result(profile, jobs, dur, demand))
             continue
-        stats = engine.run(resolve_policy(spec, profile), seed)
+        policy = made[spec]
+        stats = engine.run(policy, seed, guard_of(spec, policy))
         results.append(summarise(spec, jobs, stats, profile, floors, dur))
     rows = [r.to_json() for r in results]
+    for row in rows:
+        row["within_budget"] = budget_verdict(row, budget)
     return {"device": profile.name, "scenario": sc.name, "seed": seed, "duration_s": dur,
             "jobs": len(jobs), "feasible": demand.feasible,
             "demand": {"max_load": demand.max_load, "max_excess_s": demand.max_excess_s,
                        "min_misses": demand.min_misses},
             "clusters": [c.name for c in profile.clusters], "results": rows,
             "iso_qos": iso_qos(rows, demand.feasible),
-            "board_floor_j": profile.board_floor_uw * dur * 1e-6}
+            "board_floor_j": profile.board_floor_uw * dur * 1e-6,
+            "miss_budget": budget.as_dict(), "guarded": guarded}
 
 
 def _fmt(x: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
@@ -315,6 +357,9 @@ def format_table(doc: dict[str, Any]) -> str:
     cols = (["policy", "energy J", "served", "mJ/served", "mJ/received", "miss %"]
             + [f"miss p{p} %" for p in prios] + ["p99 ms", "floor J", "vs floor"]
             + [f"on {c} %" for c in clusters])
+    heat = any(r.get("peak_temp_c") is not None for r in doc["results"])
+    if heat:
+        cols += ["throttled s", "peak C"]
     rows = [cols]
     for r in doc["results"]:
         low = ">=" if r.get("misses_lower_bound") else ""
@@ -327,7 +372,9 @@ def format_table(doc: dict[str, Any]) -> str:
                     + [low + f"{r['miss_rate_by_priority'].get(p, 0.0) * 100:.2f}" for p in prios]
                     + [f"{r['p99_latency_ms']:.1f}", _fmt(r.get("floor_j"), 1, ".3f"),
                        _fmt(r.get("vs_oracle"), 1, ".3f")]
-                    + [_fmt(x, 100, ".1f") for x in shares[:len(clusters)]])
+                    + [_fmt(x, 100, ".1f") for x in shares[:len(clusters)]]
+                    + ([_fmt(r.get("throttled_s"), 1, ".1f"), _fmt(r.get("peak_temp_c"), 1, ".1f")]
+                       if heat else []))
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     lines = [head] + ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                                 enumerate(zip(row, widths, strict=False))) for row in rows]
@@ -341,6 +388,14 @@ def format_table(doc: dict[str, Any]) -> str:
                             "floor"))
         lines.append(f"vs {iso['reference']} (energy lower, misses no higher in every class): "
                      + "; ".join(parts))
+    budget = doc.get("miss_budget")
+    if budget:
+        over = [f"{r['policy']} (p{', p'.join(p for p, ok in r['within_budget'].items() if not ok)})"
+                for r in doc["results"] if not all(r.get("within_budget", {}).values())]
+        lines.append("miss budgets " + ", ".join(f"p{p} {v * 100:g}%" for p, v in budget.items())
+                     + (f" (guarded: {', '.join(doc['guarded'])})" if doc.get("guarded") else "")
+                     + ": " + ("every policy inside" if not over else "over budget: "
+                               + "; ".join(over)))
     return "\n".join(lines)
 
 

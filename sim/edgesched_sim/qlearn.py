@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgesched.device import DeviceProfile
-from edgesched.observation import N_ACTIONS
+from edgesched.observation import N_ACTIONS, check_observable
 from edgesched.policy.qlearn import N_STATES, QTablePolicy, load_qtable, state_of
 from edgesched_sim.env import EdgeDVFSEnv
 from edgesched_sim.scenarios import BUILTIN_NAMES
@@ -54,6 +54,7 @@ def qlearn_policy(spec: str, profile: DeviceProfile, seed: int = 0) -> QTablePol
     """``qlearn`` (train for ``profile`` now, cached per process) or ``qlearn:PATH``."""
     if spec.startswith("qlearn:"):
         return load_qtable(spec.split(":", 1)[1])
+    check_observable(profile, f"policy {spec!r}")  # before training on a board it cannot see
     key = (profile.name, seed, hash(profile.clusters))
     if key not in _CACHE:
         _CACHE[key] = train_qtable([profile], seed=seed)

@@ -30,7 +30,13 @@ import numpy as np
 from edgesched_sim.evaluate import REFERENCE, dominates, evaluate, gap_closed, pareto_axes
 from edgesched_sim.scenarios import BUILTIN_NAMES
 
-BASELINES = ("performance", "powersave", "ondemand", "conservative", "schedutil", "qlearn", "oracle")
+BASELINES = ("performance", "powersave", "ondemand", "conservative", "schedutil", "schedutil-big",
+             "slack", "qlearn", "oracle")
+"""What a report compares a learned policy with: the kernel baselines as the kernel places work,
+schedutil pinned to the fastest cluster (the reports' reference before placement was modelled),
+the analytic ``slack`` policy, a Q-learning table and the floor."""
+ANALYTIC = "slack"
+"""The non-learned policy a learned one has to beat to be worth shipping."""
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -102,6 +108,8 @@ def iso_qos_summary(runs: Sequence[dict[str, Any]], reference: str = REFERENCE,
         feas = [r for r in mine if r["feasible"] and "oracle" in names]
         for name, t in totals.items():
             t["dominates"] = name != reference and dominates(t, totals[reference])
+            if ANALYTIC in totals and name != ANALYTIC:
+                t["dominates_slack"] = dominates(t, totals[ANALYTIC])
             t["gap_closed"] = None
             if feas and name != reference:
                 t["gap_closed"] = gap_closed(_total_j(feas, name), _total_j(feas, reference),

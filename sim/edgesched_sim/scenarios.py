@@ -15,6 +15,13 @@ A scenario file::
     weight = 1.0
     priority = 2                 # Triton convention, 1 = highest
     deadline_ms = 100.0
+    [qos.miss_budget]            # optional: share of each class that may miss (these are the
+    p1 = 0.001                   # defaults, edgesched.qos.MissBudget); `edgesched eval` reports
+    p2 = 0.01                    # per class whether each policy stayed inside, and guards the
+    p3 = 0.05                    # learned policies and slack with them (edgesched.qos.QosGuard)
+    [thermal]                    # optional: conditions for the board's heat model (profiles
+    ambient_c = 35.0             # with a thermal section, edgesched.thermal): ambient C and one
+    cooling = "none"             # of the profile's cooling settings; default: the profile's
 
 Generation is deterministic in the seed: the same (scenario, seed, duration) gives the same jobs.
 """
@@ -33,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgesched.errors import ConfigError
+from edgesched.qos import MissBudget
 from edgesched_sim.workloads import MODELS
 
 if sys.version_info >= (3, 11):
@@ -58,6 +66,10 @@ class Scenario:
     classes: tuple[RequestClass, ...]
     trace_rows: tuple[tuple[float, str | None, int | None, float | None], ...] = field(
         default=(), repr=False)
+    miss_budget: MissBudget = field(default_factory=MissBudget)
+    thermal: Mapping[str, Any] = field(default_factory=dict)
+    """Conditions for the board's heat model (``[thermal]``: ``ambient_c`` and ``cooling``, a
+    cooling setting of the profile's thermal section); empty: the profile's own."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,29 @@ BUILTIN: dict[str, dict[str, Any]] = {
             {"model": "mobilenet_v1", "weight": 0.1, "priority": 3, "deadline_ms": 2000.0},
         ],
     },
+    "hot-sustained": {
+        # a camera pipeline that never pauses, on a bare board (natural convection only) in a 35 C
+        # enclosure: enough heat at the top OPP to cross the first passive trip within minutes
+        "duration_s": 600.0,
+        "thermal": {"ambient_c": 35.0, "cooling": "none"},
+        "arrivals": {"process": "poisson", "rate_hz": 11.0},
+        "classes": [
+            {"model": "hand_landmark_lite", "weight": 0.5, "priority": 2, "deadline_ms": 300.0},
+            {"model": "mobilenet_v1", "weight": 0.4, "priority": 3, "deadline_ms": 2000.0},
+            {"model": "okay_nabu", "weight": 0.1, "priority": 1, "deadline_ms": 200.0},
+        ],
+    },
+    "hot-bursty": {
+        # the same board and enclosure, load in bursts: heat builds in a burst, drains between
+        "duration_s": 600.0,
+        "thermal": {"ambient_c": 35.0, "cooling": "none"},
+        "arrivals": {"process": "mmpp", "rates_hz": [2.0, 11.5], "mean_dwell_s": [20.0, 120.0]},
+        "classes": [
+            {"model": "hand_landmark_lite", "weight": 0.5, "priority": 2, "deadline_ms": 300.0},
+            {"model": "mobilenet_v1", "weight": 0.4, "priority": 3, "deadline_ms": 2000.0},
+            {"model": "okay_nabu", "weight": 0.1, "priority": 1, "deadline_ms": 200.0},
+        ],
+    },
     "azure-conv": {
         # the Azure LLM conversation trace (CC BY 4.0, see data/README.md) thinned to one board:
         # 1 in 2 requests kept (about 2.8 req/s); the request's size (tokens) picks the class:
@@ -151,7 +186,7 @@ def _num(d: Mapping[str, Any], key: str, src: str, default: float | None = None,
 
 
 def parse_scenario(doc: Mapping[str, Any], name: str, src: str, base_dir: Path | None) -> Scenario:
-    known = {"name", "duration_s", "arrivals", "classes", "description"}
+    known = {"name", "duration_s", "arrivals", "classes", "description", "qos", "thermal"}
     for key in doc:
         if key not in known:
             raise ConfigError(f"{src}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -191,7 +226,31 @@ def parse_scenario(doc: Mapping[str, Any], name: str, src: str, base_dir: Path |
         rows = _read_trace(arrivals, src, base_dir)
     return Scenario(name=str(doc.get("name", name)),
                     duration_s=_num(doc, "duration_s", src, 60.0), process=process,
-                    params=params, classes=tuple(classes), trace_rows=rows)
+                    params=params, classes=tuple(classes), trace_rows=rows,
+                    miss_budget=_miss_budget(doc.get("qos", {}), src),
+                    thermal=_thermal_conditions(doc.get("thermal", {}), src))
+
+
+def _thermal_conditions(thermal: Any, src: str) -> dict[str, Any]:
+    """``[thermal]`` of a scenario: ``ambient_c`` (C) and ``cooling`` (a setting's name)."""
+    if not isinstance(thermal, Mapping) or not set(thermal) <= {"ambient_c", "cooling"}:
+        raise ConfigError(f"{src}: [thermal] may set ambient_c (C) and cooling (a cooling setting "
+                          f"of the profile, e.g. \"none\"), got {thermal!r}")
+    if "ambient_c" in thermal:
+        _num(thermal, "ambient_c", f"{src}: thermal", positive=False)
+    if "cooling" in thermal and not isinstance(thermal["cooling"], str):
+        raise ConfigError(f"{src}: thermal.cooling must be a name such as \"none\" or \"fan\"")
+    return dict(thermal)
+
+
+def _miss_budget(qos: Any, src: str) -> MissBudget:
+    """``[qos]`` of a scenario: only ``miss_budget`` (see :mod:`edgesched.qos`)."""
+    if not isinstance(qos, Mapping):
+        raise ConfigError(f"{src}: [qos] must be a table with a [qos.miss_budget] table")
+    for key in qos:
+        if key != "miss_budget":
+            raise ConfigError(f"{src}: unknown key qos.{key!r} (known: miss_budget)")
+    return MissBudget.from_mapping(qos.get("miss_budget", {}), src)
 
 
 def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,

@@ -5,7 +5,17 @@ daemon. A trained policy is written as ``NAME.npz`` + ``NAME.json`` through
 :func:`edgesched.policy.learned.save_learned` (weights and a manifest, never a pickle).
 
 Several ``--device`` values (or ``--device all``) give domain randomisation: each episode picks a
-board and a scenario, so one ``generic`` policy runs on any profile.
+board and a scenario, so one ``generic`` policy runs on any profile. ``--device random`` goes
+further: each episode draws a new generated board and workload
+(:class:`edgesched_sim.randomise.TrainingSampler`; never one of the held-out boards), with as
+many clusters as the observation encodes.
+
+Miss budgets as constraints (``miss_budget``, ``edgesched train --miss-budget``): a Lagrangian
+method on PPO. The reward is ``-energy - sum_k lambda_k * misses_k``; after every rollout a
+callback takes each class's miss rate over the episodes that ended in it and moves the class's
+multiplier by :meth:`edgesched.qos.LagrangeMultipliers.update` (up while the class misses more
+than its budget, down while it stays inside), then sets it in every environment. The multipliers
+start from ``miss_weight`` and their history is kept in the manifest (``lagrange``).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgesched.device import builtin_profiles, load_profile
-from edgesched.observation import N_ACTIONS, OBS_DIM
+from edgesched.observation import N_ACTIONS, OBS_DIM, check_observable
 from edgesched.policy.learned import LearnedPolicy, load_learned, save_learned
 from edgesched_sim.env import EdgeDVFSEnv, RewardConfig
 from edgesched_sim.scenarios import BUILTIN_NAMES
@@ -48,20 +58,47 @@ class TrainConfig:
     energy_weight: float = 1.0
     eval_every: int = 0
     """Evaluate against schedutil every this many steps (0: never during training)."""
+    miss_budget: dict[int, float] | None = None
+    """Per-class miss budgets trained as constraints (Lagrangian); None: fixed ``miss_weight``."""
+    lagrange_lr: float = 0.5
+
+
+def observable_profiles() -> list[str]:
+    """The built-in profiles the observation shows whole (at most ``MAX_CLUSTERS`` clusters):
+    ``--device all`` and the evaluation after training use these; a board with more clusters
+    (rk3588) is left out, as the policies trained here are refused on it."""
+    from edgesched.observation import observable
+
+    return [n for n in builtin_profiles() if observable(load_profile(n))]
 
 
 def expand_devices(devices: Sequence[str]) -> list[str]:
     out: list[str] = []
     for d in devices:
-        out.extend(builtin_profiles() if d == "all" else [d])
+        out.extend(observable_profiles() if d == "all" else [d])
     return out
 
 
+RANDOM_DEVICE = "random"
+"""``--device random``: a generated board and workload per episode."""
+
+
 def _make_env(cfg: TrainConfig) -> EdgeDVFSEnv:
+    reward = RewardConfig(energy_weight=cfg.energy_weight,
+                          miss_weight={int(k): float(v) for k, v in cfg.miss_weight.items()})
+    if RANDOM_DEVICE in cfg.devices:
+        from edgesched.observation import MAX_CLUSTERS
+        from edgesched_sim.randomise import TrainingSampler
+
+        if len(cfg.devices) > 1:
+            raise ValueError("--device random draws every episode's board; it cannot be "
+                             "combined with other --device values")
+        return EdgeDVFSEnv(devices=("rk3399",), scenarios=cfg.scenarios,
+                           duration_s=cfg.episode_s, reward=reward,
+                           sampler=TrainingSampler(max_clusters=MAX_CLUSTERS,
+                                                   duration_s=cfg.episode_s))
     return EdgeDVFSEnv(devices=cfg.devices, scenarios=cfg.scenarios, duration_s=cfg.episode_s,
-                       reward=RewardConfig(energy_weight=cfg.energy_weight,
-                                           miss_weight={int(k): float(v) for k, v in
-                                                        cfg.miss_weight.items()}))
+                       reward=reward)
 
 
 def export_layers(model: Any, algo: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
@@ -146,13 +183,15 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
     """Train, export and write the policy file; returns the manifest path."""
     import stable_baselines3
     import torch
-    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     for d in cfg.devices:
-        load_profile(d)  # fail early with the profile's own message
+        if d != RANDOM_DEVICE:
+            # fail early with the profile's own message, or the observation's (too many clusters)
+            check_observable(load_profile(d), "training")
     venv = DummyVecEnv([lambda: _make_env(cfg) for _ in range(cfg.n_envs)])
     venv.seed(cfg.seed)
     if tensorboard_log:
@@ -167,7 +206,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
     class _Eval(BaseCallback):
         def _on_step(self) -> bool:
             if cfg.eval_every and self.num_timesteps % cfg.eval_every < cfg.n_envs:
-                res = quick_eval(_policy_from_model(model, cfg.algo), cfg.devices[:3],
+                res = quick_eval(_policy_from_model(model, cfg.algo), eval_devices[:3],
                                  cfg.scenarios, [101], 20.0)
                 res["timesteps"] = float(self.num_timesteps)
                 history.append(res)
@@ -184,19 +223,67 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
         except ImportError:
             use_bar = False
     t0 = time.perf_counter()
-    model.learn(total_timesteps=cfg.timesteps, callback=_Eval(), progress_bar=use_bar)
+    eval_devices = [d for d in cfg.devices if d != RANDOM_DEVICE] or observable_profiles()
+    callbacks: list[Any] = [_Eval()]
+    lagrange: list[dict[str, Any]] = []
+    if cfg.miss_budget is not None:
+        callbacks.append(lagrange_callback(cfg, venv, lagrange, BaseCallback))
+    model.learn(total_timesteps=cfg.timesteps, callback=CallbackList(callbacks),
+                progress_bar=use_bar)
     train_s = time.perf_counter() - t0
     layers, activation = export_layers(model, cfg.algo)
     cfg_doc = asdict(cfg)
     cfg_doc["miss_weight"] = {str(k): v for k, v in cfg.miss_weight.items()}
+    if cfg.miss_budget is not None:
+        cfg_doc["miss_budget"] = {str(k): v for k, v in cfg.miss_budget.items()}
     extra = {
         "activation": activation, "devices": cfg.devices, "scenarios": cfg.scenarios,
         "algo": cfg.algo, "seed": cfg.seed, "training": cfg_doc, "train_seconds": train_s,
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__},
         "history": history,
+        "lagrange": lagrange,
     }
     return save_learned(out, layers, extra)
+
+
+def lagrange_callback(cfg: TrainConfig, venv: Any, updates: list[dict[str, Any]],
+                      base: type) -> Any:
+    """The SB3 callback of the Lagrangian method (see the module notes); ``updates`` gets one entry
+    per update: the timestep, the rollout's per-class miss rates and the new multipliers."""
+    from edgesched.qos import LagrangeMultipliers, MissBudget
+
+    if cfg.miss_budget is None:
+        raise ValueError("lagrange_callback needs cfg.miss_budget")
+    budget = MissBudget(**{f"p{k}": float(v) for k, v in cfg.miss_budget.items() if k in (1, 2, 3)})
+    mult = LagrangeMultipliers(budget=budget, lr=cfg.lagrange_lr,
+                               values={int(k): float(v) for k, v in cfg.miss_weight.items()})
+
+    class _Lagrange(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: dict[int, list[int]] = {}
+
+        def _on_step(self) -> bool:
+            for info in self.locals.get("infos", ()):
+                for p, (missed, n) in info.get("class_outcomes", {}).items():
+                    cell = self.counts.setdefault(int(p), [0, 0])
+                    cell[0] += int(missed)
+                    cell[1] += int(n)
+            return True
+
+        def _on_rollout_end(self) -> None:
+            rates = {p: m / n for p, (m, n) in self.counts.items() if n}
+            self.counts = {}
+            if not rates:
+                return
+            values = mult.update(rates)
+            venv.env_method("set_miss_weights", values)
+            updates.append({"timesteps": int(self.num_timesteps),
+                        "miss_rate": {str(p): r for p, r in sorted(rates.items())},
+                        "lambda": {str(p): v for p, v in sorted(values.items())}})
+
+    return _Lagrange()
 
 
 def attach_report(policy_path: str | Path, report: dict[str, Any]) -> None:
