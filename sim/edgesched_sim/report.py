@@ -173,9 +173,30 @@ def plot_report(doc: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def provenance(root: Path | None = None) -> dict[str, Any]:
+    """When and from which code a report was made: the UTC date, the git commit of the source
+    tree (``None`` outside a checkout) and whether it had uncommitted changes."""
+    import datetime
+    import subprocess
+
+    root = root or Path(__file__).resolve().parents[2]
+    out: dict[str, Any] = {"date": datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"), "commit": None, "uncommitted_changes": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "edgesched", "sim"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return out
+    out["commit"], out["uncommitted_changes"] = commit, bool(dirty)
+    return out
+
+
 def write_report(policy_path: str | Path, devices: Sequence[str]) -> Path:
     base = Path(policy_path).with_suffix("")
-    doc = evaluate_policy(f"learned:{base}.npz", devices)
+    doc = {"generated": provenance(), **evaluate_policy(f"learned:{base}.npz", devices)}
     out = Path(f"{base}.eval.json")
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     plot_report(doc, Path(f"{base}.eval.png"))
