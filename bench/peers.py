@@ -519,6 +519,7 @@ def main() -> int:
     rps: dict[str, dict[str, list[float]]] = {}
     cpu_load: dict[str, dict[str, list[float]]] = {}
     match: dict[str, dict[str, bool]] = {}
+    code = _code_state()  # before the daemon starts: the code it imports
     with tempfile.TemporaryDirectory(prefix="edgesched-peers-") as tmp:
         home = Path(tmp)
         servers: list[Server] = []
@@ -580,7 +581,7 @@ def main() -> int:
         "acceptance": {"throughput_ratio_ge_3": t_ratio >= 3.0,
                        "overhead_ratio_le_one_third": o_ratio is not None and o_ratio <= 1 / 3,
                        "face_json_cpu_ratio_le_half": c_ratio <= 0.5},
-        "servers": about, "mlserver_venv": _venv_versions(venv), "edgesched_code": _code_state(),
+        "servers": about, "mlserver_venv": _venv_versions(venv), "edgesched_code": code,
         "run": {"rounds": args.rounds, "seconds": args.seconds, "clients": args.clients,
                 "client": "tritonclient.http, JSON tensors, TCP 127.0.0.1", "cpus": os.cpu_count(),
                 "python": sys.version.split()[0]},
