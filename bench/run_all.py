@@ -31,6 +31,8 @@ from typing import Any
 import psutil
 from _daemon import start_daemon, stop_daemon
 
+from edgesched_sim.report import provenance
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
@@ -236,7 +238,8 @@ def main() -> int:
                                                                   "crash_loops")},
         "energy": {b: energy_for(b, energy_s, args.energy_seed) for b in boards},
         "run": {"quick": q, "idle_s": args.idle_s, "overload_s": overload_s,
-                "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                **provenance(ROOT)},
         "raw": {**raw, "idle": idle},
     }
     results["plots"] = plots(args.out, results)

@@ -57,6 +57,9 @@ from edgesched.utilisation import (
 
 log = logging.getLogger("edgesched.server")
 
+_NO_HEAT: dict[str, Any] = {}
+"""The context's heat fields on a board without a heat monitor: none (the defaults)."""
+
 QUIESCENT_UTIL = 1e-3
 """Below this PELT utilisation on every cluster, with nothing queued and a tick that changed no
 OPP, periodic ticks pause until the next request (an idle daemon does not wake every tick_s)."""
@@ -117,7 +120,10 @@ class Dispatcher:
         self._inline_ok: dict[str, bool] = {}
         self.thread_nice: int | None = None
         """The dispatcher thread's nice value once it runs."""
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        """``_cond``'s lock, taken directly where nothing waits or notifies (the same lock, one
+        call fewer per request)."""
+        self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._drain_until_s = math.inf
@@ -144,6 +150,10 @@ class Dispatcher:
         if pin_threads and hasattr(os, "sched_getaffinity"):
             self._allowed_cpus = set(os.sched_getaffinity(0))
         self._pinned: dict[int, frozenset[int]] = {}
+        self._pin_targets: dict[int | None, frozenset[int]] = {}
+        """CPUs to pin to per cluster (None: every CPU the daemon may use)."""
+        self._scales: dict[tuple[int, int], float] = {}
+        """PELT's frequency- and capacity-invariance scale per (cluster, OPP)."""
         """CPUs each thread that ran inferences is pinned to (by thread id)."""
         self.heartbeat_s = now
         self.served = 0
@@ -186,7 +196,7 @@ class Dispatcher:
         done, :meth:`submit` it."""
         if not self._inline_allowed(job.model):
             return False
-        with self._cond:
+        with self._lock:
             if (self._closing or len(self.queue) or self._calls or not self.alive()
                     or not self._token.acquire(blocking=False)):
                 return False
@@ -447,7 +457,7 @@ class Dispatcher:
             work = self.board.profile.work_from_top_latency(
                 self.top_service_s(job.model) * 1000.0)
             self._work[job.model.name] = work
-        with self._cond:
+        with self._lock:
             queue_len = len(self.queue)
             urgent = self.queue.count_at_most(entry.cls + 1)
             backlog_ms = self.queue.backlog_ms
@@ -456,6 +466,7 @@ class Dispatcher:
             urgent_timeout_s = self._urgent.value(now)
         utils = [p.advance(now, 0.0) for p in self._pelt]
         busy = [self._busy_fraction(c, now) for c in range(self.view.n_clusters)]
+        heat = self._heat_context() if self.heat is not None else _NO_HEAT
         return DecisionContext(
             now_s=now, head_priority=entry.priority, head_deadline_s=entry.deadline_s,
             head_work=work, levels=self.queue.levels, queue_len=queue_len,
@@ -465,8 +476,7 @@ class Dispatcher:
             busy_fraction_by_cluster=busy, urgent_timeout_s=urgent_timeout_s,
             head_enqueued_s=entry.enqueued_s, waiting_in_order=self._waiting_in_order,
             task_util=self._task.advance(now, 0.0), task_util_est=self._task.util_est / 1024.0,
-            task_cluster=self._task.cluster, task_woken=not self._task.enqueued,
-            **self._heat_context())
+            task_cluster=self._task.cluster, task_woken=not self._task.enqueued, **heat)
 
     def _heat_context(self) -> dict[str, Any]:
         """``temp_c`` and ``cap_opp`` of the context: the hottest zone and, per cluster, the
@@ -500,17 +510,22 @@ class Dispatcher:
 
     def _apply(self, decision: Decision) -> None:
         self.board.apply(decision)
-        self._cur_opps = list(self.board.current_opps())
-        self._note_frequencies(self.clock())
+        opps = list(self.board.current_opps())
+        if opps != self._cur_opps:  # the metrics' time per frequency changes only then
+            self._cur_opps = opps
+            self._note_frequencies(self.clock())
 
     def _pin(self, cluster: int | None) -> None:
         """Pin the calling thread to ``cluster``'s CPUs (None: to every CPU it may use)."""
         if not self._allowed_cpus:
             return
-        everywhere = frozenset(self._allowed_cpus)
-        target = everywhere
-        if cluster is not None:
-            target = frozenset(self.board.cpus_for(cluster)) & everywhere or everywhere
+        target = self._pin_targets.get(cluster)
+        if target is None:  # the CPUs are fixed per board: worked out once per cluster
+            everywhere = frozenset(self._allowed_cpus)
+            target = everywhere
+            if cluster is not None:
+                target = frozenset(self.board.cpus_for(cluster)) & everywhere or everywhere
+            self._pin_targets[cluster] = target
         tid = threading.get_ident()
         if target == self._pinned.get(tid):
             return
@@ -584,8 +599,11 @@ class Dispatcher:
 
     def _account(self, decision: Decision, started_s: float, end_s: float, wall_s: float) -> None:
         c = decision.cluster
-        cl = self.board.profile.clusters[c]
-        scale = cl.opps[decision.opp].khz / cl.max_khz * self.board.profile.capacity(c) / 1024.0
+        scale = self._scales.get((c, decision.opp))
+        if scale is None:  # fixed per board: worked out once per (cluster, OPP)
+            cl = self.board.profile.clusters[c]
+            scale = cl.opps[decision.opp].khz / cl.max_khz * self.board.profile.capacity(c) / 1024.0
+            self._scales[(c, decision.opp)] = scale
         for i, p in enumerate(self._pelt):
             if i == c:
                 p.advance(started_s, 0.0)
@@ -597,7 +615,7 @@ class Dispatcher:
         self._busy[c].add_busy(wall_s)
         self._task.enqueue(started_s, c)
         self._task.advance(end_s, scale)
-        with self._cond:
+        with self._lock:
             idle = not len(self.queue)
         if idle:  # nothing left to run: the inference task goes to sleep (util_est updates)
             self._task.dequeue(end_s)

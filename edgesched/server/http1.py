@@ -16,6 +16,10 @@ to a general web framework's machinery. This server does only what the daemon ne
   fallback that is told which methods the path does allow.
 
 A handler takes a :class:`Request` (the whole body read) and returns a :class:`Response`.
+
+Per request it does little beyond that: header names seen before are looked up (checked as
+tokens once), a plain ``Content-Length`` is read without splitting, and an answer's status line
+and Content-Type come from a small cache.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ _PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
 log = logging.getLogger("edgesched.server")
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     path: str
@@ -164,19 +168,31 @@ class _Refusal(Exception):
         self.reason = reason
 
 
+_HEAD_STARTS: dict[tuple[int, str], bytes] = {}
+"""The fixed start of an answer's head (status line, Content-Type), per status and type."""
+_HEAD_STARTS_MAX = 64
+
+
 def _head_bytes(status: int, content_type: str, length: int,
                 headers: Mapping[str, str] | None, close: bool, keep_alive_10: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Unknown')}\r\n"
-             f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
-             "Server: edgesched\r\n"]
-    if headers:
-        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-    if close:
-        lines.append("Connection: close\r\n")
-    elif keep_alive_10:
-        lines.append("Connection: keep-alive\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+    start = _HEAD_STARTS.get((status, content_type))
+    if start is None:
+        start = (f"HTTP/1.1 {status} {_PHRASES.get(status, 'Unknown')}\r\n"
+                 f"Content-Type: {content_type}\r\n").encode("latin-1")
+        if len(_HEAD_STARTS) < _HEAD_STARTS_MAX:
+            _HEAD_STARTS[(status, content_type)] = start
+    end = b"Server: edgesched\r\n\r\n"
+    if headers or close or keep_alive_10:
+        lines = ["Server: edgesched\r\n"]
+        if headers:
+            lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        if close:
+            lines.append("Connection: close\r\n")
+        elif keep_alive_10:
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        end = "".join(lines).encode("latin-1")
+    return b"%sContent-Length: %d\r\n%s" % (start, length, end)
 
 
 class Server:
@@ -363,10 +379,13 @@ class Connection(asyncio.Protocol):
                                "in HTTP/1.1)")
             self._chunked = _Chunked()
         elif length is not None:
-            values = {v.strip() for v in length.split(",")}
-            if len(values) != 1 or not all(v.isdigit() and v.isascii() for v in values):
-                raise _Refusal(400, f"invalid Content-Length {length!r}")
-            n = int(values.pop())
+            if length.isdigit() and length.isascii():  # the usual case: one plain number
+                n = int(length)
+            else:
+                values = {v.strip() for v in length.split(",")}
+                if len(values) != 1 or not all(v.isdigit() and v.isascii() for v in values):
+                    raise _Refusal(400, f"invalid Content-Length {length!r}")
+                n = int(values.pop())
             if n > limit:
                 raise _Refusal(413, f"request body of {n} bytes exceeds the limit of {limit} "
                                "bytes (server.max_body_bytes)")
@@ -480,6 +499,11 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+_HEADER_NAMES: dict[bytes, str] = {}
+"""Header field names seen before (checked as tokens), each with its lower-case key."""
+_HEADER_NAMES_MAX = 256
+
+
 def _parse_head(raw: bytes) -> tuple[str, str, str, dict[str, str]]:
     """Request line and headers; raises _Refusal when they are not HTTP/1.x."""
     lines = raw.split(b"\r\n")
@@ -487,11 +511,16 @@ def _parse_head(raw: bytes) -> tuple[str, str, str, dict[str, str]]:
         raise _Refusal(431, f"more than {MAX_HEADERS} request headers")
     method, target, version = _parse_request_line(lines[0])
     headers: dict[str, str] = {}
+    names = _HEADER_NAMES
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise _Refusal(400, "malformed request header line")
-        key = name.decode("ascii").lower()
+        key = names.get(name) if sep else None
+        if key is None:
+            if not sep or not _TOKEN.fullmatch(name):
+                raise _Refusal(400, "malformed request header line")
+            key = name.decode("ascii").lower()
+            if len(names) < _HEADER_NAMES_MAX:
+                names[name] = key
         text = value.strip(b" \t").decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return method, target, version, headers
