@@ -245,6 +245,11 @@ class ThermalState:
                  start_s: float = 0.0) -> None:
         self.spec = spec
         self.cooling = spec.active
+        # constants of the step, read once (the same values ``rc_step_c`` reads per call)
+        self._ambient_c = spec.ambient_c
+        self._r_c_per_w = self.cooling.r_c_per_w
+        self._tau_s = self.cooling.tau_s
+        self._other_heat_uw = spec.other_heat_uw
         self.n_opps = tuple(n_opps)
         self.governor = StepWise(spec, [n - 1 for n in self.n_opps])
         self.idle_uw = idle_uw
@@ -261,23 +266,75 @@ class ThermalState:
         self.next_poll_s = start_s + self.governor.delay_s()
 
     def _integrate(self, t_s: float, power_w: float) -> None:
+        """:func:`rc_step_c` from ``self.t_s`` to ``t_s`` (written out: the same arithmetic in
+        the same order, without the call; this runs at every event of a simulated run)."""
         dt = t_s - self.t_s
         if dt <= 0:
             return
-        spec = self.spec
-        self.temp_c = rc_step_c(self.temp_c, spec.ambient_c, power_w, self.cooling, dt)
-        if self.temp_c > self.peak_temp_c:
-            self.peak_temp_c = self.temp_c
+        steady = self._ambient_c + power_w * self._r_c_per_w
+        temp = steady + (self.temp_c - steady) * math.exp(-dt / self._tau_s)
+        self.temp_c = temp
+        if temp > self.peak_temp_c:
+            self.peak_temp_c = temp
         if self.throttled:
             self.throttled_s += dt
         self.t_s = t_s
 
     def advance(self, t_s: float, power_uw: float) -> None:
-        power_w = (power_uw + self.spec.other_heat_uw) * 1e-6
-        while self.next_poll_s <= t_s:
-            self._integrate(self.next_poll_s, power_w)
-            self.poll()
-        self._integrate(t_s, power_w)
+        if self.next_poll_s <= t_s:
+            power_w = (power_uw + self._other_heat_uw) * 1e-6
+            while self.next_poll_s <= t_s:
+                self._integrate(self.next_poll_s, power_w)
+                self.poll()
+            self._integrate(t_s, power_w)
+            return
+        # no poll due on the way: one ``_integrate``, written out (the common case of a run)
+        dt = t_s - self.t_s
+        if dt <= 0:
+            return
+        steady = self._ambient_c + (power_uw + self._other_heat_uw) * 1e-6 * self._r_c_per_w
+        temp = steady + (self.temp_c - steady) * math.exp(-dt / self._tau_s)
+        self.temp_c = temp
+        if temp > self.peak_temp_c:
+            self.peak_temp_c = temp
+        if self.throttled:
+            self.throttled_s += dt
+        self.t_s = t_s
+
+    def advance_two(self, t1_s: float, power1_uw: float, t2_s: float, power2_uw: float) -> None:
+        """``advance(t1_s, power1_uw)`` then ``advance(t2_s, power2_uw)`` (the same arithmetic,
+        one call: a run's frequency switch, then the run)."""
+        if self.next_poll_s <= t2_s or self.next_poll_s <= t1_s:
+            self.advance(t1_s, power1_uw)
+            self.advance(t2_s, power2_uw)
+            return
+        ambient_c = self._ambient_c
+        r_c_per_w = self._r_c_per_w
+        tau_s = self._tau_s
+        temp = self.temp_c
+        peak = self.peak_temp_c
+        last_s = self.t_s
+        dt = t1_s - last_s
+        if not dt <= 0:
+            steady = ambient_c + (power1_uw + self._other_heat_uw) * 1e-6 * r_c_per_w
+            temp = steady + (temp - steady) * math.exp(-dt / tau_s)
+            if temp > peak:
+                peak = temp
+            if self.throttled:
+                self.throttled_s += dt
+            last_s = t1_s
+        dt = t2_s - last_s
+        if not dt <= 0:
+            steady = ambient_c + (power2_uw + self._other_heat_uw) * 1e-6 * r_c_per_w
+            temp = steady + (temp - steady) * math.exp(-dt / tau_s)
+            if temp > peak:
+                peak = temp
+            if self.throttled:
+                self.throttled_s += dt
+            last_s = t2_s
+        self.temp_c = temp
+        self.peak_temp_c = peak
+        self.t_s = last_s
 
     def poll(self) -> None:
         """One governor pass at the current temperature; schedules the next poll."""

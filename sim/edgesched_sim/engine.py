@@ -21,6 +21,9 @@ the run's clock; its cap limits the OPP any decision or governor tick asks for, 
 or tick (a run is not re-clocked midway). ``RunStats.throttled_s`` and ``peak_temp_c`` report it;
 without a thermal section none of this runs.
 
+Per-board constants (service times, powers, switch energies, the heat node's power during each
+run, the kernel capacities) are computed once in :class:`BoardTables`; a step only looks them up.
+
 The inference task's utilisation (:class:`~edgesched.utilisation.TaskUtil`, as the daemon's
 dispatcher keeps it) starts a run when a request starts and sleeps when nothing is left to run;
 policies get it in the context, and ``uses_task_util`` policies get its ``cpu_util`` at ticks
@@ -141,6 +144,9 @@ class BoardTables:
         self.idle_uw = [cl.idle_uw for cl in profile.clusters]
         self.idle_total_uw = sum(self.idle_uw)
         self.trans_s = [cl.transition_latency_ns * 1e-9 for cl in profile.clusters]
+        # [cluster][opp] of a switch to that OPP: (energy above the cluster's idle J, energy J)
+        self.switch_j = [[((st - self.idle_uw[c]) * self.trans_s[c] * 1e-6, st * self.trans_s[c] * 1e-6)
+                          for st in static_c] for c, static_c in enumerate(self.static_uw)]
         self.khz = [[o.khz for o in cl.opps] for cl in profile.clusters]
         # [model][cluster][opp] of one uninterrupted run: (service s, energy J, energy above the
         # cluster's idle J, kHz x s)
@@ -149,6 +155,10 @@ class BoardTables:
                            for o, (dt, p) in enumerate(zip(lat_c, busy_c, strict=True))]
                           for c, (lat_c, busy_c) in enumerate(zip(lat_m, busy_m, strict=True))]
                          for lat_m, busy_m in zip(self.lat_s, self.busy_uw, strict=True)]
+        # [model][cluster][opp] the board's cluster power while that cluster runs the model (uW):
+        # what heats the thermal node during a run
+        self.run_heat_uw = [[[self.idle_total_uw - self.idle_uw[c] + p for p in busy_c]
+                             for c, busy_c in enumerate(busy_m)] for busy_m in self.busy_uw]
         top = profile.max_speed_mhz
         self.run_scale = [[cl.speed_mhz(o) / top for o in range(len(cl.opps))]
                           for cl in profile.clusters]
@@ -158,6 +168,10 @@ class BoardTables:
         self.ref_j = [self.busy_uw[m][fastest][-1] * self.lat_s[m][fastest][-1] * 1e-6
                       for m in range(len(names))]
         """Energy of each model at the board's top speed (the reward's unit)."""
+        self.task_capacity = tuple(kernel_capacity(profile.capacity(i)) for i in range(nc))
+        """The clusters' capacities as the kernel's integers (the inference task's ``TaskUtil``)."""
+        self.task_first_cluster = first_cluster(profile)
+        """Where the inference task starts (``TaskUtil``'s first cluster)."""
 
 
 class Engine:
@@ -192,6 +206,8 @@ class Engine:
         self.idle_uw = tables.idle_uw
         self.idle_total_uw = tables.idle_total_uw
         self.trans_s = tables.trans_s
+        self.switch_j = tables.switch_j
+        self.run_heat_uw = tables.run_heat_uw
         self.khz = tables.khz
         self.run_cost = tables.run_cost
         self.run_scale = tables.run_scale
@@ -200,9 +216,8 @@ class Engine:
         self.ref_j = tables.ref_j
         self.track_pelt = True
         """Keep the utilisation signals (per-cluster PELT and the inference task's)."""
-        self.task_capacity = tuple(kernel_capacity(profile.capacity(i))
-                                   for i in range(self.n_clusters))
-        self.task_first_cluster = first_cluster(profile)
+        self.task_capacity = tables.task_capacity
+        self.task_first_cluster = tables.task_first_cluster
         self.task_signal = False
         """Ticks get the task's ``cpu_util`` instead of the cluster's PELT (``uses_task_util``)."""
         self.guard: QosGuard | None = None
@@ -212,7 +227,13 @@ class Engine:
         self.job_release = jobs.release_s.tolist()
         self.job_deadline = jobs.deadline_s.tolist()
         levels = self.qcfg.levels
-        self.job_prio = [p if p < levels else levels for p in map(int, jobs.priority.tolist())]
+        prio = np.minimum(np.asarray(jobs.priority, dtype=np.int64), levels)
+        self.job_prio: list[int] = prio.tolist()
+        """Per job: its priority class (1 = highest), priorities past ``levels`` in the lowest."""
+        self.job_size = list(map(self.input_bytes.__getitem__, self.job_model))
+        self.job_service_ms = list(map(self.top_ms.__getitem__, self.job_model))
+        self.job_urgent: list[bool] = ((prio == 1) & (jobs.deadline_s != math.inf)).tolist()
+        """Per job: a priority-1 request with a deadline (its timeout feeds ``urgent``)."""
         self.reset()
 
     # ------------------------------------------------------------------------------- state
@@ -254,29 +275,28 @@ class Engine:
     def _admit_until(self, t: float) -> None:
         rel = self.job_release
         n = len(rel)
-        i = self.next_job
+        first = i = self.next_job
         push = self.queue.push
-        event = self.rate.event
         urgent = self.urgent.add
-        models, prios, deadlines = self.job_model, self.job_prio, self.job_deadline
-        sizes, service_ms = self.input_bytes, self.top_ms
+        prios, deadlines, timed = self.job_prio, self.job_deadline, self.job_urgent
+        sizes, service_ms = self.job_size, self.job_service_ms
         while i < n and rel[i] <= t:
             r = rel[i]
-            m = models[i]
-            event(r)
-            if prios[i] == 1 and deadlines[i] != math.inf:
+            if timed[i]:
                 urgent(r, deadlines[i] - r)
             # positional: request_id, priority, deadline_s, enqueued_s, size_bytes, service_ms
-            entry = Entry(i, prios[i], deadlines[i], r, sizes[m], service_ms[m])
+            entry = Entry(i, prios[i], deadlines[i], r, sizes[i], service_ms[i])
             try:
                 shed = push(entry, r)
             except QueueFullError:
                 self._miss(i, Outcome.REJECTED)
             else:
-                for victim in shed:
-                    self._miss(victim.request_id, Outcome.SHED)
+                if shed:
+                    for victim in shed:
+                        self._miss(victim.request_id, Outcome.SHED)
             i += 1
         self.next_job = i
+        self.rate.events(rel[first:i])  # the meter does not depend on the queue: one call
 
     def _miss(self, job: int, outcome: Outcome) -> None:
         self._outcome[job] = outcome
@@ -357,12 +377,13 @@ class Engine:
     def _switch(self, cluster: int, opp: int) -> None:
         if self.cur_opp[cluster] == opp:
             return
-        dt = self.trans_s[cluster]
-        self.extra_j += (self.static_uw[cluster][opp] - self.idle_uw[cluster]) * dt * 1e-6
-        self.stats.transition_energy_j += self.static_uw[cluster][opp] * dt * 1e-6
-        self.stats.transitions += 1
+        extra_j, energy_j = self.switch_j[cluster][opp]
+        self.extra_j += extra_j
+        stats = self.stats
+        stats.transition_energy_j += energy_j
+        stats.transitions += 1
         self.cur_opp[cluster] = opp
-        self.now += dt
+        self.now += self.trans_s[cluster]
 
     def _tick(self, policy: Policy) -> None:
         now = self.now
@@ -385,11 +406,21 @@ class Engine:
         c, o = decision
         heat = self.heat
         if heat is not None:
-            heat.advance(self.now, self.idle_total_uw)
-            if o > heat.cap[c]:
-                o = heat.cap[c]  # the kernel's cap limits whatever OPP the policy asked for
-        if self.cur_opp[c] != o:
-            self._switch(c, o)
+            now = self.now
+            if heat.t_s < now or heat.next_poll_s <= now:  # else ``advance`` would do nothing
+                heat.advance(now, self.idle_total_uw)
+            cap = heat.cap[c]
+            if o > cap:
+                o = cap  # the kernel's cap limits whatever OPP the policy asked for
+        cur_opp = self.cur_opp
+        if cur_opp[c] != o:  # ``_switch``, written out
+            switch_extra_j, switch_j = self.switch_j[c][o]
+            self.extra_j += switch_extra_j
+            stats = self.stats
+            stats.transition_energy_j += switch_j
+            stats.transitions += 1
+            cur_opp[c] = o
+            self.now += self.trans_s[c]
         start = self.now
         track = self.track_pelt
         if track:
@@ -397,17 +428,17 @@ class Engine:
         energy = 0.0
         if policy is None or policy.tick_s <= 0:
             dt, energy, extra_j, khz_s = self.run_cost[m][c][o]
-            if heat is not None:
-                heat.advance(start, self.idle_total_uw)
-                heat.advance(start + dt, self.idle_total_uw - self.idle_uw[c] + self.busy_uw[m][c][o])
+            end = start + dt
+            if heat is not None:  # the switch's time (if any) at idle power, then the run
+                heat.advance_two(start, self.idle_total_uw, end, self.run_heat_uw[m][c][o])
             self.extra_j += extra_j
             self.busy_khz_s += khz_s
             self.busy_s += dt
-            self.now = start + dt
+            self.now = end
             if track:
                 self.pelt[c].advance(start, 0.0)
-                self.pelt[c].advance(self.now, self.run_scale[c][o])
-                self.task.advance(self.now, self.run_scale[c][o])
+                self.pelt[c].advance(end, self.run_scale[c][o])
+                self.task.advance(end, self.run_scale[c][o])
                 self.windows[c].add_busy(dt)
         else:
             remaining = 1.0
@@ -420,8 +451,7 @@ class Engine:
                 seg = min(remaining * total, self.next_tick_s - self.now)
                 p = self.busy_uw[m][c][o]
                 if heat is not None:
-                    heat.advance(self.now, self.idle_total_uw)
-                    heat.advance(self.now + seg, self.idle_total_uw - self.idle_uw[c] + p)
+                    heat.advance_two(self.now, self.idle_total_uw, self.now + seg, self.run_heat_uw[m][c][o])
                 energy += p * seg * 1e-6
                 self.extra_j += (p - self.idle_uw[c]) * seg * 1e-6
                 self.busy_khz_s += self.khz[c][o] * seg
@@ -436,12 +466,12 @@ class Engine:
                 if self.now >= self.next_tick_s - 1e-12:
                     self._tick(policy)
                     self.next_tick_s = (math.floor(self.now / tick + 1e-9) + 1) * tick
-        self.busy_avg.idle_then_busy(start, self.now)
         finish = self.now
+        self.busy_avg.idle_then_busy(start, finish)
         self._start[job] = start
         self._finish[job] = finish
         self._cluster[job] = c
-        self._opp[job] = self.cur_opp[c]
+        self._opp[job] = cur_opp[c]
         self._energy[job] = energy
         if finish > head.deadline_s:
             self._miss(job, Outcome.LATE)
@@ -450,7 +480,8 @@ class Engine:
             if self.guard is not None:
                 self.guard.record(self.job_prio[job], False, finish)
         nxt = self.next_job
-        if nxt < len(self.job_release) and self.job_release[nxt] <= finish:
+        release = self.job_release
+        if nxt < len(release) and release[nxt] <= finish:
             self._admit_until(finish)
         return energy
 

@@ -28,8 +28,10 @@ training callback), and the last step of an episode reports ``info["class_outcom
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 import gymnasium as gym
@@ -42,6 +44,8 @@ from edgesched.queue import Entry
 from edgesched_sim.engine import MISSED, BoardTables, Engine, QueueConfig
 from edgesched_sim.scenarios import Scenario, generate, load_scenario
 from edgesched_sim.workloads import model_names
+
+_MISSED = frozenset(int(o) for o in MISSED)
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,13 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
             if 1 <= int(p) < len(self._miss_w):
                 self._miss_w[int(p)] = float(w)
 
-    def _class_outcomes(self, eng: Engine) -> dict[int, tuple[int, int]]:
-        out: dict[int, list[int]] = {}
-        missed = {int(o) for o in MISSED}
-        for prio, outcome in zip(eng.job_prio, eng._outcome, strict=True):
-            cell = out.setdefault(prio, [0, 0])
-            cell[0] += int(outcome) in missed
-            cell[1] += 1
-        return {p: (m, n) for p, (m, n) in out.items()}
+    @staticmethod
+    def _class_outcomes(eng: Engine) -> dict[int, tuple[int, int]]:
+        """``{priority: (missed, requests)}`` of the episode, classes in order of first request."""
+        prios = eng.job_prio
+        requests = Counter(prios)  # keys in order of first appearance, as the dict below
+        missed = Counter(compress(prios, map(_MISSED.__contains__, eng._outcome)))
+        return {p: (missed[p], n) for p, n in requests.items()}
 
     def _new_engine(self) -> Engine:
         rng = self.np_random
@@ -142,21 +145,19 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         a = int(action)
         if not 0 <= a < N_ACTIONS:
             raise ValueError(f"action {a} outside 0..{N_ACTIONS - 1}")
-        decision = eng.view.decoded[a]
         before = eng.extra_j
-        eng.run_head(head, decision)
-        self._head = eng.next_head()
+        eng.run_head(head, eng.view.decoded[a])
+        head = self._head = eng.next_head()
         reward = -self._energy_weight * (eng.extra_j - before) / self._energy_scale_j
         missed = eng.step_missed
         if missed:
             reward -= sum(map(self._miss_w.__getitem__, missed))
             missed.clear()
-        info: dict[str, Any] = {}
-        if self._head is None:
-            info["class_outcomes"] = self._class_outcomes(eng)
+        if head is None:
+            info: dict[str, Any] = {"class_outcomes": self._class_outcomes(eng)}
             obs = np.zeros(OBS_DIM, dtype=np.float32)
             return np.clip(obs, OBS_LOW, OBS_HIGH), float(reward), True, False, info
-        return eng.observation(self._head), float(reward), False, False, info
+        return eng.observation(head), float(reward), False, False, {}
 
     def action_masks(self) -> np.ndarray:
         """For sb3-contrib's MaskablePPO."""
