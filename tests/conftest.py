@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,10 @@ from typing import Any
 import pytest
 
 from edgesched.client import Client
+from edgesched.device import load_profile
 from edgesched.errors import ClientError
+from edgesched.observation import BoardView, Decision
+from edgesched.power.board import RunCost
 from edgesched.server.runner import shipped_models_dir
 
 MODELS_DIR = shipped_models_dir()
@@ -200,3 +204,51 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                (), None)
     yield d
     assert d.terminate() == 0
+
+
+# ------------------------------------------------------------ in-process dispatcher tests
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class GatedBoard:
+    """A board whose ``settle`` blocks until the test opens the gate (one run at a time)."""
+
+    host_scale = 1.0
+
+    def __init__(self) -> None:
+        self.profile = load_profile("rk3399")
+        self.view = BoardView.of(self.profile)
+        self.opps = [0 for _ in self.profile.clusters]
+        self.applied: list[Decision] = []
+        self.running = threading.Event()
+        self.gate = threading.Semaphore(0)
+        self.closed = False
+
+    def current_opps(self) -> list[int]:
+        return list(self.opps)
+
+    def apply(self, decision: Decision) -> float:
+        self.applied.append(decision)
+        self.opps[decision.cluster] = decision.opp
+        return 0.0
+
+    def cpus_for(self, cluster: int) -> tuple[int, ...]:
+        return ()
+
+    def longest_run_s(self, top_s: float) -> float:
+        return top_s * 4.0
+
+    def settle(self, decision: Decision, host_s: float, started_s: float, *,
+               reference_s: float | None = None) -> RunCost:
+        self.running.set()
+        assert self.gate.acquire(timeout=30)
+        self.running.clear()
+        return RunCost(wall_s=0.002, energy_j=0.5)
+
+    def close(self) -> None:
+        self.closed = True

@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from conftest import MODELS_DIR
+from conftest import MODELS_DIR, FakeClock, GatedBoard
 
-from edgesched.device import load_profile
 from edgesched.errors import AdmissionError
 from edgesched.observation import URGENT_WINDOW_S, BoardView, Decision, DecisionContext
 from edgesched.policy.base import Performance
@@ -24,53 +23,6 @@ from edgesched.server.metrics import Metrics
 from edgesched.server.runner import LoadedModel, load_model
 
 NABU_IN = "serving_default_input_audio:0"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-class GatedBoard:
-    """A board whose ``settle`` blocks until the test opens the gate (one run at a time)."""
-
-    host_scale = 1.0
-
-    def __init__(self) -> None:
-        self.profile = load_profile("rk3399")
-        self.view = BoardView.of(self.profile)
-        self.opps = [0 for _ in self.profile.clusters]
-        self.applied: list[Decision] = []
-        self.running = threading.Event()
-        self.gate = threading.Semaphore(0)
-        self.closed = False
-
-    def current_opps(self) -> list[int]:
-        return list(self.opps)
-
-    def apply(self, decision: Decision) -> float:
-        self.applied.append(decision)
-        self.opps[decision.cluster] = decision.opp
-        return 0.0
-
-    def cpus_for(self, cluster: int) -> tuple[int, ...]:
-        return ()
-
-    def longest_run_s(self, top_s: float) -> float:
-        return top_s * 4.0
-
-    def settle(self, decision: Decision, host_s: float, started_s: float, *,
-               reference_s: float | None = None) -> RunCost:
-        self.running.set()
-        assert self.gate.acquire(timeout=30)
-        self.running.clear()
-        return RunCost(wall_s=0.002, energy_j=0.5)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class TickingPolicy(Performance):

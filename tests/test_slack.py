@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import MODELS_DIR
+from conftest import MODELS_DIR, FakeClock, GatedBoard
 
 from edgesched.device import DeviceProfile, load_profile
 from edgesched.observation import (
@@ -26,7 +26,6 @@ from edgesched.observation import (
 )
 from edgesched.policy.registry import FACTORIES, make_policy
 from edgesched.policy.slack import SlackPolicy, queue_room_s
-from edgesched.power.board import RunCost
 from edgesched.power.meters import CarbonAccount
 from edgesched.queue import Entry, RequestQueue
 from edgesched.server.admission import InferRequest
@@ -299,52 +298,6 @@ def test_registered_and_uses_several_clusters() -> None:
 
 
 # ------------------------------------------------------------------------ the daemon
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-class GatedBoard:
-    """The hardware edge: an RK3399-shaped board whose runs end when the test opens the gate."""
-
-    host_scale = 1.0
-
-    def __init__(self) -> None:
-        self.profile = RK
-        self.view = BoardView.of(RK)
-        self.opps = [0 for _ in RK.clusters]
-        self.applied: list[Decision] = []
-        self.running = threading.Event()
-        self.gate = threading.Semaphore(0)
-
-    def current_opps(self) -> list[int]:
-        return list(self.opps)
-
-    def apply(self, decision: Decision) -> float:
-        self.applied.append(decision)
-        self.opps[decision.cluster] = decision.opp
-        return 0.0
-
-    def cpus_for(self, cluster: int) -> tuple[int, ...]:
-        return ()
-
-    def longest_run_s(self, top_s: float) -> float:
-        return top_s * 4.0
-
-    def settle(self, decision: Decision, host_s: float, started_s: float, *,
-               reference_s: float | None = None) -> RunCost:
-        self.running.set()
-        assert self.gate.acquire(timeout=30)
-        self.running.clear()
-        return RunCost(wall_s=0.002, energy_j=0.5)
-
-    def close(self) -> None:
-        pass
-
-
 class RecordingSlack(SlackPolicy):
     def __init__(self) -> None:
         super().__init__()
