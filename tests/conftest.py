@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -204,6 +205,21 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                (), None)
     yield d
     assert d.terminate() == 0
+
+
+def wait_for_status(d: Daemon, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll the daemon's status until ``ok`` holds (a generous deadline, never a timed
+    assertion: the condition is what is checked)."""
+    limit = time.monotonic() + START_LIMIT_S
+    with d.client() as c:
+        while True:
+            doc = c.status()
+            if ok(doc):
+                return doc
+            if time.monotonic() > limit or d.proc.poll() is not None:
+                raise AssertionError(f"{what}: not reached; status {json.dumps(doc)[:2000]}\n"
+                                     f"{d.stderr()[-3000:]}")
+            time.sleep(0.02)
 
 
 # ------------------------------------------------------------ in-process dispatcher tests

@@ -8,14 +8,13 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import START_LIMIT_S, Daemon, write_config
+from conftest import START_LIMIT_S, Daemon, wait_for_status, write_config
 
 from edgesched.commands.hold import parse_duration_s
 from edgesched.server.config import Config, parse_config
@@ -24,21 +23,6 @@ from edgesched.server.reload import merge
 
 NABU = "okay_nabu"
 NABU_IN = "serving_default_input_audio:0"
-
-
-def _until(d: Daemon, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Poll the daemon's status until ``ok`` holds (a generous deadline, never a timed
-    assertion: the condition is what is checked)."""
-    limit = time.monotonic() + START_LIMIT_S
-    with d.client() as c:
-        while True:
-            doc = c.status()
-            if ok(doc):
-                return doc
-            if time.monotonic() > limit or d.proc.poll() is not None:
-                raise AssertionError(f"{what}: not reached; status {json.dumps(doc)[:2000]}\n"
-                                     f"{d.stderr()[-3000:]}")
-            time.sleep(0.02)
 
 
 def _hold_cli(d: Daemon, *args: str) -> subprocess.Popen[str]:
@@ -94,11 +78,11 @@ def test_cli_hold_shows_in_status_and_goes_when_its_client_dies(
     d = start_daemon()
     with _hold_cli(d, "performance", "--for", "10m", "--reason", "benchmark") as cli:
         try:
-            doc = _until(d, "hold granted", lambda s: bool(s["holds"]))
+            doc = wait_for_status(d, "hold granted", lambda s: bool(s["holds"]))
             [hold] = doc["holds"]
             assert hold["policy"] == "performance" and hold["reason"] == "benchmark"
             assert 0 < hold["seconds_left"] <= 600
-            doc = _until(d, "held policy runs", lambda s: s["policy_running"] == "performance")
+            doc = wait_for_status(d, "held policy runs", lambda s: s["policy_running"] == "performance")
             assert doc["policy"]["name"] == "performance" and doc["policy_from"] == "hold"
             shown = subprocess.run([sys.executable, "-m", "edgesched", "status", "--socket",
                                     d.socket], capture_output=True, text=True, check=True)
@@ -106,9 +90,9 @@ def test_cli_hold_shows_in_status_and_goes_when_its_client_dies(
         finally:
             cli.kill()  # no goodbye: the daemon sees the connection close
             cli.wait()
-    doc = _until(d, "hold released", lambda s: not s["holds"])
+    doc = wait_for_status(d, "hold released", lambda s: not s["holds"])
     assert doc["holds_ended"]["disconnected"] == 1
-    doc = _until(d, "policy back", lambda s: s["policy_running"] == "schedutil")
+    doc = wait_for_status(d, "policy back", lambda s: s["policy_running"] == "schedutil")
     assert doc["policy"]["name"] == "schedutil" and doc["policy_from"] == "config"
 
     # Ctrl-C: the CLI releases its hold itself and exits 0
@@ -122,7 +106,7 @@ def test_cli_hold_shows_in_status_and_goes_when_its_client_dies(
         out, err = cli.communicate(timeout=START_LIMIT_S)
         assert cli.returncode == 0, err
         assert "released" in out
-    doc = _until(d, "released by the CLI", lambda s: s["holds_ended"]["released"] == 1)
+    doc = wait_for_status(d, "released by the CLI", lambda s: s["holds_ended"]["released"] == 1)
     assert doc["holds"] == []
 
 
@@ -156,7 +140,7 @@ def test_floor_hold_raises_every_cluster_and_expires(
         status, _, data = c.request("DELETE", "/v2/admin/holds/999")
         assert status == 404
     # the expiry timer lifts the floor (a status read only drops the hold from the list)
-    doc = _until(d, "floor hold expired",
+    doc = wait_for_status(d, "floor hold expired",
                  lambda s: s["holds_ended"]["expired"] == 1 and s["floor_khz"] == 0)
     assert doc["holds"] == []
 
@@ -182,14 +166,14 @@ def _reloaded(d: Daemon, tables: dict[str, dict[str, Any]], field: str, count: i
     write_config(d.home / "config.toml",
                  {"models": {"warmup_runs": 1, "measure_runs": 3}, **tables})
     d.proc.send_signal(signal.SIGHUP)
-    return _until(d, f"reload {field} {count}", lambda s: s["reloads"][field] == count)
+    return wait_for_status(d, f"reload {field} {count}", lambda s: s["reloads"][field] == count)
 
 
 def test_sighup_reload_validates_keeps_old_on_error_and_defaults_removed_keys(
         start_daemon: Callable[..., Daemon]) -> None:
     d = start_daemon(config={"queue": {"max_count": 7}, "policy": {"spec": "powersave"},
                              "energy": {"grid_gco2e_per_kwh": 100.0}})
-    doc = _until(d, "started", lambda s: s["policy_running"] == "powersave")
+    doc = wait_for_status(d, "started", lambda s: s["policy_running"] == "powersave")
     assert doc["config"]["queue"]["max_count"] == 7
 
     # max_count removed, policy and energy changed, a restart key changed
@@ -201,7 +185,7 @@ def test_sighup_reload_validates_keeps_old_on_error_and_defaults_removed_keys(
     assert doc["config"]["energy"]["grid_gco2e_per_kwh"] == 50.0
     assert doc["config"]["server"]["max_connections"] == 1024  # needs a restart: kept
     assert doc["reloads"]["needs_restart"] == ["server.max_connections"]
-    doc = _until(d, "policy switched", lambda s: s["policy_running"] == "performance")
+    doc = wait_for_status(d, "policy switched", lambda s: s["policy_running"] == "performance")
     assert doc["policy"]["name"] == "performance"
     assert "server.max_connections changed; it needs a restart" in d.stderr()
 

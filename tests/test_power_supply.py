@@ -4,13 +4,11 @@ sits beside (OPP time, deadline outcomes)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import START_LIMIT_S, Daemon
+from conftest import Daemon, wait_for_status
 
 from edgesched.power.fakesysfs import power_supply
 from edgesched.power.meters import CarbonAccount
@@ -111,19 +109,6 @@ def test_opp_time_and_deadline_outcomes_are_counted() -> None:
     assert len(lines) == 5 and not any("rejected" in ln for ln in lines)
 
 
-def _until(d: Daemon, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    limit = time.monotonic() + START_LIMIT_S
-    with d.client() as c:
-        while True:
-            doc = c.status()
-            if ok(doc):
-                return doc
-            if time.monotonic() > limit or d.proc.poll() is not None:
-                raise AssertionError(f"{what}: not reached; {json.dumps(doc)[:2000]}\n"
-                                     f"{d.stderr()[-3000:]}")
-            time.sleep(0.02)
-
-
 def test_daemon_picks_the_policy_of_the_power_source_and_shows_battery_time(
         tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
     root = tmp_path / "sys"
@@ -132,14 +117,14 @@ def test_daemon_picks_the_policy_of_the_power_source_and_shows_battery_time(
                  energy_now=30_000_000, energy_full=50_000_000, power_now=10_000_000)
     d = start_daemon(config={"power_source": {"sysfs_root": str(root), "poll_s": 0.05},
                              "power_source.battery": {"policy": "powersave"}})
-    doc = _until(d, "on battery", lambda s: s["policy_running"] == "powersave")
+    doc = wait_for_status(d, "on battery", lambda s: s["policy_running"] == "powersave")
     assert doc["policy_from"] == "power_source"
     assert doc["power_source"]["source"] == "battery"
     assert doc["power_source"]["time_to_empty_s"] == 10800.0
     assert doc["power_source"]["batteries"][0]["capacity_pct"] == 60
     power_supply(root, "AC", online=1)  # plugged in: no [power_source.ac] policy, the config's
     power_supply(root, "BAT0", status="Charging")
-    doc = _until(d, "on mains", lambda s: s["policy_running"] == "schedutil")
+    doc = wait_for_status(d, "on mains", lambda s: s["policy_running"] == "schedutil")
     assert doc["policy_from"] == "config" and doc["power_source"]["source"] == "ac"
     assert doc["power_source"]["time_to_empty_s"] is None
     assert doc["power_source"]["batteries"][0]["time_to_full_s"] == pytest.approx(7200.0)
