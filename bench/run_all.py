@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 from _daemon import start_daemon, stop_daemon
 
+from edgesched_sim.evaluate import dumps_json
 from edgesched_sim.report import provenance
 
 BENCH = Path(__file__).resolve().parent
@@ -188,9 +189,9 @@ def main() -> int:
     boards = [b for b in args.boards.split(",") if b]
     if args.only == "energy":
         energy = {b: energy_for(b, energy_s, args.energy_seed) for b in boards}
-        (args.out / "energy.json").write_text(json.dumps(energy, indent=1) + "\n",
-                                              encoding="utf-8")
-        print(json.dumps(energy))
+        # no finite figure (e.g. nothing served) is null: JSON has no Infinity or NaN
+        (args.out / "energy.json").write_text(dumps_json(energy) + "\n", encoding="utf-8")
+        print(dumps_json(energy, indent=None))
         return 0
     overload_s = args.overload_s if args.overload_s is not None else (3.0 if q else 30.0)
     raw: dict[str, dict[str, Any]] = {}
@@ -243,9 +244,8 @@ def main() -> int:
         "raw": {**raw, "idle": idle},
     }
     results["plots"] = plots(args.out, results)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n",
-                                           encoding="utf-8")
-    print(json.dumps({k: v for k, v in results.items() if k != "raw"}))
+    (args.out / "results.json").write_text(dumps_json(results) + "\n", encoding="utf-8")
+    print(dumps_json({k: v for k, v in results.items() if k != "raw"}, indent=None))
     return 0
 
 

@@ -11,6 +11,16 @@ Actions: ``cluster * LEVELS + level``. A level is a target fraction ``(level + 1
 cluster's top frequency, decoded to the lowest OPP at or above it. Levels that decode to the same
 OPP as a lower level, and clusters the board lacks, are masked; decoding a masked action is still
 defined (it gives the OPP the level maps to, on cluster 0 if the cluster is missing).
+
+Version 2 (this one) shows up to four clusters (DVFS domains), the heat (the hottest zone's
+distance to the lowest passive trip, and per cluster the thermal cap), and the *safe set*: the
+actions whose run, by the board's latency model, keeps every bound of the ``slack`` baseline
+(the head's deadline, the queue behind it, the blocking limits, the load bound; see
+:mod:`edgesched.policy.safe`). Per cluster the observation gives the lowest-energy safe
+frequency and how its energy compares with the best safe option of the board, so the network
+sees the analytic answer and learns when to depart from it. The learned policies choose only
+among safe actions (the fastest one when none is safe), in training and at run time alike.
+Version 1 files (two clusters, no heat, no safe set) are refused with the usual message.
 """
 
 from __future__ import annotations
@@ -27,14 +37,14 @@ from edgesched.device import Cluster, DeviceProfile, Work
 from edgesched.errors import PolicyMismatchError
 from edgesched.queue import Entry
 
-OBS_VERSION = 1
+OBS_VERSION = 2
 URGENT_WINDOW_S = 10.0
 """How long a priority-1 request's timeout counts towards ``DecisionContext.urgent_timeout_s``."""
 BLOCKING_SHARE = 0.8
 """A lower-priority run is kept within this share of the shortest recent priority-1 timeout
 (``DecisionContext.urgent_timeout_s``) when some action allows it; the rest is left for the
 priority-1 request's own run and the serving around it (see :func:`run_limit_s`)."""
-MAX_CLUSTERS = 2
+MAX_CLUSTERS = 4
 LEVELS = 20
 N_ACTIONS = MAX_CLUSTERS * LEVELS
 
@@ -48,6 +58,7 @@ GLOBAL_FEATURES = (
     "urgent_waiting",     # waiting requests of the head's class or higher, n / (n + 4)
     "arrival_load",       # tanh(arrival rate * head service time at top speed)
     "utilisation",        # recent busy fraction of the board in [0, 1]
+    "thermal_headroom",   # tanh((lowest passive trip - temperature) / 10 C); 1 if unknown
 )
 CLUSTER_FEATURES = (
     "present",            # 1 if the board has this cluster
@@ -57,9 +68,12 @@ CLUSTER_FEATURES = (
     "transition",         # tanh(transition latency / head service time at top speed)
     "efficient_freq",     # frequency of the least energy per cycle on this cluster / top
     "cost_ratio",         # least energy per cycle anywhere on the board / least on this cluster
+    "cap_freq",           # the thermal cap's frequency / top (1 when not capped or unknown)
+    "safe_freq",          # frequency of the least-energy safe option here / top; 1 if none safe
+    "safe_energy",        # least safe energy on the board / least safe energy here; 0 if none
 )
 OBS_DIM = len(GLOBAL_FEATURES) + MAX_CLUSTERS * len(CLUSTER_FEATURES)
-OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0] + [0] * len(CLUSTER_FEATURES) * MAX_CLUSTERS,
+OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0, -1] + [0] * len(CLUSTER_FEATURES) * MAX_CLUSTERS,
                    dtype=np.float32)
 OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 
@@ -69,6 +83,21 @@ class Decision(NamedTuple):
 
     cluster: int
     opp: int
+
+
+class SafeActions(NamedTuple):
+    """The safe set of one decision (:class:`edgesched.policy.safe.SafeSet` builds it)."""
+
+    mask: np.ndarray
+    """int8 over the ``N_ACTIONS`` actions: 1 for an action of the board whose run keeps every
+    bound (the fastest ones when none does); always a subset of ``BoardView.mask``, never empty."""
+    freq: tuple[float, ...]
+    """Per cluster of the board, the ``safe_freq`` feature."""
+    energy: tuple[float, ...]
+    """Per cluster of the board, the ``safe_energy`` feature."""
+    best: int
+    """The safe action of the least energy (ties to the shorter run): ``slack``'s choice, to the
+    resolution of the action levels (the imitation target of training's warm start)."""
 
 
 _ABSENT = (0.0,) * len(CLUSTER_FEATURES)
@@ -260,10 +289,13 @@ class DecisionContext:
     kernel places tasks); False when it kept running from the previous request."""
     temp_c: float = math.nan
     """The board's thermal-zone temperature in C (:mod:`edgesched.thermal`); nan when the board
-    has no heat model or sensor. Not part of the observation vector (version 1)."""
+    has no heat model or sensor."""
     cap_opp: Sequence[int] | None = None
     """Per cluster, the highest OPP index the thermal throttling allows now (the top OPP when not
-    throttled); None when unknown (no cap). Not part of the observation vector (version 1)."""
+    throttled); None when unknown (no cap)."""
+    trip_c: float = math.inf
+    """The lowest passive trip point in C (where the kernel starts to throttle); inf when
+    unknown."""
 
 
 def run_limit_s(ctx: DecisionContext) -> float:
@@ -321,28 +353,36 @@ def _work_constants(view: BoardView, work: Work) -> _WorkConstants:
     return consts
 
 
-def build_observation(view: BoardView, ctx: DecisionContext) -> np.ndarray:
-    """The observation vector (float32, ``OBS_DIM`` long) for ``ctx`` on the board ``view``."""
-    return observation_from(view, ctx.now_s, ctx.head_priority, ctx.head_deadline_s,
-                            ctx.head_work, ctx.levels, ctx.queue_len, ctx.urgent_waiting,
-                            ctx.backlog_ms, ctx.earliest_deadline_s, ctx.cur_opp,
-                            ctx.arrival_rate_hz, ctx.utilisation)
+def thermal_headroom(temp_c: float, trip_c: float) -> float:
+    """The ``thermal_headroom`` feature: tanh((trip - temperature) / 10 C), 1 when either is
+    unknown (nan or inf)."""
+    if math.isfinite(temp_c) and math.isfinite(trip_c):
+        return tanh((trip_c - temp_c) * 0.1)
+    return 1.0
 
 
-def observation_from(view: BoardView, now: float, head_priority: int, head_deadline_s: float,
-                     head_work: Work, levels: int, n: int, u: int, backlog_ms: float,
-                     earliest_deadline_s: float, cur_opp: list[int], arrival_rate_hz: float,
-                     util: float) -> np.ndarray:
-    """:func:`build_observation` with the context's fields passed one by one (the simulator's
-    hot path calls this directly to skip building a context object).
+def build_observation(view: BoardView, ctx: DecisionContext,
+                      safe: SafeActions | None = None) -> np.ndarray:
+    """The observation vector (float32, ``OBS_DIM`` long) for ``ctx`` on the board ``view``.
+
+    ``safe`` is the decision's safe set (:meth:`edgesched.policy.safe.SafeSet.compute`); without
+    it the safe features read as if every cluster's lowest OPP were safe and equally cheap
+    (for policies that do not use the safe set, such as ``qlearn``).
 
     Every feature is bounded by construction (ratios n/(n+4), tanh, clipped fractions), so the
     vector always lies inside ``[OBS_LOW, OBS_HIGH]``.
     """
-    top_ms, mem_ms, mem_fraction, compute, transition = _work_constants(view, head_work)
-    slack_ms = (head_deadline_s - now) * 1000.0
+    now = ctx.now_s
+    n = ctx.queue_len
+    u = ctx.urgent_waiting
+    util = ctx.utilisation
+    levels = ctx.levels
+    backlog_ms = ctx.backlog_ms
+    earliest_deadline_s = ctx.earliest_deadline_s
+    top_ms, mem_ms, mem_fraction, compute, transition = _work_constants(view, ctx.head_work)
+    slack_ms = (ctx.head_deadline_s - now) * 1000.0
     finite_slack = slack_ms != math.inf
-    priority = (head_priority - 1) / (levels - 1 if levels > 1 else 1)
+    priority = (ctx.head_priority - 1) / (levels - 1 if levels > 1 else 1)
     feats = [
         n / (n + 4.0),
         priority if priority < 1.0 else 1.0,
@@ -352,10 +392,13 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
         (tanh((earliest_deadline_s - now) * 1000.0 / (top_ms + backlog_ms) * 0.25)
          if earliest_deadline_s != math.inf else 1.0),
         u / (u + 4.0),
-        tanh(arrival_rate_hz * top_ms * 0.001),
+        tanh(ctx.arrival_rate_hz * top_ms * 0.001),
         1.0 if util > 1.0 else (util if util > 0.0 else 0.0),
+        thermal_headroom(ctx.temp_c, ctx.trip_c),
     ]
     room_ms = slack_ms - mem_ms
+    cur_opp = ctx.cur_opp
+    cap = ctx.cap_opp
     shown = min(view.n_clusters, MAX_CLUSTERS)
     for ci in range(shown):
         if not finite_slack:
@@ -366,8 +409,14 @@ def observation_from(view: BoardView, now: float, head_priority: int, head_deadl
             required = compute[ci] / room_ms / 1.5
             if required > 1.0:
                 required = 1.0
-        feats += (1.0, view.capacity[ci], view.freq_frac[ci][cur_opp[ci]], required,
-                  transition[ci], view.efficient_frac[ci], view.cost_ratio[ci])
+        frac = view.freq_frac[ci]
+        cap_freq = 1.0 if cap is None else frac[min(int(cap[ci]), len(frac) - 1)]
+        if safe is None:
+            safe_freq, safe_energy = frac[0], 1.0
+        else:
+            safe_freq, safe_energy = safe.freq[ci], safe.energy[ci]
+        feats += (1.0, view.capacity[ci], frac[cur_opp[ci]], required, transition[ci],
+                  view.efficient_frac[ci], view.cost_ratio[ci], cap_freq, safe_freq, safe_energy)
     if shown < MAX_CLUSTERS:
         feats += _ABSENT * (MAX_CLUSTERS - shown)
     return np.array(feats, dtype=np.float32)

@@ -257,12 +257,16 @@ class LagrangeMultipliers:
     values: dict[int, float] = field(default_factory=lambda: {1: 50.0, 2: 2.0, 3: 0.5})
     """Start values: the fixed miss weights used before budgets existed."""
 
-    def update(self, miss_rates: Mapping[int, float]) -> dict[int, float]:
+    def update(self, miss_rates: Mapping[int, float],
+               targets: Mapping[int, float] | None = None) -> dict[int, float]:
         """One projected ascent step from the observed per-class miss rates; returns the new
-        multipliers. Classes without an observed rate keep theirs."""
+        multipliers. Classes without an observed rate keep theirs. ``targets`` replaces the
+        budget of the classes it names as the rate to stay under (e.g. a reference policy's miss
+        rate on the same job sets); the step is still scaled by the class's budget."""
         for p, rate in miss_rates.items():
             b = self.budget.of(p)
-            step = self.lr * (float(rate) - b) / max(b, self.min_budget)
+            target = b if targets is None or p not in targets else float(targets[p])
+            step = self.lr * (float(rate) - target) / max(b, target, self.min_budget)
             cur = self.values.get(p, 0.0)
             self.values[p] = min(self.max_lambda, max(0.0, cur + step))
         return dict(self.values)

@@ -576,6 +576,7 @@ class HeatMonitor:
         self._last_throttled = False
         self._cached: tuple[float, float] = (-math.inf, math.nan)
         self._caps_khz: list[int | None] = []
+        self._trip_c = math.inf
         self._lock = threading.Lock()
 
     @classmethod
@@ -651,4 +652,10 @@ class HeatMonitor:
             rows = self.caps() if self.caps is not None else []
             self._cached = (now, max(z.temp_c for z in zones) if zones else math.nan)
             self._caps_khz = [cap for _, _, _, cap in rows]
+            self._trip_c = min((t for z in zones for t, kind in z.trips if kind == "passive"),
+                               default=math.inf)
         return self._cached[1], self._caps_khz
+
+    def trip_c(self) -> float:
+        """The lowest passive trip of any zone as of the last :meth:`current` read (inf: none)."""
+        return self._trip_c

@@ -51,6 +51,25 @@ class PeltTracker:
             self.last_s = now_s
         return self.util
 
+    def idle_then_run(self, start_s: float, end_s: float, running_scale: float) -> float:
+        """``advance(start_s, 0.0)`` then ``advance(end_s, running_scale)``: idle until a run
+        starts, running at ``running_scale`` until it ends (the same arithmetic, one call)."""
+        last_s = self.last_s
+        util = self.util
+        dt = start_s - last_s
+        if dt > 0:
+            decay = math.exp(-dt / PELT_TAU_S)
+            util = util * decay + 0.0 * (1.0 - decay)
+            last_s = start_s
+        dt = end_s - last_s
+        if dt > 0:
+            decay = math.exp(-dt / PELT_TAU_S)
+            util = util * decay + running_scale * (1.0 - decay)
+            last_s = end_s
+        self.util = util
+        self.last_s = last_s
+        return util
+
 
 def kernel_capacity(capacity: float) -> int:
     """``arch_scale_cpu_capacity()``: a normalised capacity as the kernel's integer (1..1024)."""

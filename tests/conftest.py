@@ -231,6 +231,19 @@ class FakeClock:
         return self.now_s
 
 
+class BoardTime:
+    """A board's clock for the virtual board: its waits advance it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def sleep(self, s: float) -> None:
+        self.now_s += s
+
+
 class GatedBoard:
     """A board whose ``settle`` blocks until the test opens the gate (one run at a time)."""
 

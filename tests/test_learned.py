@@ -29,6 +29,7 @@ from edgesched.policy.learned import (
     policy_paths,
     save_learned,
 )
+from edgesched.policy.safe import SafeSet
 
 
 def reference(npz: Path, obs: np.ndarray, activation: str) -> np.ndarray:
@@ -94,7 +95,7 @@ def test_decide_takes_the_best_unmasked_action(tmp_path: Path) -> None:
     layers = [(np.zeros((OBS_DIM, N_ACTIONS)), bias)]
     save_learned(tmp_path / "m", layers, {"devices": ["bcm2711"], "algo": "test", "seed": 0})
     policy = load_learned(tmp_path / "m", device_name="bcm2711")
-    policy.deadline_shield = False
+    policy.safe_only = False
     assert isinstance(policy, Policy)
     policy.reset(view)
     assert int(np.argmax(policy.forward(np.zeros(OBS_DIM, np.float32)))) == masked[-1]
@@ -106,19 +107,21 @@ def test_decide_takes_the_best_unmasked_action(tmp_path: Path) -> None:
 def test_decide_matches_reference_on_real_observations(tmp_path: Path) -> None:
     make_random_policy(tmp_path / "r", seed=7)
     policy = load_learned(tmp_path / "r")
-    policy.deadline_shield = False  # the network's own choice (the shield is tested below)
-    for name in ("rk3399", "bcm2711"):
+    policy.safe_only = False  # the network's own choice (the safe set is tested below)
+    for name in ("rk3399", "bcm2711", "rk3588"):
         view = BoardView.of(load_profile(name))
         for slack_s in (0.001, 0.02, 0.5):
             ctx = context(name, slack_s)
-            logits = reference(tmp_path / "r.npz", build_observation(view, ctx), "tanh")
+            policy.reset(view)  # the safe set's state (recent timeouts) starts afresh
+            safe = SafeSet().compute(view, ctx)
+            logits = reference(tmp_path / "r.npz", build_observation(view, ctx, safe), "tanh")
             logits[view.mask == 0] = -np.inf
             assert policy.decide(view, ctx) == view.decode(int(np.argmax(logits)))
 
 
 class SlowestFirst:
     """A one-layer network that ranks rk3399's actions slowest first: left alone it always
-    picks the slowest, so every faster pick is the shield's."""
+    picks the slowest, so every faster pick is the safe set's."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.profile = load_profile("rk3399")
@@ -147,10 +150,12 @@ class SlowestFirst:
         ctx = context("rk3399", slack_s)
         ctx.head_priority = priority
         ctx.urgent_timeout_s = urgent_timeout_s
+        ctx.arrival_rate_hz = 0.0  # no load bound: the deadline and blocking bounds alone
+        ctx.queue_len = 0  # nothing waiting behind the head
         return self.view.encode(self.policy.decide(self.view, ctx))
 
 
-def test_the_shield_keeps_a_priority_1_request_in_time(tmp_path: Path) -> None:
+def test_the_safe_set_keeps_a_request_in_time(tmp_path: Path) -> None:
     net = SlowestFirst(tmp_path)
     assert net.finish_s(net.fastest) < 0.015 < net.finish_s(net.slowest)
     assert net.decide(1.0) == net.slowest, "enough time: the network's choice"
@@ -158,13 +163,13 @@ def test_the_shield_keeps_a_priority_1_request_in_time(tmp_path: Path) -> None:
     assert net.finish_s(in_time) <= 0.015
     assert in_time == net.best_within(0.015), "the best-ranked action that is in time"
     assert net.decide(net.finish_s(net.fastest) / 2) == net.fastest, "none in time: the fastest"
-    assert net.decide(0.015, priority=2) == net.slowest, (
-        "a lower priority's own deadline is not shielded")
-    net.policy.deadline_shield = False
+    assert net.decide(0.015, priority=2) == net.best_within(0.015), (
+        "a lower priority's own deadline is kept too")
+    net.policy.safe_only = False
     assert net.decide(0.015) == net.slowest
 
 
-def test_the_shield_keeps_lower_priority_runs_short_while_priority_1_comes(
+def test_the_safe_set_keeps_lower_priority_runs_short_while_priority_1_comes(
         tmp_path: Path) -> None:
     """A run cannot be interrupted: with priority-1 requests of 20 ms timeouts about, a
     priority-2 run is kept within BLOCKING_SHARE of 20 ms when some action allows it."""
@@ -177,7 +182,7 @@ def test_the_shield_keeps_lower_priority_runs_short_while_priority_1_comes(
     assert short == net.best_within(limit_s), "the best-ranked action that is short enough"
     assert net.decide(1.0, priority=3, urgent_timeout_s=net.finish_s(net.fastest) / 2) == (
         net.fastest), "none short enough: the fastest"
-    net.policy.deadline_shield = False
+    net.policy.safe_only = False
     assert net.decide(1.0, priority=2, urgent_timeout_s=0.020) == net.slowest
 
 

@@ -339,3 +339,67 @@ def test_tiny_constrained_training_on_random_boards(tmp_path: Path) -> None:
         assert set(entry["lambda"]) <= {"1", "2", "3"} and all(v >= 0 for v in
                                                                entry["lambda"].values())
     load_learned(tmp_path / "p")
+
+
+def test_lagrange_targets_replace_the_budget_and_keep_its_scale() -> None:
+    m = LagrangeMultipliers(MissBudget(), lr=0.5, values={1: 10.0, 2: 2.0})
+    # class 2 at 3 % against a reference that missed 4 %: inside the target, the weight falls
+    out = m.update({1: 0.002, 2: 0.03}, targets={2: 0.04})
+    assert out[2] == pytest.approx(2.0 + 0.5 * (0.03 - 0.04) / 0.04)
+    assert out[1] == pytest.approx(10.0 + 0.5 * (0.002 - 0.001) / 0.001)  # no target: budget
+    # a reference that missed nothing: the class's budget scales the step
+    assert m.update({2: 0.01}, targets={2: 0.0})[2] == pytest.approx(out[2] + 0.5 * 0.01 / 0.01)
+
+
+def test_training_against_schedutil_reports_its_misses_on_the_same_job_sets() -> None:
+    from edgesched.policy.registry import make_policy
+    from edgesched_sim.engine import MISSED as MISSED_CODES
+    from edgesched_sim.engine import Engine
+    from edgesched_sim.env import EdgeDVFSEnv
+
+    env = EdgeDVFSEnv(devices=["rk3399"], scenarios=["bursty"], duration_s=5.0,
+                      reference="schedutil")
+    env.reset(seed=4)
+    assert env.engine is not None
+    eng = env.engine
+    ref = Engine(eng.profile, eng.jobs, eng.duration_s)
+    stats = ref.run(make_policy("schedutil"))
+    missed: dict[int, int] = {}
+    for prio, outcome in zip(eng.jobs.priority, stats.outcome, strict=True):
+        missed[int(prio)] = missed.get(int(prio), 0) + int(int(outcome) in set(map(int, MISSED_CODES)))
+    info: dict[str, object] = {}
+    done = False
+    while not done:
+        _, _, done, _, info = env.step(int(np.flatnonzero(env.action_masks())[0]))
+    got = info["class_outcomes_reference"]
+    assert isinstance(got, dict)
+    assert {p: m for p, (m, _) in got.items()} == missed
+    assert sum(n for _, n in got.values()) == len(eng.jobs)
+
+
+@pytest.mark.parametrize("per_episode", [False, True])
+def test_tiny_training_against_schedutil(tmp_path: Path, per_episode: bool) -> None:
+    pytest.importorskip("sb3_contrib", reason="training extra not installed")
+    from edgesched.policy.learned import load_learned
+    from edgesched_sim.train import TrainConfig, train
+
+    cfg = TrainConfig(devices=["rk3399"], scenarios=["bursty"], timesteps=256, seed=0,
+                      algo="maskable-ppo", n_envs=2, n_steps=64, batch_size=64, episode_s=3.0,
+                      miss_reference="schedutil", reference_per_episode=per_episode)
+    manifest = train(cfg, tmp_path / "p", progress=False, log=lambda *_: None)
+    doc = json.loads(manifest.read_text())
+    assert doc["training"]["miss_reference"] == "schedutil" and doc["lagrange"]
+    for entry in doc["lagrange"]:
+        assert entry["reference_miss_rate"] and set(entry["excess_miss_rate"]) <= {"1", "2"}
+        assert all(0.0 <= v <= entry["miss_rate"][p] for p, v in entry["excess_miss_rate"].items())
+    load_learned(tmp_path / "p")
+
+
+def test_reference_per_episode_needs_a_reference(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from edgesched.cli import main
+
+    assert main(["train", "--device", "rk3399", "--reference-per-episode",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "--reference-per-episode needs --miss-reference schedutil" in capsys.readouterr().err
+    assert not (tmp_path / "p.npz").exists()

@@ -272,41 +272,158 @@ def test_connections_past_the_limit_get_503_and_the_daemon_recovers(
     assert d.terminate() == 0
 
 
+def _read_answer(s: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP answer from ``s``: (head, body), the body framed by its Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before a whole head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before a whole body: {head!r} {body!r}"
+        body += chunk
+    assert len(body) == length, "nothing is sent past the answer"
+    return head, body
+
+
+# `edgesched serve` with the linger of refused connections injected (edgesched.server.gate)
+LINGER = """
+import sys
+from edgesched.server import gate
+from edgesched.server.app import serve
+from edgesched.server.config import load_config, with_overrides
+
+config, sock, home, linger_s = sys.argv[1:5]
+cfg = with_overrides(load_config(config), {
+    "server.socket": sock, "board.spec": "none", "board.state_dir": home + "/state",
+    "board.runtime_dir": home + "/run"})
+gate.REFUSED_LINGER_S = float(linger_s)
+sys.exit(serve(cfg))
+"""
+
+
 def test_refused_connections_linger_only_up_to_the_limit(
-        start_daemon: Callable[..., Daemon]) -> None:
+        tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
     """With one connection held at max_connections = 1, the first refused connection lingers
     (open until the client is done); the next ones, past the limit of lingering connections,
-    are closed right after their answer."""
-    d = start_daemon(config={"server": {"max_connections": 1}})
-    deadline = time.monotonic() + START_LIMIT_S
-    held = Client(d.socket, timeout_s=30)
-    while not held.live():  # until the start-up readiness checks' connections are gone
-        held.close()
-        assert time.monotonic() < deadline, "the daemon never freed its only connection slot"
-        time.sleep(0.05)
-    with held:
+    are closed right after their answer. The linger is an hour, so the first one's cannot run
+    out during the test however slow the machine is."""
+    home = tmp_path / "linger"
+    home.mkdir()
+    (home / "launch.py").write_text(LINGER)
+    # ready by sd_notify: no start-up readiness check holds the only connection slot
+    d = start_daemon(home=home, config={"server": {"max_connections": 1}}, notify=True,
+                     command=[sys.executable, str(home / "launch.py"), str(home / "config.toml"),
+                              str(home / "s.sock"), str(home), "3600"])
+    with Client(d.socket, timeout_s=30) as held:
+        assert held.live()  # answered: the daemon counts this connection open
         socks = []
-        for _ in range(3):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            s.connect(d.socket)
-            socks.append(s)
         try:
-            closed = []
-            for s in socks:  # each gets the whole 503, then EOF: at once or after the linger
-                data = b""
-                while b"too_many_connections" not in data:
-                    data += s.recv(65536)
-                assert data.startswith(b"HTTP/1.1 503 ")
-                s.settimeout(0.5)
-                try:
-                    closed.append(s.recv(1) == b"")
-                except TimeoutError:
-                    closed.append(False)
-            assert closed[1:] == [True, True], closed
+            for _ in range(3):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                socks.append(s)
+                s.settimeout(30)  # a safety net only: every wait below ends on data or EOF
+                s.connect(d.socket)
+            for s in socks:  # each gets the whole 503 (lingering or not is decided with it)
+                head, body = _read_answer(s)
+                assert head.startswith(b"HTTP/1.1 503 ")
+                assert json.loads(body)["outcome"] == "too_many_connections"
+            first = socks[0]
+            first.setblocking(False)
+            with pytest.raises(BlockingIOError):  # open: neither more data nor the end
+                first.recv(1)
+            first.settimeout(30)
+            for s in socks[1:]:
+                assert s.recv(1) == b"", "past the lingering limit: closed after the answer"
+            first.shutdown(socket.SHUT_WR)  # the client is done: the lingering one ends too
+            assert first.recv(1) == b""
         finally:
             for s in socks:
                 s.close()
+    assert d.terminate() == 0
+
+
+# run_daemon on asyncio's own event loop (`edgesched serve` runs on uvloop where installed)
+ASYNCIO_LOOP = """
+import asyncio, sys
+from edgesched.server.app import run_daemon
+from edgesched.server.config import load_config, with_overrides
+
+config, sock, home = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = with_overrides(load_config(config), {
+    "server.socket": sock, "board.spec": "none", "board.state_dir": home + "/state",
+    "board.runtime_dir": home + "/run"})
+sys.exit(asyncio.run(run_daemon(cfg)))
+"""
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` (``T``: stopped), from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_burst_of_connections_is_served_only_up_to_the_limit(
+        tmp_path: Path, start_daemon: Callable[..., Daemon], loop: str) -> None:
+    """N > max_connections connections that all wait in the listen backlog at once (the daemon
+    is stopped while they connect) are accepted in one round: exactly max_connections of them
+    are served, every other one gets the 503 answer and is closed, never served. (asyncio's
+    loop makes every protocol of the round before it tells any of them it is connected.)"""
+    limit, burst = 3, 9
+    config = {"server": {"max_connections": limit, "retry_after_s": 2.0}}
+    # ready by sd_notify: no connection of the test's own is open when the burst arrives
+    if loop == "uvloop":
+        d = start_daemon(config=config, notify=True)
+    else:
+        home = tmp_path / "asyncio"
+        home.mkdir()
+        (home / "launch.py").write_text(ASYNCIO_LOOP)
+        d = start_daemon(home=home, config=config, notify=True, command=[
+            sys.executable, str(home / "launch.py"), str(home / "config.toml"),
+            str(home / "s.sock"), str(home)])
+    socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(burst)]
+    try:
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            while _process_state(d.proc.pid) != "T":  # the stop is delivered asynchronously
+                os.sched_yield()
+            for s in socks:  # queued in the listen backlog: the daemon accepts nothing now
+                s.settimeout(30)  # a safety net only: every wait below ends on data or EOF
+                s.connect(d.socket)
+                s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        served, refused = [], []
+        for s in socks:
+            head, body = _read_answer(s)
+            if head.startswith(b"HTTP/1.1 200 "):
+                assert json.loads(body) == {"live": True}
+                served.append(s)
+                continue
+            assert head.startswith(b"HTTP/1.1 503 "), head
+            assert b"\r\nRetry-After: 2\r\n" in head and b"\r\nConnection: close" in head
+            assert json.loads(body)["outcome"] == "too_many_connections"
+            s.shutdown(socket.SHUT_WR)  # done: the daemon closes its side, nothing more comes
+            try:
+                rest = s.recv(65536)
+            except ConnectionResetError:  # closed at once with the request unread (past the
+                rest = b""  # lingering limit): the answer came first, then the reset
+            assert rest == b"", "a refused connection is closed, never served"
+            refused.append(s)
+        assert (len(served), len(refused)) == (limit, burst - limit)
+        # the served connections are still open (kept alive): one of them asks for the count
+        served[0].sendall(b"GET /v2/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_answer(served[0])
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert json.loads(body)["requests"]["connections_refused"] == burst - limit
+    finally:
+        for s in socks:
+            s.close()
     assert d.terminate() == 0
 
 

@@ -92,7 +92,8 @@ def test_trial_config_maps_the_drawn_values() -> None:
 
 
 def _always(action: int) -> LearnedPolicy:
-    """A one-layer policy whose greedy choice is always ``action`` (masking aside)."""
+    """A one-layer policy whose greedy choice is always ``action`` when it is safe, else the
+    lowest safe action (all other logits are equal)."""
     w = np.zeros((OBS_DIM, N_ACTIONS), np.float32)
     b = np.zeros(N_ACTIONS, np.float32)
     b[action] = 10.0
@@ -100,8 +101,8 @@ def _always(action: int) -> LearnedPolicy:
 
 
 def test_score_penalises_misses_above_schedutil_and_broken_budgets() -> None:
-    # the lowest speed of the little cluster saves energy on bursts but misses more than
-    # schedutil, and breaks the P1 and P2 budgets that performance keeps
+    # the slowest safe speed of the little cluster saves energy on bursts but misses more P2
+    # requests than schedutil, and breaks the P2 budget that performance keeps
     from edgesched_sim.evaluate import run_policies
 
     slow = _always(0)
@@ -113,7 +114,7 @@ def test_score_penalises_misses_above_schedutil_and_broken_budgets() -> None:
     mine, ref, perf = doc["results"]
     over = {c: max(0.0, mine["miss_rate_by_priority"][c] - ref["miss_rate_by_priority"][c]) * 100
             for c in ref["miss_rate_by_priority"]}
-    assert over["1"] > 0 and over["2"] > 0  # the case the penalties exist for
+    assert over["2"] > 0  # the case the penalties exist for
     assert all(perf["within_budget"].values()) and not all(mine["within_budget"].values())
     assert free["energy_vs_schedutil"] == pytest.approx(mine["energy_j"] / ref["energy_j"])
     assert free["energy_vs_schedutil"] < 1.0 and free["score"] == free["energy_vs_schedutil"]

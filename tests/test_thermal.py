@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODELS_DIR
+from conftest import MODELS_DIR, BoardTime
 
 from edgesched.device import load_profile, parse_profile, profile_to_dict
 from edgesched.errors import ConfigError, ProfileError
@@ -191,17 +191,6 @@ def test_eval_rows_carry_heat_and_performance_throttles_in_hot_sustained() -> No
 
 
 # ------------------------------------------------------------------------------ the daemon side
-class BoardTime:
-    """The board's clock: the virtual board's waits advance it instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def sleep(self, s: float) -> None:
-        self.now_s += s
 
 
 def test_zones_firmware_flags_and_throttled_time_of_a_fake_tree(tmp_path: Path) -> None:
@@ -230,6 +219,18 @@ def test_zones_firmware_flags_and_throttled_time_of_a_fake_tree(tmp_path: Path) 
     text = render_heat(monitor.sample())
     assert 'edgesched_temperature_celsius{zone="thermal_zone0",type="cpu-thermal"} 61.5' in text
     assert "edgesched_throttled_seconds_total 2.5" in text
+
+
+def test_the_lowest_passive_trip_reaches_the_decision_context(tmp_path: Path) -> None:
+    """``HeatMonitor.trip_c`` (the dispatcher's ``DecisionContext.trip_c``): the lowest passive
+    trip of any zone; critical trips do not count; inf without a passive one."""
+    tree = from_profile(tmp_path / "sys", load_profile("bcm2711"))
+    add_thermal_zone(tree, "cpu-thermal", 61.5, [(90.0, "critical")])
+    monitor = HeatMonitor(tree, clock=BoardTime())
+    assert monitor.current()[0] == 61.5 and monitor.trip_c() == math.inf
+    add_thermal_zone(tree, "soc-thermal", 50.0, [(75.0, "passive"), (70.0, "passive"),
+                                                 (95.0, "critical")])
+    assert monitor.current(max_age_s=0.0)[0] == 61.5 and monitor.trip_c() == 70.0
 
 
 def _serve(board: VirtualBoard, clock: BoardTime, n: int) -> list[Outcome]:

@@ -263,16 +263,11 @@ def board_profile(board: str) -> DeviceProfile | None:
 
 
 def default_policies(board: str) -> str:
-    """The baselines, plus the shipped ``learned:NAME`` for a virtual board (else
-    ``learned:generic``) when it is installed; on a board with more clusters than the learned
-    policies' observation shows, ``slack`` instead."""
-    from edgesched.observation import observable
+    """The kernel baselines and ``slack``, plus the shipped ``learned:NAME`` for a virtual
+    board (else ``learned:generic``) when it is installed."""
     from edgesched.policy.registry import shipped_policies
 
-    specs = "performance,powersave,schedutil"
-    profile = board_profile(board)
-    if profile is not None and not observable(profile):
-        return f"{specs},slack"
+    specs = "performance,powersave,schedutil,slack"
     name = board.split(":", 1)[1] if board.startswith("virtual:") else ""
     shipped = shipped_policies()
     for candidate in (name, "generic"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from edgesched.policy.registry import check_specs
 
     check_specs(args.policy, builtin=("oracle", "qlearn"))  # a mistyped name is an error
-    from edgesched_sim.evaluate import evaluate, format_table, plot
+    from edgesched_sim.evaluate import dumps_json, evaluate, format_table, json_safe, plot
     from edgesched_sim.randomise import HELDOUT, resolve_devices
 
     boards = resolve_devices(args.device)
@@ -61,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[dict[str, str]] = []
     for board in boards:
         try:
-            doc = evaluate(board, args.scenario, args.policy, seed=args.seed,
-                           duration_s=args.duration_s, guard=not args.no_guard)
+            # figures with no finite value (nothing served, ...) become None: "-" in the table,
+            # null in the JSON
+            doc = json_safe(evaluate(board, args.scenario, args.policy, seed=args.seed,
+                                     duration_s=args.duration_s, guard=not args.no_guard))
         except PolicyMismatchError as exc:
             if len(boards) == 1:
                 raise
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out: Any = (docs[0] if args.device != HELDOUT else
                     {"device": HELDOUT, "runs": docs, "skipped": skipped})
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        Path(args.json).write_text(dumps_json(out) + "\n", encoding="utf-8")
     if args.plot:
         plot(docs[0], args.plot)
     return 0

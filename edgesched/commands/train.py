@@ -18,10 +18,28 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--miss-budget", metavar="P1,P2,P3",
                    help="train the per-class miss budgets as constraints (Lagrangian PPO): "
                    "'default' (0.001,0.01,0.05) or three fractions (default: fixed miss weights)")
+    p.add_argument("--miss-reference", choices=("schedutil",),
+                   help="train the constraint 'each class misses no more than this baseline on "
+                   "the same job sets' (Lagrangian PPO; the budgets, default or --miss-budget, "
+                   "then only scale the multipliers' steps; default: no reference)")
+    p.add_argument("--reference-per-episode", action="store_true",
+                   help="with --miss-reference: constrain each episode's misses beyond the "
+                   "baseline's in the same episode, not the pooled miss rates")
     p.add_argument("--scenario", action="append", metavar="NAME_OR_PATH",
                    help="scenario (repeat; default: the built-in ones)")
-    p.add_argument("--algo", choices=("ppo", "maskable-ppo", "dqn"), default="ppo",
-                   help="stable-baselines3 algorithm (maskable-ppo: sb3-contrib's)")
+    p.add_argument("--algo", choices=("ppo", "maskable-ppo", "dqn"), default="maskable-ppo",
+                   help="stable-baselines3 algorithm (default maskable-ppo, sb3-contrib's: it "
+                   "samples among the decision's safe actions only, as the policy runs)")
+    p.add_argument("--imitate-slack", type=int, default=0, metavar="DECISIONS",
+                   help="warm start: first fit the network to slack's choices on this many "
+                   "decisions of the training distribution (0: random start)")
+    p.add_argument("--hidden", default="64,64", metavar="N,N",
+                   help="hidden layer widths (default: 64,64)")
+    p.add_argument("--learning-rate", type=float, default=3e-4, help="PPO learning rate, > 0")
+    p.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus, >= 0")
+    p.add_argument("--builtin-share", type=float, default=0.5, metavar="SHARE",
+                   help="with --device random: share of episodes on a shipped board and a "
+                   "--scenario instead of a generated one, in [0, 1] (default: 0.5)")
     p.add_argument("--timesteps", type=int, default=600_000, help="training steps, > 0")
     p.add_argument("--seed", type=int, default=0, help="seed of the environments and the net")
     p.add_argument("--n-envs", type=int, default=4, help="vectorised environments, > 0")
@@ -87,7 +105,20 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--n-envs", args.n_envs)
     check_positive("--eval-every", args.eval_every, zero_ok=True)
     check_positive("--seed", args.seed, zero_ok=True)
+    check_positive("--imitate-slack", args.imitate_slack, zero_ok=True)
+    check_positive("--learning-rate", args.learning_rate)
+    check_positive("--ent-coef", args.ent_coef, zero_ok=True)
+    if not 0.0 <= args.builtin_share <= 1.0:
+        raise EdgeschedError(f"--builtin-share must be in [0, 1], got {args.builtin_share}")
+    try:
+        hidden = tuple(int(x) for x in args.hidden.split(","))
+    except ValueError:
+        hidden = ()
+    if not hidden or min(hidden) <= 0:
+        raise EdgeschedError(f"--hidden: expected widths such as 64,64, got {args.hidden!r}")
     budget = parse_miss_budget(args.miss_budget)
+    if args.reference_per_episode and args.miss_reference is None:
+        raise EdgeschedError("--reference-per-episode needs --miss-reference schedutil")
     if args.report and "random" in args.device:
         raise EdgeschedError("--report evaluates on the training devices; with --device random "
                              "evaluate on the held-out boards instead: edgesched eval --device "
@@ -111,7 +142,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(devices=expand_devices(args.device),
                       scenarios=args.scenario or list(BUILTIN_NAMES), algo=args.algo,
                       timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,
-                      eval_every=args.eval_every, miss_budget=budget)
+                      eval_every=args.eval_every, miss_budget=budget, hidden=hidden,
+                      learning_rate=args.learning_rate, ent_coef=args.ent_coef,
+                      builtin_share=args.builtin_share, imitate_steps=args.imitate_slack,
+                      miss_reference=args.miss_reference,
+                      reference_per_episode=args.reference_per_episode)
     manifest = train(cfg, args.out, progress=not args.no_progress,
                      tensorboard_log=args.tensorboard)
     print(f"wrote {manifest} and its weights")

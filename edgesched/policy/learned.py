@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -48,10 +47,9 @@ from edgesched.observation import (
     action_map_id,
     build_observation,
     check_policy_board,
-    run_limit_s,
-    run_time_s,
 )
 from edgesched.policy.base import StaticPolicy
+from edgesched.policy.safe import SafeSet
 
 POLICY_FORMAT = "edgesched-policy/1"
 ACTIVATIONS = ("tanh", "relu")
@@ -97,10 +95,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class LearnedPolicy(StaticPolicy):
     """An exported MLP behind the :class:`~edgesched.policy.base.Policy` protocol.
 
-    ``decide`` builds the shared observation, runs the forward pass in preallocated buffers, and
-    takes the argmax of the logits over the board's unmasked actions; the deadline shield
-    (:meth:`_shield`) may take a faster one: for a priority-1 request that would miss its
-    deadline, or for a lower-priority run long enough to hold up a priority-1 request.
+    ``decide`` computes the decision's safe set (:mod:`edgesched.policy.safe`: the actions that
+    keep the deadline, queue, blocking and load bounds of ``slack``), builds the shared
+    observation with it, runs the forward pass in preallocated buffers, and takes the argmax of
+    the logits over the safe actions, as the training environment's action mask does.
     """
 
     qos_guardable = True
@@ -140,8 +138,10 @@ class LearnedPolicy(StaticPolicy):
         self._outs = [*self._heads[1:], self._out]
         self._view: BoardView | None = None
         self._last_masked = self._aug[-1]
-        self.deadline_shield = True
-        """See :meth:`_shield` (off: the network's choice as it is, as in training)."""
+        self._safe_set = SafeSet()
+        self.safe_only = True
+        """Choose among the decision's safe actions only (:mod:`edgesched.policy.safe`), as in
+        training; off: among every action of the board (for tests of the network alone)."""
 
     def _check_shapes(self) -> None:
         width = OBS_DIM
@@ -193,49 +193,18 @@ class LearnedPolicy(StaticPolicy):
         del seed
         check_policy_board(self, view.profile)
         self._mask_for(view)
+        self._safe_set.reset(view)
 
     def action(self, view: BoardView, obs: np.ndarray) -> int:
         """The best unmasked action for ``obs`` on ``view``'s board."""
         return int(self._run(obs, self._mask_for(view)).argmax())
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
-        logits = self._run(build_observation(view, ctx), self._mask_for(view))
-        choice = view.decode(int(logits.argmax()))
-        if not self.deadline_shield:
-            return choice
-        limit_s = run_limit_s(ctx)
-        if limit_s != math.inf:
-            choice = self._shield(view, ctx, choice, logits, limit_s)
-        return choice
-
-    def _shield(self, view: BoardView, ctx: DecisionContext, choice: Decision,
-                logits: np.ndarray, limit_s: float) -> Decision:
-        """Keep the run within ``limit_s`` when some action can: the network's choice if it
-        does, else the best-ranked action that does, else the fastest one.
-
-        For a priority-1 request the limit is its deadline: it never runs at a speed that, by
-        the board's latency model, misses while another speed would meet it. For a
-        lower-priority request it is ``BLOCKING_SHARE`` of the shortest recent priority-1
-        timeout: a run cannot be interrupted, and a priority-1 request arriving just after a
-        longer one started would miss its deadline waiting for it (the limit is
-        :func:`~edgesched.observation.run_limit_s`, shared with ``slack``)."""
-
-        def finish_s(d: Decision) -> float:
-            return run_time_s(view, ctx, d)
-
-        if finish_s(choice) <= limit_s:
-            return choice
-        fastest, fastest_s = choice, math.inf
-        for a in np.argsort(-logits, kind="stable"):
-            if view.mask[a] == 0:
-                continue
-            d = view.decode(int(a))
-            t = finish_s(d)
-            if t <= limit_s:
-                return d
-            if t < fastest_s:
-                fastest, fastest_s = d, t
-        return fastest
+        safe = self._safe_set.compute(view, ctx)
+        logits = self._run(build_observation(view, ctx, safe), self._mask_for(view))
+        if self.safe_only:
+            np.add(logits, np.where(safe.mask != 0, _ZERO, _MASKED), out=logits)
+        return view.decode(int(logits.argmax()))
 
 
 def _mismatches(m: Mapping[str, Any]) -> list[str]:

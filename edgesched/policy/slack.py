@@ -70,7 +70,7 @@ from edgesched.observation import (
 from edgesched.policy.base import StaticPolicy
 from edgesched.utilisation import RecentMin
 
-__all__ = ["SlackPolicy", "queue_room_s"]
+__all__ = ["Cost", "Plan", "SlackPolicy", "queue_room_s"]
 
 
 class _Option(NamedTuple):
@@ -80,6 +80,35 @@ class _Option(NamedTuple):
     """Run time of the work at this OPP, without a frequency switch."""
     run_j: float
     """Energy of the run above the cluster's idle power."""
+
+
+class Cost(NamedTuple):
+    """One option of a decision, as :meth:`SlackPolicy.plan` prices it."""
+
+    run_s: float
+    """From now to the end of the head's run (frequency switch included)."""
+    handoff_s: float
+    """From now until the board can serve the next request at top speed."""
+    energy_j: float
+    """Energy above idle of the run (and the switch)."""
+    cluster: int
+    opp: int
+
+
+class Plan(NamedTuple):
+    """The options of one decision and its bounds (:meth:`SlackPolicy.plan`)."""
+
+    costs: tuple[Cost, ...]
+    fastest: Cost
+    """The least run time (ties to less energy): the choice when no option keeps the bounds."""
+    limit_s: float
+    """Bounds 1, 3, 4 and 5 of the module docstring: the latest end of the head's run."""
+    handoff_limit_s: float
+    """Bound 2: the latest time the board may become free for the queue behind the head."""
+
+    def keeps(self, k: Cost) -> bool:
+        """Whether ``k`` keeps every bound."""
+        return k.run_s <= self.limit_s and k.handoff_s <= self.handoff_limit_s
 
 
 _CACHE_SIZE = 4096
@@ -198,7 +227,10 @@ class SlackPolicy(StaticPolicy):
         self._options[id(work)] = (work, table)
         return table
 
-    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+    def plan(self, view: BoardView, ctx: DecisionContext) -> Plan:
+        """Every option within the thermal cap with its run time, hand-off time and energy, and
+        the bounds of the module docstring for this decision. Call once per decision: it updates
+        the class timeouts and the mean service time (bounds 4 and 5)."""
         options = self.options(view, ctx.head_work)
         cur = ctx.cur_opp
         trans_s = view.transition_s
@@ -206,38 +238,54 @@ class SlackPolicy(StaticPolicy):
         fc, ftop = self._fastest, self._fastest_top
         fc_after_switch_s = trans_s[fc] if cur[fc] != ftop else 0.0
         # per option: time to the end of the run, time until the board can serve the next
-        # request at top speed, energy above idle
-        costs: list[tuple[float, float, float, _Option]] = []
+        # request at top speed, energy above idle; the fastest (least run time, ties to less
+        # energy) and the earliest hand-off on the way
+        costs: list[Cost] = []
         cap = ctx.cap_opp
+        fastest: Cost | None = None
+        first_free_s = top_s = math.inf
         for opt in options:
-            c, o = opt.cluster, opt.opp
+            c, o, run_s, run_j = opt
+            if run_s < top_s:
+                top_s = run_s
             if cap is not None and o > cap[c]:
                 continue  # the thermal cap would run it slower than planned
             if o != cur[c]:
-                dur = opt.run_s + trans_s[c]
-                energy = opt.run_j + switch_j[c][o]
+                dur = run_s + trans_s[c]
+                energy = run_j + switch_j[c][o]
             else:
-                dur = opt.run_s
-                energy = opt.run_j
+                dur = run_s
+                energy = run_j
             # the waiting requests run on the fastest cluster's top OPP: switch there if needed
-            fc_switch_s = (0.0 if o == ftop else trans_s[fc]) if c == fc else fc_after_switch_s
-            handoff = dur + fc_switch_s
-            costs.append((dur, handoff, energy, opt))
-        fastest = min(costs, key=lambda k: (k[0], k[2]))
-        limit_s = min(ctx.head_deadline_s - ctx.now_s, run_limit_s(ctx))
+            handoff = dur + ((0.0 if o == ftop else trans_s[fc]) if c == fc
+                             else fc_after_switch_s)
+            k = Cost(dur, handoff, energy, c, o)
+            costs.append(k)
+            if fastest is None or dur < fastest.run_s or (dur == fastest.run_s
+                                                          and energy < fastest.energy_j):
+                fastest = k
+            if handoff < first_free_s:
+                first_free_s = handoff
+        assert fastest is not None  # every cluster keeps at least its lowest OPP under a cap
+        limit_s = ctx.head_deadline_s - ctx.now_s
+        blocking_s = run_limit_s(ctx)
+        if blocking_s < limit_s:
+            limit_s = blocking_s
         if self.class_blocking:
             limit_s = min(limit_s, self.class_limit_s(ctx))
-        limit_s = min(limit_s, self.load_limit_s(ctx, min(o.run_s for o in options)))
-        limit_s -= _MARGIN_S
+        limit_s = min(limit_s, self.load_limit_s(ctx, top_s)) - _MARGIN_S
         handoff_limit_s = math.inf
         if ctx.queue_len > 0:
-            first_free_s = min(k[1] for k in costs)
             room = queue_room_s(tuple(ctx.waiting_in_order()), ctx.now_s, first_free_s)
             handoff_limit_s = first_free_s + room - _MARGIN_S
-        best: tuple[float, float, float, _Option] | None = None
-        for k in costs:
-            if k[0] <= limit_s and k[1] <= handoff_limit_s and (
-                    best is None or (k[2], k[0]) < (best[2], best[0])):
+        return Plan(tuple(costs), fastest, limit_s, handoff_limit_s)
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        plan = self.plan(view, ctx)
+        best: Cost | None = None
+        for k in plan.costs:
+            if plan.keeps(k) and (best is None or (k.energy_j, k.run_s) < (best.energy_j,
+                                                                           best.run_s)):
                 best = k
-        chosen = (best or fastest)[3]
+        chosen = best or plan.fastest
         return Decision(chosen.cluster, chosen.opp)

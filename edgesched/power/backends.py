@@ -7,7 +7,8 @@
     real board. The host's measured service time stands for the top OPP of the fastest cluster;
     :meth:`VirtualBoard.settle` waits until the time the profile's latency model gives at the
     chosen OPP (plus the cluster's transition latency after a change) has passed, and prices it
-    with the profile's power model.
+    with the profile's power model (with a thermal section, its leakage at the heat model's
+    temperature when the run starts).
 ``sysfs:PROFILE``
     a real board (or a fake root for tests): :class:`Cpufreq` on ``sysfs_root`` (``/sys`` by
     default), inference pinned to the policy's ``related_cpus``, energy from a meter when one
@@ -332,12 +333,17 @@ class VirtualBoard(_CpufreqBoard):
             self._states = [0] * len(profile.clusters)
             self._zone_written_s = -math.inf
 
-    def refresh_heat(self, busy: tuple[float, float, int, int] | None = None) -> None:
+    def refresh_heat(self, busy: tuple[float, float, int, int] | None = None) -> float | None:
         """Bring the heat model up to now (idle since the last run), or over one run
-        ``(start_s, end_s, cluster, opp)``; writes the zone's temperature and the cooling states."""
+        ``(start_s, end_s, cluster, opp)``; writes the zone's temperature and the cooling states.
+
+        A run heats the node with its cluster's busy power at the temperature the run starts at
+        (leakage grows with it where the profile's ``static_temp_coeff_per_c`` > 0); that
+        temperature is returned (None without a heat model or a run)."""
         heat = self.heat
         if heat is None:
-            return
+            return None
+        run_temp_c: float | None = None
         with self._heat_lock:
             idle_uw = self.profile.idle_power_uw
             if busy is None:
@@ -346,7 +352,9 @@ class VirtualBoard(_CpufreqBoard):
                 start_s, end_s, ci, opp = busy
                 c = self.profile.clusters[ci]
                 heat.advance(max(start_s, heat.t_s), idle_uw)
-                heat.advance(max(end_s, heat.t_s), idle_uw - c.idle_uw + c.busy_power_uw(opp))
+                run_temp_c = heat.temp_c
+                heat.advance(max(end_s, heat.t_s),
+                             idle_uw - c.idle_uw + c.busy_power_uw(opp, 1, run_temp_c))
             if busy is None or heat.t_s - self._zone_written_s >= ZONE_WRITE_S:
                 set_zone_temp(self._zone, heat.temp_c)
                 self._zone_written_s = heat.t_s
@@ -356,6 +364,7 @@ class VirtualBoard(_CpufreqBoard):
                     self._states[i] = state
                     # the cap moved the policy: the next decision goes through cpufreq again
                     self._checked_s[i] = self._seen_s[i] = -math.inf
+        return run_temp_c
 
     def apply(self, decision: Decision) -> float:
         if not self._set(decision):
@@ -393,8 +402,9 @@ class VirtualBoard(_CpufreqBoard):
         run_s = self.emulated_s(ci, opp, host_s if reference_s is None else reference_s)
         wall_s = run_s + self._pending_transition_s
         self._pending_transition_s = 0.0
+        run_temp_c = None  # the profile's default_temp_c: the leakage of a board without heat
         if self.heat is not None:
-            self.refresh_heat((started_s, started_s + wall_s, ci, opp))
+            run_temp_c = self.refresh_heat((started_s, started_s + wall_s, ci, opp))
         remaining_s = started_s + wall_s - self.clock()
         if remaining_s > 0.0:
             self.sleep(remaining_s)
@@ -402,7 +412,8 @@ class VirtualBoard(_CpufreqBoard):
             wall_s -= remaining_s  # the host was slower than the board it emulates
         # under a thermal cap the kernel ran it below the decided OPP: say where it ran
         ran = {} if opp == decision.opp else {"cluster": ci, "opp": opp}
-        return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s), **ran)
+        return RunCost(wall_s=wall_s, energy_j=_price_model_j(self.profile, ci, opp, run_s,
+                                                              run_temp_c), **ran)
 
     def close(self) -> None:
         try:

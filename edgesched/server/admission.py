@@ -21,7 +21,7 @@ import orjson
 from edgesched.errors import AdmissionError
 from edgesched.server.runner import LoadedModel, TensorSpec
 from edgesched.server.shm import SharedMemoryUse, shared_input, shared_output, tensor_params
-from edgesched.tensorwire import encode_tensor, json_bytes
+from edgesched.tensorwire import encode_tensor, json_bytes, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -132,19 +132,76 @@ def _binary_tensor(spec: TensorSpec, blob: memoryview, offset: int, size: int) -
     return arr
 
 
+WIRE_CACHE_MAX = 64
+"""JSON headers remembered per model (request plans and answer outputs together)."""
+WIRE_CACHE_HEAD_BYTES = 4096
+"""Longer JSON headers are decoded every time."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a request's JSON header says when every input comes as binary data: checked once,
+    applied to each body that has the same header."""
+
+    binary: tuple[tuple[str, TensorSpec, int, int], ...]
+    """(name, spec, offset into the binary data, size) per input, in order."""
+    blob_bytes: int
+    request_id: str
+    outputs: tuple[tuple[str, bool], ...]
+    priority: int
+    timeout_us: int | None
+
+
 def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, levels: int,
                 default_priority: int, shm: SharedMemoryUse | None = None) -> InferRequest:
     """Decode ``body`` (JSON, or JSON header + binary tensors when ``header_length`` is given).
 
     ``shm``: the request's use of system shared memory (:mod:`edgesched.server.shm`), None
-    when the extension is off; outputs bound for a region are left to it, not listed."""
-    if header_length is not None:
-        if not 0 < header_length <= len(body):
-            raise _bad(f"Inference-Header-Content-Length {header_length} outside 1..{len(body)} "
-                       "(the body length)")
-        head, blob = body[:header_length], memoryview(body)[header_length:]
-    else:
-        head, blob = body, memoryview(b"")
+    when the extension is off; outputs bound for a region are left to it, not listed.
+
+    A JSON header whose inputs all come as binary data is decoded and checked once per model
+    (``model.wire_cache``, by its bytes and the queue's levels and default priority); a body with
+    the same header then only has its binary data checked and viewed."""
+    if header_length is None:
+        return _parse_infer(body, body, memoryview(b""), None, model, levels, default_priority,
+                            shm)
+    if not 0 < header_length <= len(body):
+        raise _bad(f"Inference-Header-Content-Length {header_length} outside 1..{len(body)} "
+                   "(the body length)")
+    head = body[:header_length]
+    blob = memoryview(body)[header_length:]
+    if header_length > WIRE_CACHE_HEAD_BYTES:
+        return _parse_infer(body, head, blob, header_length, model, levels, default_priority,
+                            shm)
+    key = (head, levels, default_priority)
+    plan = model.wire_cache.get(key)
+    if plan is None or len(blob) != plan.blob_bytes:  # decoded and checked in full
+        binary: list[tuple[str, TensorSpec, int, int]] = []
+        req = _parse_infer(body, head, blob, header_length, model, levels, default_priority,
+                           shm, binary)
+        if plan is None and binary and len(model.wire_cache) < WIRE_CACHE_MAX:
+            model.wire_cache[key] = _Plan(tuple(binary), len(blob), req.request_id,
+                                          req.outputs, req.priority, req.timeout_us)
+        return req
+    inputs: dict[str, np.ndarray] = {}
+    for name, spec, offset, size in plan.binary:
+        arr = np.frombuffer(blob[offset:offset + size], dtype=spec.dtype).reshape(spec.shape)
+        _check_finite(spec, arr)
+        inputs[name] = arr
+    return InferRequest(model=model.name, request_id=plan.request_id, inputs=inputs,
+                        outputs=plan.outputs, priority=plan.priority,
+                        timeout_us=plan.timeout_us, size_bytes=len(body))
+
+
+def _parse_infer(body: bytes, head: bytes, blob: memoryview, header_length: int | None,
+                 model: LoadedModel, levels: int, default_priority: int,
+                 shm: SharedMemoryUse | None,
+                 plan_out: list[tuple[str, TensorSpec, int, int]] | None = None,
+                 ) -> InferRequest:
+    """:func:`parse_infer` in full. ``plan_out`` (when given) gets (name, spec, offset, size) of
+    each input if every input came as binary data and no tensor names shared memory; else it
+    is left empty."""
+    plan: list[tuple[str, TensorSpec, int, int]] | None = [] if plan_out is not None else None
     try:
         doc = _json_doc(head)
     except RecursionError:
@@ -192,6 +249,7 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
         if tensor_params(tparams):  # a view of a registered shared memory region
             inputs[name] = shared_input(shm, spec, item, tparams)
             _check_finite(spec, inputs[name])
+            plan = None
             continue
         size = tparams.get("binary_data_size")
         if size is not None:
@@ -201,9 +259,12 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise _bad(f"input {name!r}: binary_data_size must be an integer >= 0")
             inputs[name] = _binary_tensor(spec, blob, offset, size)
+            if plan is not None:
+                plan.append((name, spec, offset, size))
             offset += size
         elif "data" in item:
             inputs[name] = _json_tensor(spec, item["data"])
+            plan = None
         else:
             raise _bad(f"input {name!r}: neither 'data' nor binary_data_size given")
     if offset != len(blob):
@@ -232,6 +293,7 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
             oparams = item.get("parameters") or {}
             if tensor_params(oparams):
                 shared_output(shm, out_names[str(oname)], oparams)
+                plan = None
                 continue
             binary = oparams.get("binary_data", binary_all) if isinstance(oparams, dict) else None
             if not isinstance(binary, bool):
@@ -242,6 +304,8 @@ def parse_infer(body: bytes, header_length: int | None, model: LoadedModel, leve
     if priority > levels:
         raise _bad(f"priority {priority} outside 0..{levels} (1 is the highest, 0 the default)")
     timeout_us = _int_param(params, "timeout") or None
+    if plan and plan_out is not None:
+        plan_out.extend(plan)
     return InferRequest(model=model.name, request_id=request_id, inputs=inputs,
                         outputs=tuple(outputs), priority=priority or default_priority,
                         timeout_us=timeout_us, size_bytes=len(body))
@@ -266,6 +330,10 @@ def encode_response_parts(model: LoadedModel, request_id: str,
     """The response's JSON (the header, when binary outputs follow it) and byte views of the
     binary outputs, in order (the result arrays must not change until they are sent).
     ``shared``: the docs of the outputs written to shared memory (no data), listed first."""
+    if not shared and outputs:
+        answer = _binary_answer(model, request_id, results, outputs, parameters)
+        if answer is not None:
+            return answer
     specs = model.output_by_name
     out_docs: list[dict[str, Any]] = list(shared) if shared else []
     blobs: list[memoryview] = []
@@ -273,6 +341,46 @@ def encode_response_parts(model: LoadedModel, request_id: str,
         out_docs.append(encode_tensor(name, results[name], specs[name].datatype, binary, blobs))
     head = json_bytes({"model_name": model.name, "model_version": "1", "id": request_id,
                        "parameters": dict(parameters), "outputs": out_docs})
+    return head, blobs
+
+
+def _binary_answer(model: LoadedModel, request_id: str, results: Mapping[str, np.ndarray],
+                   outputs: tuple[tuple[str, bool], ...], parameters: Mapping[str, Any],
+                   ) -> tuple[bytes, list[memoryview]] | None:
+    """:func:`encode_response_parts` when every output goes as binary data: the JSON around
+    ``id`` and ``parameters`` is written once per model and list of outputs (the same bytes as
+    writing the whole document each time). None: write it the general way."""
+    key = ("answer", outputs)
+    cached = model.wire_cache.get(key)
+    if cached is None:
+        if not all(binary for _, binary in outputs) or len(model.wire_cache) >= WIRE_CACHE_MAX:
+            return None
+        specs = model.output_by_name
+        docs = [{"name": name, "datatype": specs[name].datatype,
+                 "shape": list(results[name].shape),
+                 "parameters": {"binary_data_size": results[name].nbytes}}
+                for name, _ in outputs]
+        try:
+            prefix = orjson.dumps({"model_name": model.name, "model_version": "1"})
+            tail = orjson.dumps(docs)
+        except TypeError:
+            return None
+        shapes = tuple((name, results[name].shape, results[name].dtype) for name, _ in outputs)
+        cached = (prefix[:-1] + b',"id":', b',"outputs":' + tail + b"}", shapes)
+        model.wire_cache[key] = cached
+    prefix, suffix, shapes = cached
+    blobs: list[memoryview] = []
+    for name, shape, dtype in shapes:
+        arr = results[name]
+        if arr.shape != shape or arr.dtype != dtype:
+            return None
+        blobs.append(tensor_bytes(arr))
+    try:
+        doc = parameters if type(parameters) is dict else dict(parameters)
+        middle = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+        head = b"".join((prefix, orjson.dumps(request_id), b',"parameters":', middle, suffix))
+    except TypeError:  # what orjson refuses is written by the standard library, all of it
+        return None
     return head, blobs
 
 

@@ -36,7 +36,12 @@ from edgesched.qos import QosGuard
 from edgesched.queue import RequestQueue
 from edgesched.server import systemd
 from edgesched.server.access import AdminGate, IdentityLookup, Verdict, peer_of, system_identity
-from edgesched.server.admission import check_deadline, encode_response_parts, parse_infer
+from edgesched.server.admission import (
+    InferRequest,
+    check_deadline,
+    encode_response_parts,
+    parse_infer,
+)
 from edgesched.server.config import PRIORITY_SOCKET_AUTO, Config, config_to_dict, priority_socket_path
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome, drain_remaining
 from edgesched.server.gate import ConnectionGate, ensure_fd_limit
@@ -178,21 +183,36 @@ async def model_ready(st: ServerState, request: Request) -> Response:
     return json_response({"name": model.name, "ready": ok}, status=200 if ok else 503)
 
 
-async def infer(st: ServerState, request: Request) -> Response:
+def infer(st: ServerState, request: Request) -> Response | Awaitable[Response]:
+    """An infer request: the Response when it was answered at once (served inline, or
+    refused), else a coroutine that awaits its outcome from the dispatcher thread."""
     if st.shm is None:
-        return await _infer(st, request, None)
+        return _infer(st, request, None)
     use = SharedMemoryUse(st.shm, request.peer)
     try:
-        return await _infer(st, request, use)
-    finally:  # after _infer's frame is gone: no view of a region is left to keep it mapped
+        result = _infer(st, request, use)
+    except BaseException:
+        use.release()
+        raise
+    if isinstance(result, Response):
+        use.release()  # _infer's frame is gone: no view of a region is left to keep it mapped
+        return result
+    return _released(result, use)
+
+
+async def _released(pending: Awaitable[Response], use: SharedMemoryUse) -> Response:
+    try:
+        return await pending
+    finally:  # after the answer's frames are gone: no view of a region keeps it mapped
         use.release()
 
 
-async def _infer(st: ServerState, request: Request, shm: SharedMemoryUse | None) -> Response:
+def _infer(st: ServerState, request: Request,
+           shm: SharedMemoryUse | None) -> Response | Awaitable[Response]:
     """The answer's parameters (its receipt) carry ``daemon_cpu_us``: the CPU time of the
     threads that handled the request (``time.thread_time_ns`` deltas), from parsing its head
     to building its answer: the server thread's, and the dispatcher's when it was queued."""
-    cpu0_ns = time.thread_time_ns()
+    cpu0_ns = request.cpu_start_ns or time.thread_time_ns()
     arrived_s = st.clock()  # a request's timeout runs from its arrival
     st.metrics.received()
     cfg = st.config
@@ -200,7 +220,6 @@ async def _infer(st: ServerState, request: Request, shm: SharedMemoryUse | None)
     priority = 0
     try:
         model = _model(st, request)
-        body = request.body  # read whole by the server, within server.max_body_bytes
         raw_len = request.headers.get(HEADER_LENGTH_KEY)
         header_length: int | None = None
         if raw_len is not None:
@@ -209,46 +228,58 @@ async def _infer(st: ServerState, request: Request, shm: SharedMemoryUse | None)
             except ValueError:
                 raise AdmissionError(400, f"{HEADER_LENGTH} must be an integer, got "
                                      f"{raw_len!r}") from None
-        req = parse_infer(body, header_length, model, cfg.queue.levels,
+        # the body was read whole by the server, within server.max_body_bytes
+        req = parse_infer(request.body, header_length, model, cfg.queue.levels,
                           cfg.queue.default_priority, shm)
         priority = req.priority
-        if cfg.admission.reject_infeasible_deadline:
-            check_deadline(req, st.dispatcher.top_service_s(model),
-                           cfg.admission.deadline_margin,
-                           cfg.admission.infeasible_status)
-        deadline_s = (arrived_s + req.timeout_us / 1e6 if req.timeout_us is not None
-                      else math.inf)
+        if req.timeout_us is None:
+            deadline_s = math.inf
+        else:
+            if cfg.admission.reject_infeasible_deadline:
+                check_deadline(req, st.dispatcher.top_service_s(model),
+                               cfg.admission.deadline_margin,
+                               cfg.admission.infeasible_status)
+            deadline_s = arrived_s + req.timeout_us / 1e6
         done: list[Outcome] = []
         job = Job(req=req, model=model, deadline_s=deadline_s, answer=done.append)
-        fut: asyncio.Future[Outcome] | None = None
         # inline only for a request alone on its listener: several at once go through the queue,
         # where priority and deadline order them (and a full queue refuses with 429)
-        alone = request.server is None or request.server.active <= 1
-        if not (alone and st.dispatcher.run_inline(job)):  # else the dispatcher thread
-            loop = asyncio.get_running_loop()
-            mailbox = st.mailboxes.get(loop)
-            if mailbox is None:
-                mailbox = st.mailboxes.setdefault(loop, Mailbox(loop))
-            fut = loop.create_future()
-            job.answer = functools.partial(mailbox.put, fut)
-            st.dispatcher.submit(job)
+        server = request.server
+        if (server is None or server.active <= 1) and st.dispatcher.run_inline(job):
+            return _answer_infer(st, request, model, req, done[0], cpu0_ns, shm)
+        loop = asyncio.get_running_loop()  # else the dispatcher thread
+        mailbox = st.mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = st.mailboxes.setdefault(loop, Mailbox(loop))
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        job.answer = functools.partial(mailbox.put, fut)
+        st.dispatcher.submit(job)
     except AdmissionError as exc:
         known = model_name if model_name in st.models else ""
         st.metrics.count(known, priority, "rejected")
         return _admission_response(exc)
-    if fut is None:
-        out = done[0]
-    else:  # other requests run on this thread meanwhile: only this one's parts are counted
-        spent_ns = time.thread_time_ns() - cpu0_ns
-        out = await fut
-        cpu0_ns = time.thread_time_ns() - spent_ns - out.cpu_ns
-    params = {**out.parameters, "outcome": out.outcome,
-              "daemon_us": round((time.monotonic() - request.received_s) * 1e6),
-              "daemon_cpu_us": round((request.cpu_ns + time.thread_time_ns() - cpu0_ns) / 1e3)}
+    # other requests run on this thread meanwhile: only this one's parts are counted
+    return _queued(st, request, model, req, fut, time.thread_time_ns() - cpu0_ns, shm)
+
+
+async def _queued(st: ServerState, request: Request, model: LoadedModel, req: InferRequest,
+                  fut: asyncio.Future[Outcome], spent_ns: int,
+                  shm: SharedMemoryUse | None) -> Response:
+    out = await fut
+    cpu0_ns = time.thread_time_ns() - spent_ns - out.cpu_ns
+    return _answer_infer(st, request, model, req, out, cpu0_ns, shm)
+
+
+def _answer_infer(st: ServerState, request: Request, model: LoadedModel, req: InferRequest,
+                  out: Outcome, cpu0_ns: int, shm: SharedMemoryUse | None) -> Response:
+    params = out.parameters
+    params["outcome"] = out.outcome
+    params["daemon_us"] = round((time.monotonic() - request.received_s) * 1e6)
+    params["daemon_cpu_us"] = round((request.cpu_ns + time.thread_time_ns() - cpu0_ns) / 1e3)
     if out.results is None:
         headers = None
         if out.outcome in ("shed", "shutting_down"):
-            headers = {"Retry-After": str(max(1, math.ceil(cfg.server.retry_after_s)))}
+            headers = {"Retry-After": str(max(1, math.ceil(st.config.server.retry_after_s)))}
         return json_response({"error": out.reason, "id": req.request_id, "outcome":
                               out.outcome, "parameters": params}, status=out.status,
                              headers=headers)
@@ -389,7 +420,7 @@ def _admin_body(request: Request) -> dict[str, Any]:
     return doc
 
 
-StateHandler = Callable[[ServerState, Request], Awaitable[Response]]
+StateHandler = Callable[[ServerState, Request], Response | Awaitable[Response]]
 AdminHandler = Callable[[Request, ServerState, Verdict, dict[str, Any]], Awaitable[Response]]
 
 

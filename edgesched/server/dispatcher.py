@@ -125,6 +125,9 @@ class Dispatcher:
         call fewer per request)."""
         self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._running = False
+        """The dispatcher thread was started and has not ended (:meth:`alive` without asking
+        the thread)."""
         self._closing = False
         self._drain_until_s = math.inf
         self._ids = 0
@@ -194,10 +197,11 @@ class Dispatcher:
         running, no command waiting) and its model's longest expected run on this board is
         within ``inline_max_s``; its answer is delivered before this returns. False: nothing was
         done, :meth:`submit` it."""
-        if not self._inline_allowed(job.model):
+        ok = self._inline_ok.get(job.model.name)
+        if not (ok or (ok is None and self._inline_allowed(job.model))):
             return False
         with self._lock:
-            if (self._closing or len(self.queue) or self._calls or not self.alive()
+            if (self._closing or len(self.queue) or self._calls or not self._running
                     or not self._token.acquire(blocking=False)):
                 return False
             now = self.clock()
@@ -333,7 +337,12 @@ class Dispatcher:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edgesched-dispatcher",
                                         daemon=True)
-        self._thread.start()
+        self._running = True
+        try:
+            self._thread.start()
+        except BaseException:
+            self._running = False
+            raise
 
     def close(self, drain_s: float) -> None:
         """Stop accepting; serve what is queued for up to ``drain_s``, then answer the rest."""
@@ -378,6 +387,7 @@ class Dispatcher:
         try:
             self._run_until_stopped()
         finally:
+            self._running = False
             if self.on_stopped is not None:
                 self.on_stopped()
 
@@ -479,18 +489,20 @@ class Dispatcher:
             task_cluster=self._task.cluster, task_woken=not self._task.enqueued, **heat)
 
     def _heat_context(self) -> dict[str, Any]:
-        """``temp_c`` and ``cap_opp`` of the context: the hottest zone and, per cluster, the
-        highest OPP at or below its cooling device's cap (read at most once a second)."""
+        """``temp_c``, ``cap_opp`` and ``trip_c`` of the context: the hottest zone, per cluster
+        the highest OPP at or below its cooling device's cap, and the lowest passive trip (read
+        at most once a second)."""
         if self.heat is None:
             return {}
         temp_c, caps_khz = self.heat.current()
+        trip_c = self.heat.trip_c()
         clusters = self.board.profile.clusters
         if len(caps_khz) != len(clusters):
-            return {"temp_c": temp_c}
+            return {"temp_c": temp_c, "trip_c": trip_c}
         cap_opp = [len(c.opps) - 1 if cap is None else
                    max([i for i, o in enumerate(c.opps) if o.khz <= cap] or [0])
                    for c, cap in zip(clusters, caps_khz, strict=True)]
-        return {"temp_c": temp_c, "cap_opp": cap_opp}
+        return {"temp_c": temp_c, "cap_opp": cap_opp, "trip_c": trip_c}
 
     def _waiting_in_order(self) -> tuple[Waiting, ...]:
         """``DecisionContext.waiting_in_order``: the queue behind the head, copied under the lock
@@ -570,28 +582,30 @@ class Dispatcher:
             self._finish(entry, Outcome(500, "error", f"inference failed: {exc}"))
             return
         host_s = self.host_clock() - t0
-        cost = self.board.settle(decision, host_s, started_s, reference_s=job.model.service_s)
+        board = self.board
+        cost = board.settle(decision, host_s, started_s, reference_s=job.model.service_s)
         if cost.cluster is not None and cost.opp is not None:  # the kernel chose (hands-off)
             decision = Decision(cost.cluster, cost.opp)
         end_s = self.clock()
         self._account(decision, started_s, end_s, cost.wall_s)
         job.model.record(host_s)
         self.served += 1
-        opp = self.board.profile.clusters[decision.cluster].opps[decision.opp]
+        cluster = board.profile.clusters[decision.cluster]
         params = {
             "queue_wait_us": 0 if inline else round((now - entry.enqueued_s) * 1e6),
             "service_us": round(cost.wall_s * 1e6),
             "host_us": round(host_s * 1e6),
-            "freq_khz": opp.khz,
+            "freq_khz": cluster.opps[decision.opp].khz,
             "opp": decision.opp,
             "cluster": decision.cluster,
-            "cluster_name": self.board.profile.clusters[decision.cluster].name,
+            "cluster_name": cluster.name,
             "energy_j": cost.energy_j,
             "priority": job.req.priority,
         }
-        temp_c = self.heat.temp_c() if self.heat is not None else math.nan
-        if math.isfinite(temp_c):
-            params["temp_c"] = temp_c  # the hottest thermal zone (read at most once a second)
+        if self.heat is not None:
+            temp_c = self.heat.temp_c()
+            if math.isfinite(temp_c):  # the hottest thermal zone (read at most once a second)
+                params["temp_c"] = temp_c
         late = end_s > entry.deadline_s
         cpu_ns = 0 if inline else time.thread_time_ns() - cpu0_ns
         self._finish(entry, Outcome(200, "late" if late else "ok", results=results,
@@ -599,26 +613,26 @@ class Dispatcher:
 
     def _account(self, decision: Decision, started_s: float, end_s: float, wall_s: float) -> None:
         c = decision.cluster
-        scale = self._scales.get((c, decision.opp))
+        key = (c, decision.opp)
+        scale = self._scales.get(key)
         if scale is None:  # fixed per board: worked out once per (cluster, OPP)
             cl = self.board.profile.clusters[c]
             scale = cl.opps[decision.opp].khz / cl.max_khz * self.board.profile.capacity(c) / 1024.0
-            self._scales[(c, decision.opp)] = scale
+            self._scales[key] = scale
         for i, p in enumerate(self._pelt):
             if i == c:
-                p.advance(started_s, 0.0)
-                p.advance(end_s, scale)
+                p.idle_then_run(started_s, end_s, scale)
             else:
                 p.advance(end_s, 0.0)
-        self._board_busy.advance(started_s, False)
-        self._board_busy.advance(end_s, True)
-        self._busy[c].add_busy(wall_s)
-        self._task.enqueue(started_s, c)
-        self._task.advance(end_s, scale)
-        with self._lock:
-            idle = not len(self.queue)
-        if idle:  # nothing left to run: the inference task goes to sleep (util_est updates)
-            self._task.dequeue(end_s)
+        board_busy = self._board_busy
+        board_busy.advance(started_s, False)
+        board_busy.advance(end_s, True)
+        self._busy[c].busy_s += wall_s
+        task = self._task
+        task.enqueue(started_s, c)
+        task.advance(end_s, scale)
+        if not len(self.queue):  # nothing left to run: the inference task goes to sleep
+            task.dequeue(end_s)  # (util_est updates)
 
     def _tick(self) -> None:
         now = self.clock()

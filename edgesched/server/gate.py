@@ -8,6 +8,11 @@ gets a fixed 503 answer written straight to the socket, its incoming bytes are r
 so the client sees the answer instead of a broken pipe, and it is closed when the client is done
 or after ``linger_s``. This keeps memory bounded under a flood and lets the daemon return to
 normal latency as soon as the flood stops.
+
+A connection counts against the limit from the moment the gate hands it its protocol, not from
+``connection_made``: an event loop may accept a whole burst from the listen backlog and make
+every protocol of it before it tells any of them that it is connected (asyncio's does), and the
+burst would otherwise be served whole however far past the limit it goes.
 """
 
 from __future__ import annotations
@@ -18,13 +23,17 @@ import logging
 import math
 import resource
 import typing
+import weakref
 from collections.abc import Callable
 
-from edgesched.server.http1 import Server
+from edgesched.server.http1 import Connection, Server
 
 REFUSED_OUTCOME = "too_many_connections"
 FD_RESERVE = 256
 """Descriptors kept for everything but connections (models, listeners, sysfs, logs)."""
+REFUSED_LINGER_S = 1.0
+"""How long a refused connection stays open for the client to read its answer (the default of
+:class:`ConnectionGate`'s ``linger_s``)."""
 
 
 def _refusal(limit: int, retry_after_s: float) -> bytes:
@@ -79,19 +88,35 @@ class ConnectionGate:
     open ones, a :class:`_Refused` protocol past it."""
 
     def __init__(self, server: Server, limit: int, retry_after_s: float,
-                 on_refused: Callable[[], None] = lambda: None, linger_s: float = 1.0) -> None:
+                 on_refused: Callable[[], None] = lambda: None,
+                 linger_s: float | None = None) -> None:
         self.server = server
         self.limit = limit
-        self.linger_s = linger_s
+        self.linger_s = REFUSED_LINGER_S if linger_s is None else linger_s
         self.on_refused = on_refused
         self.lingering = 0
         self.answer = _refusal(limit, retry_after_s)
+        self._pending: weakref.WeakSet[Connection] = weakref.WeakSet()
+        """Connections handed out whose ``connection_made`` has not run yet (weak: one the loop
+        drops without connecting it stops counting)."""
+
+    def open_connections(self) -> int:
+        """The connections counted against the limit: open ones and those handed out but not
+        yet connected."""
+        pending = self._pending
+        if pending:
+            # connected ones (a transport) are in server.connections now, or already gone
+            pending.difference_update([c for c in pending if c.transport is not None])
+        return len(self.server.connections) + len(pending)
 
     def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) >= self.limit:
+        if self.open_connections() >= self.limit:
             self.on_refused()
             return _Refused(self)
-        return self.server()
+        conn = self.server()
+        self._pending.add(conn)
+        conn.closed_callbacks.append(lambda: self._pending.discard(conn))
+        return conn
 
 
 def ensure_fd_limit(max_connections: int, log: logging.Logger) -> int:

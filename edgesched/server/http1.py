@@ -15,11 +15,17 @@ to a general web framework's machinery. This server does only what the daemon ne
 - routes with ``{param}`` segments (percent-decoded; a ``%2F`` stays inside its segment), and a
   fallback that is told which methods the path does allow.
 
-A handler takes a :class:`Request` (the whole body read) and returns a :class:`Response`.
+A handler takes a :class:`Request` (the whole body read) and returns a :class:`Response`, or an
+awaitable of one. A handler that can answer at once returns the Response itself: it is written
+without a task (no coroutine, no task step); one that must wait (an inference queued behind
+others) returns a coroutine, which runs as the connection's task. Either way the handler runs
+from a callback scheduled after the request is read, so requests that arrive in the same turn
+of the event loop are all read (``Server.active`` counts them) before any of them is handled.
 
-Per request it does little beyond that: header names seen before are looked up (checked as
-tokens once), a plain ``Content-Length`` is read without splitting, and an answer's status line
-and Content-Type come from a small cache.
+Per request it does little beyond that: a request head seen before (the same bytes) is looked up
+instead of parsed, header names seen before are looked up (checked as tokens once), a plain
+``Content-Length`` is read without splitting, and an answer's status line and Content-Type come
+from a small cache.
 """
 
 from __future__ import annotations
@@ -78,6 +84,11 @@ class Request:
     cpu_ns: int = 0
     """CPU time (``time.thread_time_ns``) the server's thread spent parsing its head and
     framing its body."""
+    cpu_start_ns: int = 0
+    """The server thread's ``time.thread_time_ns()`` as its handler was called (0: not known);
+    the handler's own CPU time is counted from it."""
+    seq: int = 0
+    """``Server.parsed`` once this request was read."""
 
 
 class Response:
@@ -111,17 +122,27 @@ def error_response(status: int, reason: str, headers: Mapping[str, str] | None =
     return json_response({"error": reason, **extra}, status, headers)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-Fallback = Callable[[Request, set[str]], Awaitable[Response]]
+Handler = Callable[[Request], Response | Awaitable[Response]]
+"""Answers at once (a Response) or later (an awaitable of one)."""
+Fallback = Callable[[Request, set[str]], Response | Awaitable[Response]]
 """Called when no route matches; gets the methods the path does allow (empty: no such path)."""
 
 
+MATCHED_MAX = 256
+"""Routed (method, path) pairs a Router remembers."""
+MATCHED_PATH = 512
+"""Longer paths are routed every time."""
+
+
 class Router:
-    """Routes by method and path; tried in the order added (the hot path first)."""
+    """Routes by method and path; tried in the order added (the hot path first). A (method,
+    path) that matched before is looked up, not matched again."""
 
     def __init__(self, fallback: Fallback) -> None:
         self.fallback = fallback
         self._routes: list[tuple[str, list[str | None], list[str], Handler]] = []
+        self._matched: dict[tuple[str, str], tuple[Handler, dict[str, str]]] = {}
+        """(method, path) seen before that matched a route: its handler and parameters."""
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """``pattern`` like ``/v2/models/{name}/infer``; a ``{param}`` matches one non-empty
@@ -130,8 +151,19 @@ class Router:
         literal = [None if p.startswith("{") else p for p in parts]
         names = [p[1:-1] for p in parts if p.startswith("{")]
         self._routes.append((method, literal, names, handler))
+        self._matched.clear()
 
     async def dispatch(self, request: Request) -> Response:
+        """The handler's answer, awaited if need be."""
+        result = self.route(request)
+        return result if isinstance(result, Response) else await result
+
+    def route(self, request: Request) -> Response | Awaitable[Response]:
+        """Call the handler of ``request`` (or the fallback); what it returns."""
+        matched = self._matched.get((request.method, request.path))
+        if matched is not None:
+            request.params = matched[1].copy()
+            return matched[0](request)
         parts = request.path.split("/")
         allowed: set[str] = set()
         decoded: list[str] | None = None
@@ -151,11 +183,14 @@ class Router:
             else:
                 if method == request.method or (method == "GET" and request.method == "HEAD"):
                     request.params = dict(zip(names, params, strict=True))
-                    return await handler(request)
+                    if len(self._matched) < MATCHED_MAX and len(request.path) <= MATCHED_PATH:
+                        self._matched[(request.method, request.path)] = (
+                            handler, request.params.copy())
+                    return handler(request)
                 allowed.add(method)
                 if method == "GET":
                     allowed.add("HEAD")
-        return await self.fallback(request, allowed)
+        return self.fallback(request, allowed)
 
 
 class _Refusal(Exception):
@@ -171,6 +206,8 @@ class _Refusal(Exception):
 _HEAD_STARTS: dict[tuple[int, str], bytes] = {}
 """The fixed start of an answer's head (status line, Content-Type), per status and type."""
 _HEAD_STARTS_MAX = 64
+_HEAD_ENDS: dict[tuple[tuple[tuple[str, str], ...], bool, bool], bytes] = {}
+"""The end of an answer's head (its headers after Content-Length), per headers and ending."""
 
 
 def _head_bytes(status: int, content_type: str, length: int,
@@ -183,6 +220,10 @@ def _head_bytes(status: int, content_type: str, length: int,
             _HEAD_STARTS[(status, content_type)] = start
     end = b"Server: edgesched\r\n\r\n"
     if headers or close or keep_alive_10:
+        key = (tuple(headers.items()) if headers else (), close, keep_alive_10)
+        cached = _HEAD_ENDS.get(key)
+        if cached is not None:
+            return b"%sContent-Length: %d\r\n%s" % (start, length, cached)
         lines = ["Server: edgesched\r\n"]
         if headers:
             lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -192,6 +233,8 @@ def _head_bytes(status: int, content_type: str, length: int,
             lines.append("Connection: keep-alive\r\n")
         lines.append("\r\n")
         end = "".join(lines).encode("latin-1")
+        if len(_HEAD_ENDS) < _HEAD_STARTS_MAX:
+            _HEAD_ENDS[key] = end
     return b"%sContent-Length: %d\r\n%s" % (start, length, end)
 
 
@@ -208,6 +251,8 @@ class Server:
         self.closing = False
         self.active = 0
         """Requests read whole and not yet answered, this one's handler included."""
+        self.parsed = 0
+        """Requests read whole so far."""
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -218,6 +263,7 @@ class Server:
         self.closing = True
         for conn in list(self.connections):
             conn.close_if_idle()
+        await asyncio.sleep(0)  # requests read and not yet handled: their handlers start
         tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
@@ -232,6 +278,9 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
+        """The request's task while its answer is awaited (or written out slowly)."""
+        self._busy = False
+        """A request was read and is not answered yet (its handler is scheduled or runs)."""
         self._buf = bytearray()
         self._head: tuple[str, str, str, dict[str, str]] | None = None
         self._body_end = 0
@@ -280,9 +329,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self.task is None and not self._lingering and (self._buf or self._head is not None):
+        if not self._busy and not self._lingering and (self._buf or self._head is not None):
             self._refuse(400, "the connection ended in the middle of a request")
-        return self.task is not None  # a request in progress is answered, then the end
+        return self._busy  # a request in progress is answered, then the end
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -290,7 +339,7 @@ class Connection(asyncio.Protocol):
         if not self._buf and self._head is None:  # the first bytes of the next request
             self._received_s = time.monotonic()
         self._buf += data
-        if self.task is None:
+        if not self._busy:
             self._advance()
         elif len(self._buf) > self.server.body_limit + MAX_HEAD_BYTES and not self._read_paused:
             self._read_paused = True  # pipelined requests pile up behind a slow one
@@ -308,10 +357,16 @@ class Connection(asyncio.Protocol):
             return
         if request is None:
             return
-        request.cpu_ns = time.thread_time_ns() - cpu0_ns
+        cpu1_ns = time.thread_time_ns()
+        request.cpu_ns = cpu1_ns - cpu0_ns
+        request.cpu_start_ns = cpu1_ns
+        self.server.parsed += 1
+        request.seq = self.server.parsed
         self._waiting_since = None  # the timer stays; it finds nothing to do
         self.server.active += 1
-        self.task = asyncio.get_running_loop().create_task(self._run(request))
+        self._busy = True
+        # after every request read in this turn of the loop (they count in server.active)
+        asyncio.get_running_loop().call_soon(self._handle, request)
 
     def _parse(self) -> Request | None:
         buf = self._buf
@@ -322,7 +377,14 @@ class Connection(asyncio.Protocol):
                 return None
             if end + 4 > MAX_HEAD_BYTES:
                 raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
-            self._head = _parse_head(bytes(buf[:end]))
+            raw = bytes(buf[:end])
+            parsed = _HEADS.get(raw)
+            if parsed is None:
+                parsed = _parse_head(raw)
+                if len(raw) <= HEAD_CACHE_BYTES and len(_HEADS) < _HEADS_MAX:
+                    _HEADS[raw] = parsed
+            # each request its own headers: a handler may change them
+            self._head = (parsed[0], parsed[1], parsed[2], parsed[3].copy())
             del buf[:end + 4]
             self._frame()
         method, target, version, headers = self._head
@@ -395,21 +457,58 @@ class Connection(asyncio.Protocol):
                 and self.transport is not None):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    async def _run(self, request: Request) -> None:
+    def _handle(self, request: Request) -> None:
+        """Run the request's handler: an answer given at once is written here, one to await
+        becomes the connection's task."""
+        if request.seq != self.server.parsed:  # others were read since: not theirs to count
+            request.cpu_start_ns = time.thread_time_ns()
         try:
+            result = self.server.router.route(request)
+        except Exception as exc:
+            result = self._failed(request, exc)
+        if isinstance(result, Response):
+            waiting = False
             try:
-                response = await self.server.router.dispatch(request)
-            except Exception as exc:
-                self.server.log.exception("%s %s failed", request.method, request.path)
-                response = error_response(500, f"internal error: {type(exc).__name__}")
-            self._answer(request, response)
+                self._answer(request, result)
+                waiting = self._write_paused and self.transport is not None
+            finally:
+                if not waiting:
+                    self._busy = False
+                    self.server.active -= 1
+            if not waiting:
+                self._next()
+                return
+            pending = None  # answered: the task only waits until the answer is written
+        else:
+            pending = result
+        self.task = asyncio.get_running_loop().create_task(self._run(request, pending))
+
+    def _failed(self, request: Request, exc: Exception) -> Response:
+        self.server.log.exception("%s %s failed", request.method, request.path,
+                                  exc_info=exc)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    async def _run(self, request: Request, pending: Awaitable[Response] | None) -> None:
+        """Await the answer of ``request`` (None: it was written already), then wait until the
+        transport has taken it."""
+        try:
+            if pending is not None:
+                try:
+                    response = await pending
+                except Exception as exc:
+                    response = self._failed(request, exc)
+                self._answer(request, response)
             if self._write_paused and self.transport is not None:
                 self._drained = asyncio.get_running_loop().create_future()
                 await self._drained
                 self._drained = None
         finally:
             self.task = None
+            self._busy = False
             self.server.active -= 1
+        self._next()
+
+    def _next(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         if self._read_paused:
@@ -417,7 +516,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         if self._buf:
             self._advance()
-        if self.task is None and not self._lingering:
+        if not self._busy and not self._lingering:
             if self.server.closing or self._eof:
                 self.transport.close()
             else:
@@ -464,7 +563,7 @@ class Connection(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def close_if_idle(self) -> None:
-        if self.task is None and self.transport is not None:
+        if not self._busy and self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
@@ -502,6 +601,12 @@ class Connection(asyncio.Protocol):
 _HEADER_NAMES: dict[bytes, str] = {}
 """Header field names seen before (checked as tokens), each with its lower-case key."""
 _HEADER_NAMES_MAX = 256
+_HEADS: dict[bytes, tuple[str, str, str, dict[str, str]]] = {}
+"""Request heads seen before (request line and headers, byte for byte) and what they parse to:
+a client sends the same head for every request of the same kind."""
+_HEADS_MAX = 256
+HEAD_CACHE_BYTES = 2048
+"""Longer heads are parsed every time."""
 
 
 def _parse_head(raw: bytes) -> tuple[str, str, str, dict[str, str]]:

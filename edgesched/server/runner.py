@@ -96,10 +96,14 @@ class LoadedModel:
     runs: int = 0
     input_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False)
     output_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False)
+    wire_cache: dict[Any, Any] = field(init=False, repr=False, compare=False)
+    """What admission worked out from request and answer headers seen before (by their bytes):
+    the same JSON header is decoded and checked once (:mod:`edgesched.server.admission`)."""
 
     def __post_init__(self) -> None:
         self.input_by_name = {t.name: t for t in self.inputs}
         self.output_by_name = {t.name: t for t in self.outputs}
+        self.wire_cache = {}
 
     @property
     def input_bytes(self) -> int:

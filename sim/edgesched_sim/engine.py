@@ -19,7 +19,12 @@ heated by the same cluster power the energy accounts use, and the step_wise gove
 the run's clock; its cap limits the OPP any decision or governor tick asks for, as the kernel's
 ``scaling_max_freq`` would. A cap that falls while a request runs applies from the next decision
 or tick (a run is not re-clocked midway). ``RunStats.throttled_s`` and ``peak_temp_c`` report it;
-without a thermal section none of this runs.
+without a thermal section none of this runs. Where some cluster's leakage depends on temperature
+(``static_temp_coeff_per_c`` > 0), a run, a governor's run segment between ticks and a
+frequency switch are priced with their leakage at the node's temperature when they start
+(``exp(k_T * (T - default_temp_c))`` evaluated exactly, no temperature buckets), and that power
+heats the node: heat feeds back into leakage. Idle power (``idle_uw``) has no temperature term.
+With k_T = 0 on every cluster the tables' powers are used as they are, number for number.
 
 Per-board constants (service times, powers, switch energies, the heat node's power during each
 run, the kernel capacities) are computed once in :class:`BoardTables`; a step only looks them up.
@@ -48,7 +53,6 @@ from edgesched.observation import (
     Decision,
     DecisionContext,
     Waiting,
-    observation_from,
     waiting_of,
 )
 from edgesched.policy.base import Policy
@@ -172,6 +176,17 @@ class BoardTables:
         """The clusters' capacities as the kernel's integers (the inference task's ``TaskUtil``)."""
         self.task_first_cluster = first_cluster(profile)
         """Where the inference task starts (``TaskUtil``'s first cluster)."""
+        self.leak_k = [cl.static_temp_coeff_per_c for cl in profile.clusters]
+        """Per cluster: the leakage's k_T (1/C); all 0 in a profile without a temperature term."""
+        self.leak_t0_c = [cl.default_temp_c for cl in profile.clusters]
+        self.leak_uw = [[cl.leakage_uw(o) for o in range(len(cl.opps))] for cl in profile.clusters]
+        """[cluster][opp] leakage at the profile's ``default_temp_c`` (uW)."""
+        self.leak_priced = [1.0 if temp_c is None or not k else math.exp(k * (temp_c - t0))
+                            for k, t0 in zip(self.leak_k, self.leak_t0_c, strict=True)]
+        """Per cluster: the factor ``exp(k_T * (T - T0))`` the tables' powers already include."""
+        self.temp_leakage = any(self.leak_k)
+        """Some cluster's leakage depends on temperature: with a heat model, runs are priced at
+        the model's temperature (:meth:`Engine.leak_extra_uw`)."""
 
 
 class Engine:
@@ -196,6 +211,9 @@ class Engine:
         self.thermal = profile.thermal if thermal is None else thermal
         """The heat model (:mod:`edgesched.thermal`): the profile's unless one is passed (another
         ambient or cooling); None: no heat, no throttling, no cost."""
+        self.leak_heat = self.thermal is not None and tables.temp_leakage
+        """Leakage follows the heat model's temperature (a heat model and some k_T > 0); else
+        every power is the tables' and none of the temperature pricing runs."""
         self._model_index = tables.model_index
         self.works = tables.works
         self.input_bytes = tables.input_bytes
@@ -270,6 +288,8 @@ class Engine:
         self.done = False
         self.heat = (None if self.thermal is None else
                      ThermalState(self.thermal, [len(k) for k in self.khz], self.idle_total_uw))
+        self.trip_c = math.inf if self.thermal is None else self.thermal.passive_trip_c()
+        """The lowest passive trip (``DecisionContext.trip_c``)."""
 
     # ------------------------------------------------------------------------------- arrivals
     def _admit_until(self, t: float) -> None:
@@ -359,25 +379,31 @@ class Engine:
             task_util_est=task.util_est / 1024.0, task_cluster=task.cluster,
             task_woken=not task.enqueued,
             temp_c=math.nan if self.heat is None else self.heat.temp_c,
-            cap_opp=None if self.heat is None else self.heat.cap)
+            cap_opp=None if self.heat is None else self.heat.cap, trip_c=self.trip_c)
 
     def _waiting_in_order(self) -> tuple[Waiting, ...]:
         """``DecisionContext.waiting_in_order``: built only when a policy asks for it."""
         return waiting_of(self.queue.in_service_order())
 
-    def observation(self, head: Entry) -> np.ndarray:
-        """The shared observation for ``head`` (same values as building it from ``context``)."""
-        now = self.now
-        q = self.queue
-        return observation_from(
-            self.view, now, head.priority, head.deadline_s, self.job_work[head.request_id],
-            q.levels, len(q), q.count_at_most(head.cls + 1), q.backlog_ms,
-            q.earliest_deadline_s(), self.cur_opp, self.rate.rate_hz(now), self.busy_avg.value)
+    def leak_extra_uw(self, cluster: int, opp: int, temp_c: float) -> float:
+        """Leakage of ``cluster`` at ``opp`` and ``temp_c`` above what the tables price (uW):
+        ``leakage(T0) * (exp(k_T * (temp_c - T0)) - the tables' factor)``; 0 when k_T is 0."""
+        t = self.tables
+        k = t.leak_k[cluster]
+        if not k:
+            return 0.0
+        return t.leak_uw[cluster][opp] * (math.exp(k * (temp_c - t.leak_t0_c[cluster]))
+                                          - t.leak_priced[cluster])
 
     def _switch(self, cluster: int, opp: int) -> None:
         if self.cur_opp[cluster] == opp:
             return
         extra_j, energy_j = self.switch_j[cluster][opp]
+        heat = self.heat
+        if self.leak_heat and heat is not None:  # the new OPP's leakage at the temperature now
+            leak_j = self.leak_extra_uw(cluster, opp, heat.temp_c) * self.trans_s[cluster] * 1e-6
+            extra_j += leak_j
+            energy_j += leak_j
         self.extra_j += extra_j
         stats = self.stats
         stats.transition_energy_j += energy_j
@@ -412,9 +438,14 @@ class Engine:
             cap = heat.cap[c]
             if o > cap:
                 o = cap  # the kernel's cap limits whatever OPP the policy asked for
+        hot = self.leak_heat
         cur_opp = self.cur_opp
         if cur_opp[c] != o:  # ``_switch``, written out
             switch_extra_j, switch_j = self.switch_j[c][o]
+            if hot and heat is not None:  # the new OPP's leakage at the temperature now
+                leak_j = self.leak_extra_uw(c, o, heat.temp_c) * self.trans_s[c] * 1e-6
+                switch_extra_j += leak_j
+                switch_j += leak_j
             self.extra_j += switch_extra_j
             stats = self.stats
             stats.transition_energy_j += switch_j
@@ -430,7 +461,14 @@ class Engine:
             dt, energy, extra_j, khz_s = self.run_cost[m][c][o]
             end = start + dt
             if heat is not None:  # the switch's time (if any) at idle power, then the run
-                heat.advance_two(start, self.idle_total_uw, end, self.run_heat_uw[m][c][o])
+                if hot:  # the run's leakage at the temperature it starts at (before the switch)
+                    leak_uw = self.leak_extra_uw(c, o, heat.temp_c)
+                    energy += leak_uw * dt * 1e-6
+                    extra_j += leak_uw * dt * 1e-6
+                    heat.advance_two(start, self.idle_total_uw, end,
+                                     self.run_heat_uw[m][c][o] + leak_uw)
+                else:
+                    heat.advance_two(start, self.idle_total_uw, end, self.run_heat_uw[m][c][o])
             self.extra_j += extra_j
             self.busy_khz_s += khz_s
             self.busy_s += dt
@@ -451,7 +489,12 @@ class Engine:
                 seg = min(remaining * total, self.next_tick_s - self.now)
                 p = self.busy_uw[m][c][o]
                 if heat is not None:
-                    heat.advance_two(self.now, self.idle_total_uw, self.now + seg, self.run_heat_uw[m][c][o])
+                    run_heat_uw = self.run_heat_uw[m][c][o]
+                    if hot:  # the segment's leakage at the temperature it starts at
+                        leak_uw = self.leak_extra_uw(c, o, heat.temp_c)
+                        p += leak_uw
+                        run_heat_uw += leak_uw
+                    heat.advance_two(self.now, self.idle_total_uw, self.now + seg, run_heat_uw)
                 energy += p * seg * 1e-6
                 self.extra_j += (p - self.idle_uw[c]) * seg * 1e-6
                 self.busy_khz_s += self.khz[c][o] * seg

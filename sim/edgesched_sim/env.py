@@ -12,8 +12,10 @@ Reward per step::
     - sum over requests missed during the step of miss_weight[priority]
 
 so the energy term is unit-free and comparable across boards (idle power over the run does not
-depend on the policy and is left out). ``info["action_mask"]`` marks the
-actions that select distinct OPPs the board has.
+depend on the policy and is left out). ``info["action_mask"]`` (and :meth:`action_masks`, for
+sb3-contrib's MaskablePPO) marks the decision's safe actions (:mod:`edgesched.policy.safe`):
+distinct OPPs the board has whose run keeps the bounds of ``slack``, the set the learned policies
+choose from at run time too.
 
 Domain randomisation: ``devices`` and ``scenarios`` may list several; each reset picks one of each
 with the environment's seeded generator. With ``sampler`` (e.g.
@@ -39,7 +41,16 @@ import numpy as np
 from gymnasium import spaces
 
 from edgesched.device import DeviceProfile, load_profile
-from edgesched.observation import N_ACTIONS, OBS_DIM, OBS_HIGH, OBS_LOW, check_observable
+from edgesched.observation import (
+    N_ACTIONS,
+    OBS_DIM,
+    OBS_HIGH,
+    OBS_LOW,
+    SafeActions,
+    build_observation,
+    check_observable,
+)
+from edgesched.policy.safe import SafeSet
 from edgesched.queue import Entry
 from edgesched_sim.engine import MISSED, BoardTables, Engine, QueueConfig
 from edgesched_sim.scenarios import Scenario, generate, load_scenario
@@ -64,8 +75,18 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
                  duration_s: float | None = 30.0, reward: RewardConfig | None = None,
                  queue: QueueConfig | None = None,
                  sampler: Callable[[np.random.Generator], tuple[DeviceProfile, Scenario]]
-                 | None = None) -> None:
+                 | None = None, safe_actions: bool = True,
+                 reference: str | None = None) -> None:
         super().__init__()
+        self.reference = reference
+        """A policy spec (e.g. ``schedutil``) run on each episode's job set at reset: the last
+        step then also reports its ``{priority: (missed, requests)}`` as
+        ``info["class_outcomes_reference"]`` (for constraints relative to that policy)."""
+        self._ref_outcomes: dict[int, tuple[int, int]] = {}
+        self.safe_actions = safe_actions
+        """Compute each decision's safe set (the mask and the observation's safe features);
+        off: the board's mask and the features as :func:`build_observation` gives them without
+        one (for policies that do not use it, such as ``qlearn``)."""
         self.sampler = sampler
         if not devices or not scenarios:
             raise ValueError("need at least one device and one scenario")
@@ -86,6 +107,9 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         self._energy_weight = self.reward_cfg.energy_weight
         self._tables: dict[int, BoardTables] = {}
         """Board constants by profile index, built on first use."""
+        self._safe_set = SafeSet()
+        self._safe: SafeActions | None = None
+        """The current decision's safe set."""
 
     def set_miss_weights(self, weights: Mapping[int, float]) -> None:
         """Per-class miss weights from now on (classes not named keep theirs)."""
@@ -135,7 +159,28 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         ref = self.engine.ref_j
         models = self.engine.job_model
         self._energy_scale_j = sum(map(ref.__getitem__, models)) / len(models)
-        return self.engine.observation(self._head), {"action_mask": self.engine.view.mask.copy()}
+        self._safe_set.reset(self.engine.view)
+        if self.reference is not None:
+            self._ref_outcomes = self._reference_outcomes(self.engine)
+        obs = self._observe(self.engine, self._head)
+        return obs, {"action_mask": self.action_masks().astype(np.int8)}
+
+    def _reference_outcomes(self, eng: Engine) -> dict[int, tuple[int, int]]:
+        """Per class (missed, requests) of the reference policy on ``eng``'s job set."""
+        from edgesched.policy.registry import make_policy
+
+        assert self.reference is not None
+        ref = Engine(eng.profile, eng.jobs, eng.duration_s, self.queue_cfg, eng.tables)
+        ref.run(make_policy(self.reference))
+        return self._class_outcomes(ref)
+
+    def _observe(self, eng: Engine, head: Entry) -> np.ndarray:
+        """The observation of ``head`` with its safe set, built as the daemon builds it."""
+        ctx = eng.context(head)
+        if not self.safe_actions:
+            return build_observation(eng.view, ctx)
+        safe = self._safe = self._safe_set.compute(eng.view, ctx)
+        return build_observation(eng.view, ctx, safe)
 
     def step(self, action: np.int64 | int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         eng = self.engine
@@ -155,11 +200,16 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
             missed.clear()
         if head is None:
             info: dict[str, Any] = {"class_outcomes": self._class_outcomes(eng)}
+            if self.reference is not None:
+                info["class_outcomes_reference"] = self._ref_outcomes
             obs = np.zeros(OBS_DIM, dtype=np.float32)
             return np.clip(obs, OBS_LOW, OBS_HIGH), float(reward), True, False, info
-        return eng.observation(head), float(reward), False, False, {}
+        obs = self._observe(eng, head)
+        return obs, float(reward), False, False, {"action_mask": self.action_masks().astype(np.int8)}
 
     def action_masks(self) -> np.ndarray:
-        """For sb3-contrib's MaskablePPO."""
+        """The current decision's safe actions (for sb3-contrib's MaskablePPO)."""
         assert self.engine is not None
-        return self.engine.view.mask.astype(bool)
+        if self._safe is None:
+            return self.engine.view.mask.astype(bool)
+        return self._safe.mask.astype(bool)

@@ -37,6 +37,10 @@ learned policies and ``slack`` run behind the run-time guard (:class:`edgesched.
 with those budgets unless ``guard=False``; ``guarded`` lists the rows that did. The kernel
 baselines are never guarded.
 
+JSON has no infinity or NaN: a figure with no finite value (energy per request served when
+none was, a p99 latency when nothing ran, an unbounded demand) is written as ``null``
+(:func:`json_safe`, :func:`dumps_json`); in memory it stays the float.
+
 Iso-QoS (``iso_qos``, when ``schedutil`` ran): per row whether it dominates schedutil (energy
 lower, misses no higher in every class) and, on a feasible set with an oracle, the share of the
 schedutil-to-floor energy gap it closes.
@@ -44,6 +48,7 @@ schedutil-to-floor energy gap it closes.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -336,8 +341,25 @@ def run_policies(device: str | DeviceProfile, scenario: str | Scenario,
             "miss_budget": budget.as_dict(), "guarded": guarded}
 
 
+def json_safe(doc: Any) -> Any:
+    """``doc`` (dicts, lists, tuples, numbers) with every non-finite float (inf, -inf, NaN: no
+    figure) replaced by ``None``, so that it can be written as JSON, which has neither."""
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, Mapping):
+        return {k: json_safe(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [json_safe(v) for v in doc]
+    return doc
+
+
+def dumps_json(doc: Any, indent: int | None = 1) -> str:
+    """``doc`` as JSON text, non-finite numbers as ``null`` (see :func:`json_safe`)."""
+    return json.dumps(json_safe(doc), indent=indent, allow_nan=False)
+
+
 def _fmt(x: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x * scale, spec)
+    return "-" if x is None or not math.isfinite(x) else format(x * scale, spec)
 
 
 def format_table(doc: dict[str, Any]) -> str:
@@ -346,7 +368,7 @@ def format_table(doc: dict[str, Any]) -> str:
     feasible = doc.get("feasible")
     verdict = ("" if feasible is None else
                f"; feasible: {'yes' if feasible else 'NO'} (peak demand "
-               f"{demand.get('max_load', 0.0):.2f}x the top speed"
+               f"{_fmt(demand.get('max_load', 0.0))}x the top speed"
                + ("" if feasible else f", at least {demand.get('min_misses', 0)} requests "
                   "unservable") + ")")
     head = (f"{doc['device']} / {doc['scenario']} / seed {doc['seed']}: {doc['jobs']} requests "
@@ -370,7 +392,7 @@ def format_table(doc: dict[str, Any]) -> str:
                      _fmt(r.get("energy_per_received_j"), 1000),
                      low + f"{r['deadline_miss_rate'] * 100:.2f}"]
                     + [low + f"{r['miss_rate_by_priority'].get(p, 0.0) * 100:.2f}" for p in prios]
-                    + [f"{r['p99_latency_ms']:.1f}", _fmt(r.get("floor_j"), 1, ".3f"),
+                    + [_fmt(r.get("p99_latency_ms"), 1, ".1f"), _fmt(r.get("floor_j"), 1, ".3f"),
                        _fmt(r.get("vs_oracle"), 1, ".3f")]
                     + [_fmt(x, 100, ".1f") for x in shares[:len(clusters)]]
                     + ([_fmt(r.get("throttled_s"), 1, ".1f"), _fmt(r.get("peak_temp_c"), 1, ".1f")]

@@ -23,7 +23,7 @@ _CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 def train_qtable(devices: Sequence[str | DeviceProfile], scenarios: Sequence[str] = BUILTIN_NAMES,
                  steps: int = 150_000, seed: int = 0, alpha: float = 0.1, gamma: float = 0.9,
                  epsilon: float = 0.2) -> np.ndarray:
-    env = EdgeDVFSEnv(devices=devices, scenarios=scenarios, duration_s=30.0)
+    env = EdgeDVFSEnv(devices=devices, scenarios=scenarios, duration_s=30.0, safe_actions=False)
     rng = np.random.default_rng(seed)
     q = np.zeros((N_STATES, N_ACTIONS))
     obs, info = env.reset(seed=seed)

@@ -95,7 +95,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,12 +365,20 @@ class TrainingSampler:
 
     ``max_clusters`` bounds the generated boards to what the observation encodes (its
     ``MAX_CLUSTERS``). Boards come from :func:`training_board_seed`, so never a held-out one.
+    With ``profiles`` and ``scenarios``, a share ``builtin_share`` of the episodes takes one of
+    those boards and one of those scenarios instead (each drawn uniformly).
     """
 
     max_clusters: int = 4
     duration_s: float = 30.0
+    profiles: Sequence[DeviceProfile] = ()
+    scenarios: Sequence[Scenario] = ()
+    builtin_share: float = 0.0
 
     def __call__(self, rng: np.random.Generator) -> tuple[DeviceProfile, Scenario]:
+        if self.profiles and self.scenarios and rng.random() < self.builtin_share:
+            return (self.profiles[int(rng.integers(len(self.profiles)))],
+                    self.scenarios[int(rng.integers(len(self.scenarios)))])
         board_seed = training_board_seed(rng)
         profile = random_board(board_seed, max_clusters=self.max_clusters)
         sc = random_scenario(int(rng.integers(0, 2**31 - 1)), profile, self.duration_s)

@@ -15,19 +15,30 @@ the processor-demand test, :func:`edgesched_sim.oracle.demand_test`) and, per de
   only (``None`` when none is feasible or no oracle ran);
 - ``feasible_sets``: how many of the device's job sets are feasible, of how many.
 
+A figure with no finite value (a policy that served nothing has no energy per request served)
+is ``None`` in the summaries and ``null`` in the file, never ``Infinity`` or ``NaN``.
+
 The plot is a Pareto view per priority class, one row of panels per device.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgesched_sim.evaluate import REFERENCE, dominates, evaluate, gap_closed, pareto_axes
+from edgesched_sim.evaluate import (
+    REFERENCE,
+    dominates,
+    dumps_json,
+    evaluate,
+    gap_closed,
+    json_safe,
+    pareto_axes,
+)
 from edgesched_sim.scenarios import BUILTIN_NAMES
 
 BASELINES = ("performance", "powersave", "ondemand", "conservative", "schedutil", "schedutil-big",
@@ -40,8 +51,16 @@ ANALYTIC = "slack"
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
+    """The mean, or ``None`` when any value has no finite figure (``None``, inf or NaN)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(vals)) if len(vals) == len(values) and vals else None
+
+
+def _mean_ratio(num: Sequence[float | None], den: Sequence[float | None]) -> float | None:
+    """The mean of ``num[i] / den[i]``, or ``None`` when any pair has no finite ratio."""
+    return _mean([a / b if a is not None and b is not None and math.isfinite(a)
+                  and math.isfinite(b) and b > 0 else None
+                  for a, b in zip(num, den, strict=True)])
 
 
 def _summary(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -55,7 +74,7 @@ def _summary(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, 
         ratio: float | None = None
         if has_ref and name != "oracle":
             sched = [r["results"][names.index(REFERENCE)]["energy_per_served_j"] for r in runs]
-            ratio = float(np.mean(np.array(epi) / np.array(sched)))
+            ratio = _mean_ratio(epi, sched)
         prios = sorted({p for r in rows for p in r["miss_rate_by_priority"]})
         shares = [r["runs_by_cluster"] for r in rows]
         table[name] = {
@@ -196,8 +215,8 @@ def provenance(root: Path | None = None) -> dict[str, Any]:
 
 def write_report(policy_path: str | Path, devices: Sequence[str]) -> Path:
     base = Path(policy_path).with_suffix("")
-    doc = {"generated": provenance(), **evaluate_policy(f"learned:{base}.npz", devices)}
+    doc = json_safe({"generated": provenance(), **evaluate_policy(f"learned:{base}.npz", devices)})
     out = Path(f"{base}.eval.json")
-    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    out.write_text(dumps_json(doc) + "\n", encoding="utf-8")
     plot_report(doc, Path(f"{base}.eval.png"))
     return out

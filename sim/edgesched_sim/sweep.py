@@ -558,7 +558,9 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, ray_address: str | None = No
         "sampler_seed": cfg.sampler_seed, "policy": str(manifest),
     }
     table_path = sweep_table_path(out)
-    table_path.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    from edgesched_sim.evaluate import dumps_json
+
+    table_path.write_text(dumps_json(table) + "\n", encoding="utf-8")
     failed = len(rows) - len(ok)
     log(f"{len(ok)} of {len(rows)} trials scored" + (f" ({failed} failed)" if failed else "")
         + f"; best {best_row['trial']}: score {best_row['score']:.3f} (energy "

@@ -20,7 +20,6 @@ start from ``miss_weight`` and their history is kept in the manifest (``lagrange
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Sequence
@@ -61,6 +60,22 @@ class TrainConfig:
     miss_budget: dict[int, float] | None = None
     """Per-class miss budgets trained as constraints (Lagrangian); None: fixed ``miss_weight``."""
     lagrange_lr: float = 0.5
+    builtin_share: float = 0.5
+    """With ``--device random``: the share of episodes on a built-in board and scenario
+    (``--scenario``) instead of a generated one."""
+    imitate_steps: int = 0
+    """Warm start: decisions of ``slack`` (the least-energy safe action) to imitate before
+    reinforcement learning (0: start from random weights)."""
+    imitate_epochs: int = 8
+    miss_reference: str | None = None
+    """A policy spec (``schedutil``): the Lagrangian keeps each class's miss rate at or under
+    that policy's on the same episodes' job sets, instead of under the fixed budgets (the
+    budgets, default ones when ``miss_budget`` is None, then only scale the steps)."""
+    reference_per_episode: bool = False
+    """With ``miss_reference``: the constraint is on each episode (the misses beyond the
+    reference's in the same episode, summed over episodes, kept under a tenth of the class's
+    budget) rather than on the rollout's pooled miss rates, so a class cannot miss more than the
+    reference on one kind of workload because it misses less on another."""
 
 
 def observable_profiles() -> list[str]:
@@ -93,12 +108,18 @@ def _make_env(cfg: TrainConfig) -> EdgeDVFSEnv:
         if len(cfg.devices) > 1:
             raise ValueError("--device random draws every episode's board; it cannot be "
                              "combined with other --device values")
+        from edgesched_sim.scenarios import load_scenario
+
+        sampler = TrainingSampler(
+            max_clusters=MAX_CLUSTERS, duration_s=cfg.episode_s,
+            profiles=tuple(load_profile(n) for n in observable_profiles()),
+            scenarios=tuple(load_scenario(s) for s in cfg.scenarios),
+            builtin_share=cfg.builtin_share)
         return EdgeDVFSEnv(devices=("rk3399",), scenarios=cfg.scenarios,
-                           duration_s=cfg.episode_s, reward=reward,
-                           sampler=TrainingSampler(max_clusters=MAX_CLUSTERS,
-                                                   duration_s=cfg.episode_s))
+                           duration_s=cfg.episode_s, reward=reward, sampler=sampler,
+                           reference=cfg.miss_reference)
     return EdgeDVFSEnv(devices=cfg.devices, scenarios=cfg.scenarios, duration_s=cfg.episode_s,
-                       reward=reward)
+                       reward=reward, reference=cfg.miss_reference)
 
 
 def export_layers(model: Any, algo: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
@@ -202,6 +223,9 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
             tensorboard_log = None
     model = _build_model(cfg, venv, tensorboard_log)
     history: list[dict[str, float]] = []
+    imitation: dict[str, float] = {}
+    if cfg.imitate_steps > 0:
+        imitation = imitate_slack(model, cfg, log)
 
     class _Eval(BaseCallback):
         def _on_step(self) -> bool:
@@ -226,7 +250,7 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
     eval_devices = [d for d in cfg.devices if d != RANDOM_DEVICE] or observable_profiles()
     callbacks: list[Any] = [_Eval()]
     lagrange: list[dict[str, Any]] = []
-    if cfg.miss_budget is not None:
+    if cfg.miss_budget is not None or cfg.miss_reference is not None:
         callbacks.append(lagrange_callback(cfg, venv, lagrange, BaseCallback))
     model.learn(total_timesteps=cfg.timesteps, callback=CallbackList(callbacks),
                 progress_bar=use_bar)
@@ -243,8 +267,58 @@ def train(cfg: TrainConfig, out: str | Path, *, progress: bool = True,
                      "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__},
         "history": history,
         "lagrange": lagrange,
+        "imitation": imitation,
     }
     return save_learned(out, layers, extra)
+
+
+def imitate_slack(model: Any, cfg: TrainConfig, log: Any = print) -> dict[str, float]:
+    """Warm start: fit the policy network to ``slack``'s choices (the least-energy safe action,
+    ``SafeActions.best``) on ``cfg.imitate_steps`` decisions of the training distribution, by
+    cross-entropy over the safe actions; returns the fit's figures (the share of decisions where
+    the network's greedy choice equals slack's, before and after)."""
+    import torch
+
+    env = _make_env(cfg)
+    obs, _ = env.reset(seed=cfg.seed + 7919)
+    xs: list[np.ndarray] = []
+    ms: list[np.ndarray] = []
+    ys: list[int] = []
+    while len(ys) < cfg.imitate_steps:
+        safe = env._safe
+        assert safe is not None
+        xs.append(obs)
+        ms.append(safe.mask.astype(bool))
+        ys.append(safe.best)
+        obs, _, term, trunc, _ = env.step(safe.best)
+        if term or trunc:
+            obs, _ = env.reset()
+    x = torch.as_tensor(np.array(xs), dtype=torch.float32)
+    m = torch.as_tensor(np.array(ms))
+    y = torch.as_tensor(np.array(ys), dtype=torch.long)
+    pol = model.policy
+
+    def logits_of(batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        latent_pi = pol.mlp_extractor.forward_actor(pol.extract_features(batch, pol.pi_features_extractor))
+        return pol.action_net(latent_pi).masked_fill(~mask, -1e9)
+
+    def agreement() -> float:
+        with torch.no_grad():
+            return float((logits_of(x, m).argmax(dim=1) == y).float().mean())
+
+    before = agreement()
+    opt = torch.optim.Adam(pol.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(y)
+    for _ in range(cfg.imitate_epochs):
+        for idx in torch.randperm(n, generator=gen).split(512):
+            loss = torch.nn.functional.cross_entropy(logits_of(x[idx], m[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    after = agreement()
+    log(f"imitation of slack on {n} decisions: agreement {before:.3f} -> {after:.3f}")
+    return {"decisions": float(n), "agreement_before": before, "agreement_after": after}
 
 
 def lagrange_callback(cfg: TrainConfig, venv: Any, updates: list[dict[str, Any]],
@@ -253,9 +327,11 @@ def lagrange_callback(cfg: TrainConfig, venv: Any, updates: list[dict[str, Any]]
     per update: the timestep, the rollout's per-class miss rates and the new multipliers."""
     from edgesched.qos import LagrangeMultipliers, MissBudget
 
-    if cfg.miss_budget is None:
-        raise ValueError("lagrange_callback needs cfg.miss_budget")
-    budget = MissBudget(**{f"p{k}": float(v) for k, v in cfg.miss_budget.items() if k in (1, 2, 3)})
+    if cfg.miss_budget is None and cfg.miss_reference is None:
+        raise ValueError("lagrange_callback needs cfg.miss_budget or cfg.miss_reference")
+    budget = (MissBudget() if cfg.miss_budget is None else
+              MissBudget(**{f"p{k}": float(v) for k, v in cfg.miss_budget.items()
+                            if k in (1, 2, 3)}))
     mult = LagrangeMultipliers(budget=budget, lr=cfg.lagrange_lr,
                                values={int(k): float(v) for k, v in cfg.miss_weight.items()})
 
@@ -263,24 +339,43 @@ def lagrange_callback(cfg: TrainConfig, venv: Any, updates: list[dict[str, Any]]
         def __init__(self) -> None:
             super().__init__()
             self.counts: dict[int, list[int]] = {}
+            self.ref_counts: dict[int, list[int]] = {}
+            self.excess: dict[int, list[int]] = {}
 
         def _on_step(self) -> bool:
             for info in self.locals.get("infos", ()):
-                for p, (missed, n) in info.get("class_outcomes", {}).items():
-                    cell = self.counts.setdefault(int(p), [0, 0])
-                    cell[0] += int(missed)
-                    cell[1] += int(n)
+                mine, ref = info.get("class_outcomes"), info.get("class_outcomes_reference")
+                if mine is not None and ref is not None:
+                    for p, (missed, n) in mine.items():
+                        cell = self.excess.setdefault(int(p), [0, 0])
+                        cell[0] += max(0, int(missed) - int(ref.get(p, (0, 0))[0]))
+                        cell[1] += int(n)
+                for key, counts in (("class_outcomes", self.counts),
+                                    ("class_outcomes_reference", self.ref_counts)):
+                    for p, (missed, n) in info.get(key, {}).items():
+                        cell = counts.setdefault(int(p), [0, 0])
+                        cell[0] += int(missed)
+                        cell[1] += int(n)
             return True
 
         def _on_rollout_end(self) -> None:
             rates = {p: m / n for p, (m, n) in self.counts.items() if n}
-            self.counts = {}
+            targets = {p: m / n for p, (m, n) in self.ref_counts.items() if n}
+            excess = {p: m / n for p, (m, n) in self.excess.items() if n}
+            self.counts, self.ref_counts, self.excess = {}, {}, {}
             if not rates:
                 return
-            values = mult.update(rates)
+            if cfg.miss_reference is None:
+                values = mult.update(rates)
+            elif cfg.reference_per_episode:
+                values = mult.update(excess, {p: 0.1 * budget.of(p) for p in excess})
+            else:
+                values = mult.update(rates, targets)
             venv.env_method("set_miss_weights", values)
             updates.append({"timesteps": int(self.num_timesteps),
                         "miss_rate": {str(p): r for p, r in sorted(rates.items())},
+                        "reference_miss_rate": {str(p): r for p, r in sorted(targets.items())},
+                        "excess_miss_rate": {str(p): r for p, r in sorted(excess.items())},
                         "lambda": {str(p): v for p, v in sorted(values.items())}})
 
     return _Lagrange()
@@ -289,7 +384,9 @@ def lagrange_callback(cfg: TrainConfig, venv: Any, updates: list[dict[str, Any]]
 def attach_report(policy_path: str | Path, report: dict[str, Any]) -> None:
     """Store evaluation figures in the report file beside the policy (NAME.eval.json)."""
     p = Path(policy_path).with_suffix("")
-    Path(f"{p}.eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    from edgesched_sim.evaluate import dumps_json
+
+    Path(f"{p}.eval.json").write_text(dumps_json(report) + "\n", encoding="utf-8")
 
 
 def numpy_actions(path: str | Path, observations: np.ndarray) -> np.ndarray:
