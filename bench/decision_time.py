@@ -1,7 +1,8 @@
-"""Time one learned-policy decision (observation + forward pass + masked argmax + decode).
+"""Time one learned-policy decision (the safe set, i.e. slack's bounds over every option, then
+observation + forward pass + masked argmax + decode).
 
 Prints JSON: {"decision_us_p50", "decision_us_p99", "forward_us_p50", "forward_us_p99", ...}.
-Run: python bench/decision_time.py [--hidden 64,64] [--n 20000] [--profile rk3399]
+Run: python bench/decision_time.py [--hidden 128,128] [--n 20000] [--profile rk3399]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _pct(samples_ns: list[int], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--hidden", default="64,64")
+    ap.add_argument("--hidden", default="128,128")
     ap.add_argument("--activation", default="tanh", choices=("tanh", "relu"))
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--profile", default="rk3399")
