@@ -17,13 +17,14 @@ actions that run the fastest option (least run time, ties to less energy), as ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from edgesched.observation import LEVELS, N_ACTIONS, BoardView, DecisionContext, SafeActions
 from edgesched.policy.slack import Cost, Plan, SlackPolicy
 
-__all__ = ["SafeSet", "board_actions", "safe_actions"]
+__all__ = ["Pairs", "SafeSet", "action_costs", "board_actions", "safe_actions"]
 
 
 class SafeSet:
@@ -34,17 +35,48 @@ class SafeSet:
         self.bounds = SlackPolicy()
         self._view: BoardView | None = None
         self._actions: tuple[tuple[int, int, int], ...] = ()
+        self._pairs: dict[int, tuple[tuple[Cost, ...], Pairs]] = {}
 
     def reset(self, view: BoardView) -> None:
         self.bounds.reset(view)
         self._view = view
         self._actions = board_actions(view)
+        self._pairs = {}
 
     def compute(self, view: BoardView, ctx: DecisionContext) -> SafeActions:
         """The safe set of the decision ``ctx`` describes (call once per decision)."""
         if view is not self._view:
             self.reset(view)
-        return safe_actions(view, ctx, self.bounds.plan(view, ctx), self._actions)
+        plan = self.bounds.plan(view, ctx)
+        # the plan's costs are cached by the bounds for the same work, OPPs and cap: so are
+        # the actions' pairing with them
+        hit = self._pairs.get(id(plan.costs))
+        if hit is not None and hit[0] is plan.costs:
+            pairs = hit[1]
+        else:
+            pairs = action_costs(self._actions, plan.costs, ctx.cap_opp)
+            if len(self._pairs) >= 4096:
+                self._pairs.clear()
+            self._pairs[id(plan.costs)] = (plan.costs, pairs)
+        return safe_actions(view, ctx, plan, self._actions, pairs)
+
+
+Pairs = tuple[tuple[int, int, int, Cost], ...]
+"""(action, cluster, OPP it runs at under the cap, its cost) for every action of the board."""
+
+
+def action_costs(actions: tuple[tuple[int, int, int], ...], costs: tuple[Cost, ...],
+                 cap: Sequence[int] | None) -> Pairs:
+    """Each action of ``actions`` with the cost of the option it runs (at the cap when above)."""
+    by_option = {(k.cluster, k.opp): k for k in costs}
+    out = []
+    for a, c, o in actions:
+        if cap is not None and o > cap[c]:
+            o = cap[c]
+        k = by_option.get((c, o))
+        if k is not None:
+            out.append((a, c, o, k))
+    return tuple(out)
 
 
 def board_actions(view: BoardView) -> tuple[tuple[int, int, int], ...]:
@@ -53,29 +85,25 @@ def board_actions(view: BoardView) -> tuple[tuple[int, int, int], ...]:
 
 
 def safe_actions(view: BoardView, ctx: DecisionContext, plan: Plan,
-                 actions: tuple[tuple[int, int, int], ...] | None = None) -> SafeActions:
+                 actions: tuple[tuple[int, int, int], ...] | None = None,
+                 pairs: Pairs | None = None) -> SafeActions:
     """The safe set of ``plan`` on ``view`` (see the module docstring); ``actions`` is
-    :func:`board_actions` of the view (computed when not given)."""
+    :func:`board_actions` of the view and ``pairs`` :func:`action_costs` of them with the
+    plan's costs (each computed when not given)."""
     if actions is None:
         actions = board_actions(view)
+    cap = ctx.cap_opp
+    if pairs is None:
+        pairs = action_costs(actions, plan.costs, cap)
     n = view.n_clusters
     limit_s, handoff_limit_s = plan.limit_s, plan.handoff_limit_s
-    kept: dict[tuple[int, int], Cost] = {
-        (k.cluster, k.opp): k for k in plan.costs
-        if k.run_s <= limit_s and k.handoff_s <= handoff_limit_s}
-    cap = ctx.cap_opp
     mask = np.zeros(N_ACTIONS, dtype=np.int8)
     best_j = [math.inf] * n
     best_freq = [1.0] * n
     fastest = plan.fastest
     best_action, best_key = -1, (math.inf, math.inf)
-    if kept:
-        for a, c, o in actions:
-            if cap is not None and o > cap[c]:
-                o = cap[c]
-            k = kept.get((c, o))
-            if k is None:
-                continue
+    for a, c, o, k in pairs:
+        if k.run_s <= limit_s and k.handoff_s <= handoff_limit_s:
             mask[a] = 1
             e = k.energy_j
             if e < best_j[c]:

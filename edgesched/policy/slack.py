@@ -55,7 +55,8 @@ overhead.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from edgesched.device import Work
 from edgesched.observation import (
@@ -163,6 +164,8 @@ class SlackPolicy(StaticPolicy):
         self._timeouts: list[RecentMin] = []
         self._view: BoardView | None = None
         self._options: dict[int, tuple[Work, tuple[_Option, ...]]] = {}
+        self._priced: dict[tuple[Any, ...], tuple[Work, tuple[tuple[Cost, ...], Cost, float,
+                                                             float]]] = {}
         self._switch_j: tuple[tuple[float, ...], ...] = ()
         self._fastest = 0
         self._fastest_top = 0
@@ -205,6 +208,7 @@ class SlackPolicy(StaticPolicy):
         self._fastest = view.profile.fastest_cluster
         self._fastest_top = len(clusters[self._fastest].opps) - 1
         self._options = {}
+        self._priced = {}
         self._view = view
 
     def options(self, view: BoardView, work: Work) -> tuple[_Option, ...]:
@@ -227,21 +231,19 @@ class SlackPolicy(StaticPolicy):
         self._options[id(work)] = (work, table)
         return table
 
-    def plan(self, view: BoardView, ctx: DecisionContext) -> Plan:
-        """Every option within the thermal cap with its run time, hand-off time and energy, and
-        the bounds of the module docstring for this decision. Call once per decision: it updates
-        the class timeouts and the mean service time (bounds 4 and 5)."""
-        options = self.options(view, ctx.head_work)
-        cur = ctx.cur_opp
+    def _price(self, view: BoardView, work: Work, cur: Sequence[int],
+               cap: Sequence[int] | None) -> tuple[tuple[Cost, ...], Cost, float, float]:
+        """Every option within ``cap`` priced from the current OPPs ``cur``: the costs, the
+        fastest (least run time, ties to less energy), the earliest hand-off and the least run
+        time of any option (capped or not). Depends on nothing else, so :meth:`plan` caches it."""
+        options = self.options(view, work)
         trans_s = view.transition_s
         switch_j = self._switch_j
         fc, ftop = self._fastest, self._fastest_top
         fc_after_switch_s = trans_s[fc] if cur[fc] != ftop else 0.0
         # per option: time to the end of the run, time until the board can serve the next
-        # request at top speed, energy above idle; the fastest (least run time, ties to less
-        # energy) and the earliest hand-off on the way
+        # request at top speed, energy above idle
         costs: list[Cost] = []
-        cap = ctx.cap_opp
         fastest: Cost | None = None
         first_free_s = top_s = math.inf
         for opt in options:
@@ -267,6 +269,25 @@ class SlackPolicy(StaticPolicy):
             if handoff < first_free_s:
                 first_free_s = handoff
         assert fastest is not None  # every cluster keeps at least its lowest OPP under a cap
+        return tuple(costs), fastest, first_free_s, top_s
+
+    def plan(self, view: BoardView, ctx: DecisionContext) -> Plan:
+        """Every option within the thermal cap with its run time, hand-off time and energy, and
+        the bounds of the module docstring for this decision. Call once per decision: it updates
+        the class timeouts and the mean service time (bounds 4 and 5)."""
+        self._prepare(view)  # a new board drops the caches
+        work = ctx.head_work
+        cur = ctx.cur_opp
+        cap = ctx.cap_opp
+        key = (id(work), tuple(cur), None if cap is None else tuple(cap))
+        hit = self._priced.get(key)
+        if hit is not None and hit[0] is work:
+            costs, fastest, first_free_s, top_s = hit[1]
+        else:
+            costs, fastest, first_free_s, top_s = self._price(view, work, cur, cap)
+            if len(self._priced) >= _CACHE_SIZE:
+                self._priced.clear()
+            self._priced[key] = (work, (costs, fastest, first_free_s, top_s))
         limit_s = ctx.head_deadline_s - ctx.now_s
         blocking_s = run_limit_s(ctx)
         if blocking_s < limit_s:
@@ -278,7 +299,7 @@ class SlackPolicy(StaticPolicy):
         if ctx.queue_len > 0:
             room = queue_room_s(tuple(ctx.waiting_in_order()), ctx.now_s, first_free_s)
             handoff_limit_s = first_free_s + room - _MARGIN_S
-        return Plan(tuple(costs), fastest, limit_s, handoff_limit_s)
+        return Plan(costs, fastest, limit_s, handoff_limit_s)
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
         plan = self.plan(view, ctx)
