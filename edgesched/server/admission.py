@@ -23,6 +23,8 @@ from edgesched.server.runner import LoadedModel, TensorSpec
 from edgesched.server.shm import SharedMemoryUse, shared_input, shared_output, tensor_params
 from edgesched.tensorwire import encode_tensor, json_bytes, tensor_bytes
 
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
 
 @dataclass(frozen=True)
 class InferRequest:
@@ -102,6 +104,8 @@ def _json_tensor(spec: TensorSpec, data: Any) -> np.ndarray:
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise _bad(f"input {spec.name!r}: 'data' is not a rectangular array of numbers") from None
     want = spec.dtype
+    if arr.dtype.kind == "f" and want.kind == "u":
+        arr = _unsigned(spec, data, arr)
     if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and want.kind in "biu"):
         raise _bad(f"input {spec.name!r}: 'data' must hold {spec.datatype} values, got "
                    f"{arr.dtype.kind!r}-kind values")
@@ -118,6 +122,25 @@ def _json_tensor(spec: TensorSpec, data: Any) -> np.ndarray:
         out = arr.astype(want, copy=False).reshape(spec.shape)
     _check_finite(spec, out)
     return out
+
+
+def _unsigned(spec: TensorSpec, data: Any, arr: np.ndarray) -> np.ndarray:
+    """``data`` as the input's unsigned integers when it holds only integers (refused when
+    they do not fit): numpy reads integers past 2**63 next to smaller ones as floats (int64 and
+    uint64 meet in float64), which would lose UINT64 values' low bits. Else ``arr`` as it
+    was."""
+    try:
+        obj = np.asarray(data, dtype=object)
+    except (ValueError, TypeError, RecursionError):
+        return arr
+    flat = obj.ravel().tolist()
+    if obj.shape != arr.shape or not all(type(v) is int for v in flat):
+        return arr
+    info = np.iinfo(spec.dtype)
+    lo, hi = (min(flat), max(flat)) if flat else (0, 0)
+    if lo < info.min or hi > info.max:
+        raise _bad(f"input {spec.name!r}: values {lo}..{hi} do not fit {spec.datatype}")
+    return np.asarray(flat, dtype=spec.dtype).reshape(obj.shape)
 
 
 def _binary_tensor(spec: TensorSpec, blob: memoryview, offset: int, size: int) -> np.ndarray:
@@ -207,14 +230,20 @@ def _parse_infer(body: bytes, head: bytes, blob: memoryview, header_length: int 
     except RecursionError:
         raise _bad("malformed JSON request body: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, over-long integers
-        raise _bad(f"malformed JSON request body: {exc}") from None
+        hint = ""
+        if header_length is None and b'"binary_data_size"' in head:
+            hint = (f" (binary tensor data follows the JSON? then {HEADER_LENGTH} must give the "
+                    "JSON's length)")
+        raise _bad(f"malformed JSON request body: {exc}{hint}") from None
     if not isinstance(doc, dict):
         raise _bad("the request body must be a JSON object")
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise _bad(f"'id' must be a string, got {_short(request_id)}")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
+    params = doc.get("parameters")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
         raise _bad("'parameters' must be an object")
 
     raw_inputs = doc.get("inputs")
@@ -280,7 +309,7 @@ def _parse_infer(body: bytes, head: bytes, blob: memoryview, header_length: int 
     out_names = model.output_by_name
     raw_outputs = doc.get("outputs")
     outputs: list[tuple[str, bool]] = []
-    if raw_outputs is None:
+    if raw_outputs is None or raw_outputs == []:  # none asked (Triton reads [] so too): all
         outputs = [(t.name, binary_all) for t in model.outputs]
     else:
         if not isinstance(raw_outputs, list):

@@ -55,7 +55,7 @@ from edgesched.server.http1 import (
     json_response,
 )
 from edgesched.server.lane import PriorityLane
-from edgesched.server.metrics import Metrics, render_heat
+from edgesched.server.metrics import Metrics, ModelStatistics, render_heat
 from edgesched.server.openapi import openapi
 from edgesched.server.reload import ConfigLoader, ReloadRecord, reload_config
 from edgesched.server.runner import LoadedModel, load_models, shipped_models_dir
@@ -66,7 +66,7 @@ from edgesched.server.shm import SharedMemoryRegistry, SharedMemoryUse
 log = logging.getLogger("edgesched.server")
 
 SERVER_NAME = "edgesched"
-EXTENSIONS = ("binary_tensor_data", "schedule_policy")
+EXTENSIONS = ("binary_tensor_data", "schedule_policy", "model_configuration", "statistics")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 HEADER_LENGTH_KEY = HEADER_LENGTH.lower()
 ADMIN_BODY_LIMIT = 64 << 10
@@ -95,6 +95,8 @@ class ServerState:
     reloads: ReloadRecord = field(default_factory=ReloadRecord)
     shm: SharedMemoryRegistry | None = None
     """The system shared-memory regions; None while ``server.shared_memory`` is off."""
+    stats: ModelStatistics = field(default_factory=ModelStatistics)
+    """Per-model statistics (Triton's statistics extension)."""
 
 
 class Mailbox:
@@ -157,7 +159,7 @@ async def live(st: ServerState, request: Request) -> Response:
 
 async def ready(st: ServerState, request: Request) -> Response:
     ok = st.ready and st.dispatcher.alive()
-    return json_response({"ready": ok}, status=200 if ok else 503)
+    return json_response({"ready": ok}, status=200 if ok else 400)  # the spec: 4xx is false
 
 
 async def server_metadata(st: ServerState, request: Request) -> Response:
@@ -166,12 +168,30 @@ async def server_metadata(st: ServerState, request: Request) -> Response:
                               "extensions": extensions})
 
 
-async def model_metadata(st: ServerState, request: Request) -> Response:
+def _model_doc(st: ServerState, request: Request,
+               doc: Callable[[LoadedModel], dict[str, Any]]) -> Response:
+    """``doc`` of the request's model, or the error that names why there is none."""
     try:
         model = _model(st, request)
     except AdmissionError as exc:
         return _admission_response(exc)
-    return json_response(model.metadata())
+    return json_response(doc(model))
+
+
+async def model_metadata(st: ServerState, request: Request) -> Response:
+    return _model_doc(st, request, LoadedModel.metadata)
+
+
+async def model_config(st: ServerState, request: Request) -> Response:
+    """Triton's model configuration extension: ``GET /v2/models/{name}[/versions/1]/config``."""
+    return _model_doc(st, request, LoadedModel.config)
+
+
+async def model_stats(st: ServerState, request: Request) -> Response:
+    """Triton's statistics extension: ``GET /v2/models[/{name}[/versions/1]]/stats``."""
+    if "name" not in request.params:
+        return json_response({"model_stats": [st.stats.model_stat(m) for m in st.models]})
+    return _model_doc(st, request, lambda m: {"model_stats": [st.stats.model_stat(m.name)]})
 
 
 async def model_ready(st: ServerState, request: Request) -> Response:
@@ -180,7 +200,7 @@ async def model_ready(st: ServerState, request: Request) -> Response:
     except AdmissionError as exc:
         return _admission_response(exc)
     ok = st.ready
-    return json_response({"name": model.name, "ready": ok}, status=200 if ok else 503)
+    return json_response({"name": model.name, "ready": ok}, status=200 if ok else 400)
 
 
 def infer(st: ServerState, request: Request) -> Response | Awaitable[Response]:
@@ -274,8 +294,13 @@ def _answer_infer(st: ServerState, request: Request, model: LoadedModel, req: In
                   out: Outcome, cpu0_ns: int, shm: SharedMemoryUse | None) -> Response:
     params = out.parameters
     params["outcome"] = out.outcome
-    params["daemon_us"] = round((time.monotonic() - request.received_s) * 1e6)
+    params["daemon_us"] = daemon_us = round((time.monotonic() - request.received_s) * 1e6)
     params["daemon_cpu_us"] = round((request.cpu_ns + time.thread_time_ns() - cpu0_ns) / 1e3)
+    queue_us = params.get("queue_wait_us")
+    service_us = params.get("service_us") if out.results is not None else None
+    st.stats.record(model.name, out.results is not None, daemon_us * 1000,
+                    None if queue_us is None else queue_us * 1000,
+                    None if service_us is None else service_us * 1000)
     if out.results is None:
         headers = None
         if out.outcome in ("shed", "shutting_down"):
@@ -542,6 +567,7 @@ async def admin_reload(request: Request, st: ServerState, verdict: Verdict,
         before = set(st.models)
         st.models = models
         st.model_errors = errors
+        st.stats.reset()
     log.warning("models reloaded from %s by %s: %s", folder, verdict.who, ", ".join(models))
     return json_response({"models": sorted(models), "added": sorted(set(models) - before),
                               "removed": sorted(before - set(models)),
@@ -595,10 +621,16 @@ def build_app(state: ServerState, *, lane: bool = False) -> Router:
     add("GET", "/v2/health/live", live)
     add("GET", "/v2/health/ready", ready)
     add("GET", "/v2", server_metadata)
+    add("GET", "/v2/", server_metadata)  # the path as the protocol's OpenAPI document spells it
+    add("GET", "/v2/models/stats", model_stats)  # before a model named "stats", as in Triton
     add("GET", "/v2/models/{name}", model_metadata)
     add("GET", "/v2/models/{name}/versions/{version}", model_metadata)
     add("GET", "/v2/models/{name}/ready", model_ready)
     add("GET", "/v2/models/{name}/versions/{version}/ready", model_ready)
+    add("GET", "/v2/models/{name}/config", model_config)
+    add("GET", "/v2/models/{name}/versions/{version}/config", model_config)
+    add("GET", "/v2/models/{name}/stats", model_stats)
+    add("GET", "/v2/models/{name}/versions/{version}/stats", model_stats)
     add("POST", "/v2/models/{name}/versions/{version}/infer", infer)
     if lane:
         return r

@@ -210,3 +210,73 @@ def render_heat(sample: Mapping[str, Any]) -> str:
               f"edgesched_throttled_seconds_total {_fmt(round(sample.get('throttled_s', 0.0), 6))}"]
     return "\n".join(lines) + "\n"
 
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+class ModelStatistics:
+    """Per-model counts and durations for Triton's statistics extension (``GET
+    /v2/models[/{name}[/versions/1]]/stats``), since the daemon started or the models were
+    last reloaded.
+
+    Every answered infer request counts as ``success`` (it has results) or ``fail`` (shed,
+    deadline missed, the run failed, shutting down), with its time in the daemon; ``queue`` is
+    its wait in the queue, ``compute_infer`` its run (``service_us``: on a virtual board the
+    modelled time at the operating point the policy chose). Inputs and outputs are not prepared
+    apart from the run, so ``compute_input`` and ``compute_output`` count the runs with no
+    time of their own; there is no response cache and no batching (batch size 1). Requests
+    refused at admission (4xx before queueing) reach no model and are not counted."""
+
+    _FIELDS = 9
+    """last_ms, success n/ns, fail n/ns, queue n/ns, infer n/ns"""
+
+    def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
+        self.wall_clock = wall_clock
+        self._lock = threading.Lock()  # answers are recorded on the main loop and the lane's
+        self._by_model: dict[str, list[int]] = {}
+
+    def record(self, model: str, ok: bool, daemon_ns: int, queue_ns: int | None,
+               infer_ns: int | None) -> None:
+        now_ms = int(self.wall_clock() * 1000)
+        with self._lock:
+            s = self._by_model.get(model)
+            if s is None:
+                s = self._by_model[model] = [0] * self._FIELDS
+            s[0] = now_ms
+            if ok:
+                s[1] += 1
+                s[2] += daemon_ns
+            else:
+                s[3] += 1
+                s[4] += daemon_ns
+            if queue_ns is not None:
+                s[5] += 1
+                s[6] += queue_ns
+            if infer_ns is not None:
+                s[7] += 1
+                s[8] += infer_ns
+
+    def reset(self) -> None:
+        """Forget every model's statistics (the models were loaded again)."""
+        with self._lock:
+            self._by_model.clear()
+
+    def model_stat(self, model: str, version: str = "1") -> dict[str, Any]:
+        """One ``$model_stat`` object."""
+        with self._lock:
+            s = list(self._by_model.get(model, [0] * self._FIELDS))
+        runs = s[7]
+        io = _duration(runs, 0)
+        infer = _duration(runs, s[8])
+        return {"name": model, "version": version, "last_inference": s[0],
+                "inference_count": s[1], "execution_count": runs,
+                "inference_stats": {"success": _duration(s[1], s[2]),
+                                    "fail": _duration(s[3], s[4]),
+                                    "queue": _duration(s[5], s[6]), "compute_input": io,
+                                    "compute_infer": infer, "compute_output": dict(io),
+                                    "cache_hit": _duration(0, 0), "cache_miss": _duration(0, 0)},
+                "batch_stats": [{"batch_size": 1, "compute_input": dict(io),
+                                 "compute_infer": dict(infer), "compute_output": dict(io)}]
+                if runs else []}

@@ -12,6 +12,10 @@ _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "str
          "description": "model name (the .tflite file stem)"}
 
 
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "model version: each model has one, \"1\"; another is 404"}
+
+
 def _get(summary: str, schema: dict[str, Any] | None = None, *, params: bool = False,
          content_type: str = "application/json") -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "ok"}
@@ -21,6 +25,13 @@ def _get(summary: str, schema: dict[str, Any] | None = None, *, params: bool = F
     if params:
         op["parameters"] = [_NAME]
     return {"get": op}
+
+
+def _versioned(path: dict[str, Any]) -> dict[str, Any]:
+    """``path`` with the ``{version}`` path parameter added to each operation."""
+    for op in path.values():
+        op["parameters"] = [*op.get("parameters", []), _VERSION]
+    return path
 
 
 def _admin(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -119,17 +130,34 @@ def openapi() -> dict[str, Any]:
         (429, "queue full (Retry-After)"),
         (503, "shed by a higher-priority request, or shutting down (Retry-After)"),
         (504, "deadline passed while queued"))}
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "edgesched", "version": __version__,
                  "description": "Open Inference Protocol (KServe v2 REST) with Triton's binary "
-                                "tensor data and schedule-policy extensions."},
+                                "tensor data, schedule-policy, model configuration, statistics "
+                                "and system shared-memory extensions."},
         "paths": {
             "/v2/health/live": _get("the daemon is running"),
             "/v2/health/ready": _get("models are loaded and the dispatcher runs"),
             "/v2": _get("server metadata"),
+            "/v2/": _get("server metadata (the same as /v2)"),
             "/v2/models/{name}": _get("model metadata", params=True),
+            "/v2/models/{name}/versions/{version}": _versioned(
+                _get("model metadata of a version (the one served is 1)", params=True)),
             "/v2/models/{name}/ready": _get("model readiness", params=True),
+            "/v2/models/{name}/versions/{version}/ready": _versioned(
+                _get("model readiness of a version", params=True)),
+            "/v2/models/{name}/config": _get(
+                "model configuration (Triton's model configuration extension: the JSON form "
+                "of its ModelConfig message)", {"type": "object"}, params=True),
+            "/v2/models/{name}/versions/{version}/config": _versioned(
+                _get("model configuration of a version", {"type": "object"}, params=True)),
+            "/v2/models/stats": _get("statistics of every model (Triton's statistics "
+                                     "extension)", {"type": "object"}),
+            "/v2/models/{name}/stats": _get("statistics of a model", {"type": "object"},
+                                            params=True),
+            "/v2/models/{name}/versions/{version}/stats": _versioned(
+                _get("statistics of a model's version", {"type": "object"}, params=True)),
             "/v2/models/{name}/infer": {"post": {
                 "summary": "run the model (queued by priority and deadline)",
                 "parameters": [_NAME, {
@@ -182,3 +210,9 @@ def openapi() -> dict[str, Any]:
                 "error": {"type": "string"}, "outcome": {"type": "string"},
                 "id": {"type": "string"}}}}},
     }
+    paths = doc["paths"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    paths["/v2/models/{name}/versions/{version}/infer"] = {"post": {
+        **infer, "summary": infer["summary"] + "; a version (the one served is 1)",
+        "parameters": [*infer["parameters"], _VERSION]}}
+    return doc

@@ -34,6 +34,8 @@ DATATYPE_OF_DTYPE: dict[np.dtype[Any], str] = {
     np.dtype(np.float64): "FP64",
 }
 DTYPE_OF_DATATYPE: dict[str, np.dtype[Any]] = {v: k for k, v in DATATYPE_OF_DTYPE.items()}
+PLATFORM = "tensorflow_lite"
+"""The models' ``platform`` in their metadata and configuration."""
 
 
 def interpreter_class() -> Callable[..., Any]:
@@ -125,9 +127,21 @@ class LoadedModel:
             del self.recent_s[: len(self.recent_s) - keep]
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "versions": ["1"], "platform": "tensorflow_lite",
+        return {"name": self.name, "versions": ["1"], "platform": PLATFORM,
                 "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs]}
+
+    def config(self) -> dict[str, Any]:
+        """The model's configuration as Triton's model configuration extension returns it (the
+        JSON form of its ``ModelConfig`` message): no batching, so ``dims`` are whole shapes."""
+        def tensor(t: TensorSpec) -> dict[str, Any]:
+            return {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape)}
+
+        return {"name": self.name, "platform": PLATFORM, "backend": "tflite",
+                "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": 0,
+                "input": [{**tensor(t), "format": "FORMAT_NONE"} for t in self.inputs],
+                "output": [tensor(t) for t in self.outputs],
+                "default_model_filename": self.path.name}
 
 
 def _spec(detail: Mapping[str, Any], path: Path, kind: str) -> TensorSpec:

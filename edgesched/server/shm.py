@@ -353,7 +353,7 @@ class SharedMemoryUse:
     def output(self, spec: TensorSpec, params: Mapping[str, Any]) -> None:
         """Send output ``spec`` to its region."""
         what = f"output {spec.name!r}"
-        if "binary_data" in params:
+        if params.get("binary_data", False) is not False:  # tritonclient sends false with them
             raise AdmissionError(400, f"{what}: 'binary_data' and shared memory exclude each "
                                  "other")
         region, offset, size = self._region(params, what)
