@@ -20,6 +20,7 @@ import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from edgesched.errors import QueueFullError
@@ -41,6 +42,10 @@ class Entry:
     seq: int = field(default=0, repr=False)
     next_promotion_s: float = field(default=math.inf, repr=False)
     alive: bool = field(default=False, repr=False)
+
+
+_SERVICE_ORDER = attrgetter("cls", "deadline_s", "seq")
+"""Sort key of the order ``pop`` serves entries in: class, then deadline, then arrival."""
 
 
 class RequestQueue:
@@ -167,7 +172,7 @@ class RequestQueue:
     def in_service_order(self) -> list[Entry]:
         """The queued entries in the order ``pop`` would serve them now, without removing any
         (classes as of the last aging; later aging not foreseen)."""
-        return sorted(self._by_id.values(), key=lambda e: (e.cls, e.deadline_s, e.seq))
+        return sorted(self._by_id.values(), key=_SERVICE_ORDER)
 
     def drain(self) -> list[Entry]:
         """Remove and return everything, in the order ``pop`` would have served it (no aging)."""

@@ -296,3 +296,19 @@ class RecentMin:
         while items and items[0][0] < limit:
             items.popleft()
         return items[0][1] if items else math.inf
+
+    @staticmethod
+    def least(trackers: Sequence[RecentMin], count: int, now_s: float) -> float:
+        """``min(t.value(now_s) for t in trackers[:count])`` (the first of the least, as
+        ``min`` gives it; ``count`` >= 1) in one call."""
+        least = math.nan
+        for i in range(count):
+            t = trackers[i]
+            items = t._items
+            limit = now_s - t.window_s
+            while items and items[0][0] < limit:
+                items.popleft()
+            v = items[0][1] if items else math.inf
+            if i == 0 or v < least:
+                least = v
+        return least

@@ -139,6 +139,8 @@ class LearnedPolicy(StaticPolicy):
         self._view: BoardView | None = None
         self._last_masked = self._aug[-1]
         self._safe_set = SafeSet()
+        self._biases: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        """The logit bias of each shared safe mask (:meth:`_safe_bias`), keyed by its id."""
         self.safe_only = True
         """Choose among the decision's safe actions only (:mod:`edgesched.policy.safe`), as in
         training; off: among every action of the board (for tests of the network alone)."""
@@ -203,8 +205,22 @@ class LearnedPolicy(StaticPolicy):
         safe = self._safe_set.compute(view, ctx)
         logits = self._run(build_observation(view, ctx, safe), self._mask_for(view))
         if self.safe_only:
-            np.add(logits, np.where(safe.mask != 0, _ZERO, _MASKED), out=logits)
+            np.add(logits, self._safe_bias(safe.mask), out=logits)
         return view.decode(int(logits.argmax()))
+
+    def _safe_bias(self, mask: np.ndarray) -> np.ndarray:
+        """0 for the actions of ``mask``, ``_MASKED`` for the rest; cached by the mask's
+        identity when it is read-only (the safe set shares those between decisions)."""
+        if mask.flags.writeable:
+            return np.where(mask != 0, _ZERO, _MASKED)
+        hit = self._biases.get(id(mask))
+        if hit is not None and hit[0] is mask:
+            return hit[1]
+        bias = np.where(mask != 0, _ZERO, _MASKED)
+        if len(self._biases) >= 4096:
+            self._biases.clear()
+        self._biases[id(mask)] = (mask, bias)
+        return bias
 
 
 def _mismatches(m: Mapping[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ actions that run the fastest option (least run time, ties to less energy), as ``
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,36 +30,111 @@ __all__ = ["Pairs", "SafeSet", "action_costs", "board_actions", "safe_actions"]
 
 class SafeSet:
     """Builds :class:`~edgesched.observation.SafeActions` per decision; holds the bounds' state
-    (recent timeouts by class, the mean service time), so one instance serves one run."""
+    (recent timeouts by class, the mean service time), so one instance serves one run.
+
+    The safe set depends on the plan's bounds only through which options keep them, so it is
+    cached per priced options (:meth:`SlackPolicy.plan <edgesched.policy.slack.SlackPolicy.plan>`
+    caches those per work, OPPs and cap) and per set of the options that keep the bounds (found
+    from where the two bounds fall among the options' sorted run and hand-off times): the same
+    :class:`~edgesched.observation.SafeActions` object serves every decision that keeps the same
+    options, its mask read-only."""
 
     def __init__(self) -> None:
         self.bounds = SlackPolicy()
         self._view: BoardView | None = None
         self._actions: tuple[tuple[int, int, int], ...] = ()
-        self._pairs: dict[int, tuple[tuple[Cost, ...], Pairs]] = {}
+        self._tables: dict[int, _Table] = {}
 
     def reset(self, view: BoardView) -> None:
+        """A new run on ``view``'s board: the bounds' state starts afresh (the caches, which
+        depend on the board only, are kept while the board is the same)."""
         self.bounds.reset(view)
-        self._view = view
-        self._actions = board_actions(view)
-        self._pairs = {}
+        if view is not self._view:
+            self._view = view
+            self._actions = board_actions(view)
+            self._tables = {}
 
     def compute(self, view: BoardView, ctx: DecisionContext) -> SafeActions:
         """The safe set of the decision ``ctx`` describes (call once per decision)."""
         if view is not self._view:
             self.reset(view)
-        plan = self.bounds.plan(view, ctx)
+        costs, fastest, limit_s, handoff_limit_s = self.bounds.plan_fields(view, ctx)
         # the plan's costs are cached by the bounds for the same work, OPPs and cap: so are
-        # the actions' pairing with them
-        hit = self._pairs.get(id(plan.costs))
-        if hit is not None and hit[0] is plan.costs:
-            pairs = hit[1]
-        else:
-            pairs = action_costs(self._actions, plan.costs, ctx.cap_opp)
-            if len(self._pairs) >= 4096:
-                self._pairs.clear()
-            self._pairs[id(plan.costs)] = (plan.costs, pairs)
-        return safe_actions(view, ctx, plan, self._actions, pairs)
+        # the actions' pairing with them and the safe sets they give
+        table = self._tables.get(id(costs))
+        if table is None or table.costs is not costs:
+            table = _Table(costs, action_costs(self._actions, costs, ctx.cap_opp))
+            if len(self._tables) >= _CACHE_SIZE:
+                self._tables.clear()
+            self._tables[id(costs)] = table
+            # many options serve one decision only (a generated board each episode): their
+            # times are sorted when they serve a second
+            plan = Plan(costs, fastest, limit_s, handoff_limit_s)
+            return safe_actions(view, ctx, plan, self._actions, table.pairs)
+        if not table.sorted:
+            table.sort()
+        if not table.sortable or limit_s != limit_s or handoff_limit_s != handoff_limit_s:
+            plan = Plan(costs, fastest, limit_s, handoff_limit_s)  # nan: no order
+            return safe_actions(view, ctx, plan, self._actions, table.pairs)
+        # the pairs that keep the bounds, as bits: those whose run time is among the ones
+        # within the run bound and whose hand-off time is among the ones within the other
+        key = (table.run_bits[bisect_right(table.run_s, limit_s)]
+               & table.handoff_bits[bisect_right(table.handoff_s, handoff_limit_s)])
+        safe = table.safe.get(key)
+        if safe is None:
+            plan = Plan(costs, fastest, limit_s, handoff_limit_s)
+            safe = safe_actions(view, ctx, plan, self._actions, table.pairs)
+            safe.mask.flags.writeable = False  # shared by every decision of the same key
+            table.safe[key] = safe
+        return safe
+
+
+_CACHE_SIZE = 4096
+
+
+class _Table:
+    """The actions paired with one plan's costs; their run and hand-off times sorted, with for
+    each count of them the pairs (bit i: ``pairs[i]``) whose time is among the first that many;
+    and the safe sets found so far by the pairs that keep the bounds."""
+
+    __slots__ = ("costs", "handoff_bits", "handoff_s", "pairs", "run_bits", "run_s", "safe",
+                 "sortable", "sorted")
+
+    def __init__(self, costs: tuple[Cost, ...], pairs: Pairs) -> None:
+        self.costs = costs
+        self.pairs = pairs
+        self.sorted = False
+        self.sortable = False
+        self.run_s: list[float] = []
+        self.run_bits: list[int] = []
+        self.handoff_s: list[float] = []
+        self.handoff_bits: list[int] = []
+        self.safe: dict[int, SafeActions] = {}
+
+    def sort(self) -> None:
+        """Sort the run and hand-off times and find their bits (see the class docstring)."""
+        runs = [k.run_s for _, _, _, k in self.pairs]
+        handoffs = [k.handoff_s for _, _, _, k in self.pairs]
+        # no nan among them (a sum is nan for inf - inf too: then no caching, still correct)
+        self.sortable = not math.isnan(sum(runs) + sum(handoffs))
+        self.run_s, self.run_bits = _within(runs)
+        self.handoff_s, self.handoff_bits = _within(handoffs)
+        self.sorted = True
+
+
+def _within(times: list[float]) -> tuple[list[float], list[int]]:
+    """``times`` sorted, and for n = 0..len(times) the bits of the times at most the n-th
+    smallest (none for 0): those within a bound when ``bisect_right`` of it in the sorted
+    times is n."""
+    order = sorted(range(len(times)), key=times.__getitem__)
+    ordered = [times[i] for i in order]
+    bits = [0]
+    for i in order:
+        bits.append(bits[-1] | 1 << i)
+    for n in range(len(ordered) - 1, 0, -1):  # ties: the n-th smallest equals the next one
+        if ordered[n - 1] == ordered[n]:
+            bits[n] = bits[n + 1]
+    return ordered, bits
 
 
 Pairs = tuple[tuple[int, int, int, Cost], ...]

@@ -69,6 +69,7 @@ from edgesched.observation import (
     run_limit_s,
 )
 from edgesched.policy.base import StaticPolicy
+from edgesched.queue import Entry
 from edgesched.utilisation import RecentMin
 
 __all__ = ["Cost", "Plan", "SlackPolicy", "queue_room_s"]
@@ -122,7 +123,7 @@ _MARGIN_S = 1e-9
 a finish exactly at a deadline into a miss."""
 
 
-def queue_room_s(waiting: list[Waiting] | tuple[Waiting, ...], now_s: float,
+def queue_room_s(waiting: Sequence[Waiting] | Sequence[Entry], now_s: float,
                  handoff_s: float) -> float:
     """How much later than ``now_s + handoff_s`` the board may become free for the waiting
     requests without making any of them miss that would otherwise meet its deadline.
@@ -180,14 +181,21 @@ class SlackPolicy(StaticPolicy):
         """``BLOCKING_SHARE`` of the shortest timeout among the requests of the head's class or
         higher that started in the last ``URGENT_WINDOW_S`` (the head's own included)."""
         timeouts = self._timeouts
-        while len(timeouts) < ctx.levels:
-            timeouts.append(RecentMin(URGENT_WINDOW_S))
-        k = min(max(ctx.head_priority, 1), ctx.levels)
+        levels = ctx.levels
+        if len(timeouts) < levels:
+            timeouts.extend(RecentMin(URGENT_WINDOW_S) for _ in range(levels - len(timeouts)))
+        k = ctx.head_priority  # min(max(priority, 1), levels), written out
+        if k < 1:
+            k = 1
+        if levels < k:
+            k = levels
+        if k < 1:
+            raise ValueError(f"levels must be >= 1, got {levels}")
         now = ctx.now_s
         own = ctx.head_deadline_s - ctx.head_enqueued_s
         if own != math.inf:
             timeouts[k - 1].add(now, own)
-        return BLOCKING_SHARE * min(t.value(now) for t in timeouts[:k])
+        return BLOCKING_SHARE * RecentMin.least(timeouts, k, now)
 
     def load_limit_s(self, ctx: DecisionContext, top_s: float) -> float:
         """Bound 5: ``top_s`` (the head's run at top speed) stretched by at most
@@ -275,7 +283,13 @@ class SlackPolicy(StaticPolicy):
         """Every option within the thermal cap with its run time, hand-off time and energy, and
         the bounds of the module docstring for this decision. Call once per decision: it updates
         the class timeouts and the mean service time (bounds 4 and 5)."""
-        self._prepare(view)  # a new board drops the caches
+        return Plan(*self.plan_fields(view, ctx))
+
+    def plan_fields(self, view: BoardView, ctx: DecisionContext,
+                    ) -> tuple[tuple[Cost, ...], Cost, float, float]:
+        """:meth:`plan` as a plain tuple of the :class:`Plan`'s fields (cheaper to make)."""
+        if view is not self._view:
+            self._prepare(view)  # a new board drops the caches
         work = ctx.head_work
         cur = ctx.cur_opp
         cap = ctx.cap_opp
@@ -288,18 +302,26 @@ class SlackPolicy(StaticPolicy):
             if len(self._priced) >= _CACHE_SIZE:
                 self._priced.clear()
             self._priced[key] = (work, (costs, fastest, first_free_s, top_s))
+        # min() of the bounds written out as comparisons (the same first-of-the-least result)
         limit_s = ctx.head_deadline_s - ctx.now_s
         blocking_s = run_limit_s(ctx)
         if blocking_s < limit_s:
             limit_s = blocking_s
         if self.class_blocking:
-            limit_s = min(limit_s, self.class_limit_s(ctx))
-        limit_s = min(limit_s, self.load_limit_s(ctx, top_s)) - _MARGIN_S
+            class_s = self.class_limit_s(ctx)
+            if class_s < limit_s:
+                limit_s = class_s
+        load_s = self.load_limit_s(ctx, top_s)
+        if load_s < limit_s:
+            limit_s = load_s
+        limit_s -= _MARGIN_S
         handoff_limit_s = math.inf
         if ctx.queue_len > 0:
-            room = queue_room_s(tuple(ctx.waiting_in_order()), ctx.now_s, first_free_s)
+            entries = ctx.entries_in_order
+            waiting = ctx.waiting_in_order() if entries is None else entries()
+            room = queue_room_s(waiting, ctx.now_s, first_free_s)
             handoff_limit_s = first_free_s + room - _MARGIN_S
-        return Plan(costs, fastest, limit_s, handoff_limit_s)
+        return costs, fastest, limit_s, handoff_limit_s
 
     def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
         plan = self.plan(view, ctx)

@@ -42,6 +42,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import partial
 
 import numpy as np
 
@@ -71,6 +72,12 @@ from edgesched.utilisation import (
 )
 from edgesched_sim.scenarios import JobSet
 from edgesched_sim.workloads import MODELS
+
+
+def _waiting_in_order(queue: RequestQueue) -> tuple[Waiting, ...]:
+    """``DecisionContext.waiting_in_order`` of the engine's queue: built only when a policy
+    asks for it."""
+    return waiting_of(queue.in_service_order())
 
 
 class Outcome(IntEnum):
@@ -290,6 +297,12 @@ class Engine:
                      ThermalState(self.thermal, [len(k) for k in self.khz], self.idle_total_uw))
         self.trip_c = math.inf if self.thermal is None else self.thermal.passive_trip_c()
         """The lowest passive trip (``DecisionContext.trip_c``)."""
+        self._waiting_in_order = partial(_waiting_in_order, self.queue)
+        """The contexts' ``waiting_in_order`` (refers to the queue, not to the engine: the
+        engine keeps a context, see ``_ctx``, and no reference cycle holds it alive)."""
+        self._ctx: DecisionContext | None = None
+        """The context ``context(..., reuse=True)`` updates (made for this run's queue, OPPs and
+        heat state)."""
 
     # ------------------------------------------------------------------------------- arrivals
     def _admit_until(self, t: float) -> None:
@@ -361,29 +374,63 @@ class Engine:
                 self._tick(policy)
             self.next_tick_s = (math.floor(t / policy.tick_s) + 1) * policy.tick_s
 
-    def context(self, head: Entry) -> DecisionContext:
+    def context(self, head: Entry, reuse: bool = False) -> DecisionContext:
+        """The context of the decision about ``head``. With ``reuse`` the engine's own context
+        object is updated in place and returned (the same values, nothing allocated): for a
+        caller that keeps nothing of it past the decision, such as the environment; the next
+        ``context(..., reuse=True)`` overwrites it."""
         now = self.now
         q = self.queue
         task = self.task
-        return DecisionContext(
-            now_s=now, head_priority=head.priority, head_deadline_s=head.deadline_s,
-            head_work=self.job_work[head.request_id], levels=q.levels,
-            queue_len=len(q), urgent_waiting=q.count_at_most(head.cls + 1),
-            backlog_ms=q.backlog_ms, earliest_deadline_s=q.earliest_deadline_s(),
-            cur_opp=self.cur_opp, arrival_rate_hz=self.rate.rate_hz(now),
-            utilisation=self.busy_avg.value,
-            util_by_cluster=[p.util for p in self.pelt] if self.track_pelt else self._zeros,
-            busy_fraction_by_cluster=self._zeros, urgent_timeout_s=self.urgent.value(now),
-            head_enqueued_s=head.enqueued_s, waiting_in_order=self._waiting_in_order,
-            task_util=task.advance(now, 0.0) if self.track_pelt else 0.0,
-            task_util_est=task.util_est / 1024.0, task_cluster=task.cluster,
-            task_woken=not task.enqueued,
-            temp_c=math.nan if self.heat is None else self.heat.temp_c,
-            cap_opp=None if self.heat is None else self.heat.cap, trip_c=self.trip_c)
-
-    def _waiting_in_order(self) -> tuple[Waiting, ...]:
-        """``DecisionContext.waiting_in_order``: built only when a policy asks for it."""
-        return waiting_of(self.queue.in_service_order())
+        ctx = self._ctx
+        if not reuse or ctx is None:
+            ctx = DecisionContext(
+                now_s=now, head_priority=head.priority, head_deadline_s=head.deadline_s,
+                head_work=self.job_work[head.request_id], levels=q.levels,
+                queue_len=len(q), urgent_waiting=q.count_at_most(head.cls + 1),
+                backlog_ms=q.backlog_ms, earliest_deadline_s=q.earliest_deadline_s(),
+                cur_opp=self.cur_opp, arrival_rate_hz=self.rate.rate_hz(now),
+                utilisation=self.busy_avg.value,
+                util_by_cluster=[p.util for p in self.pelt] if self.track_pelt else self._zeros,
+                busy_fraction_by_cluster=self._zeros, urgent_timeout_s=self.urgent.value(now),
+                head_enqueued_s=head.enqueued_s, waiting_in_order=self._waiting_in_order,
+                entries_in_order=q.in_service_order,
+                task_util=task.advance(now, 0.0) if self.track_pelt else 0.0,
+                task_util_est=task.util_est / 1024.0, task_cluster=task.cluster,
+                task_woken=not task.enqueued,
+                temp_c=math.nan if self.heat is None else self.heat.temp_c,
+                cap_opp=None if self.heat is None else self.heat.cap, trip_c=self.trip_c)
+            if reuse:
+                self._ctx = ctx
+            return ctx
+        # the fields above that change between decisions (the rest hold for the whole run:
+        # ``reset`` drops the reused context)
+        ctx.now_s = now
+        ctx.head_priority = head.priority
+        ctx.head_deadline_s = head.deadline_s
+        ctx.head_work = self.job_work[head.request_id]
+        ctx.queue_len = len(q)
+        ctx.urgent_waiting = q.count_at_most(head.cls + 1)
+        ctx.backlog_ms = q.backlog_ms
+        ctx.earliest_deadline_s = q.earliest_deadline_s()
+        ctx.arrival_rate_hz = self.rate.rate_hz(now)
+        ctx.utilisation = self.busy_avg.value
+        ctx.urgent_timeout_s = self.urgent.value(now)
+        ctx.head_enqueued_s = head.enqueued_s
+        if self.track_pelt:
+            ctx.util_by_cluster = [p.util for p in self.pelt]
+            ctx.task_util = task.advance(now, 0.0)
+        else:
+            ctx.util_by_cluster = self._zeros
+            ctx.task_util = 0.0
+        ctx.task_util_est = task.util_est / 1024.0
+        ctx.task_cluster = task.cluster
+        ctx.task_woken = not task.enqueued
+        heat = self.heat
+        if heat is not None:
+            ctx.temp_c = heat.temp_c
+            ctx.cap_opp = heat.cap
+        return ctx
 
     def leak_extra_uw(self, cluster: int, opp: int, temp_c: float) -> float:
         """Leakage of ``cluster`` at ``opp`` and ``temp_c`` above what the tables price (uW):

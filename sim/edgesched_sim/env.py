@@ -163,7 +163,7 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
         if self.reference is not None:
             self._ref_outcomes = self._reference_outcomes(self.engine)
         obs = self._observe(self.engine, self._head)
-        return obs, {"action_mask": self.action_masks().astype(np.int8)}
+        return obs, {"action_mask": self._mask_info()}
 
     def _reference_outcomes(self, eng: Engine) -> dict[int, tuple[int, int]]:
         """Per class (missed, requests) of the reference policy on ``eng``'s job set."""
@@ -176,7 +176,7 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
 
     def _observe(self, eng: Engine, head: Entry) -> np.ndarray:
         """The observation of ``head`` with its safe set, built as the daemon builds it."""
-        ctx = eng.context(head)
+        ctx = eng.context(head, reuse=True)  # kept by nothing past this decision
         if not self.safe_actions:
             return build_observation(eng.view, ctx)
         safe = self._safe = self._safe_set.compute(eng.view, ctx)
@@ -205,7 +205,13 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
             obs = np.zeros(OBS_DIM, dtype=np.float32)
             return np.clip(obs, OBS_LOW, OBS_HIGH), float(reward), True, False, info
         obs = self._observe(eng, head)
-        return obs, float(reward), False, False, {"action_mask": self.action_masks().astype(np.int8)}
+        return obs, float(reward), False, False, {"action_mask": self._mask_info()}
+
+    def _mask_info(self) -> np.ndarray:
+        """``info["action_mask"]``: a copy of the current decision's safe actions as int8 (the
+        masks are int8 0/1 already)."""
+        assert self.engine is not None
+        return (self.engine.view.mask if self._safe is None else self._safe.mask).copy()
 
     def action_masks(self) -> np.ndarray:
         """The current decision's safe actions (for sb3-contrib's MaskablePPO)."""
