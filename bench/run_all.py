@@ -221,6 +221,7 @@ def main() -> int:
         "daemon_overhead_p50_us": so.get("daemon_overhead_p50_us"),
         "transport_client_p50_us": so.get("transport_client_p50_us"),
         "shm_overhead_p50_us": so.get("shm_overhead_p50_us"),
+        "floor_hold_rtt_us": so.get("floor_hold_rtt_us"),
         "throughput_rps": so.get("throughput_rps"),
         # okay_nabu against the floors measured in the same run (bench/serve_overhead.py)
         **{k: so.get(k) for k in ("floor_rtt_us", "floor_payload_us", "e2e_p50_us",

@@ -5,6 +5,10 @@ Floors (same run, same machine):
 - ``floor_rtt_us``: p50 round trip of 1 byte each way between two processes over a unix socket:
   a minimal asyncio echo server (uvloop when installed) in its own process, a blocking client
   (``sendall`` + ``recv_into``) in this one.
+- ``floor_hold_rtt_us``: the 1-byte round trip when the echo server keeps its CPU busy for the
+  bare face_detection invoke's p50 before each answer, less that time: what a client blocked
+  for as long as an inference pays to be woken (on a VM a vCPU that idles for milliseconds
+  wakes slower than one that idles for microseconds).
 - ``floor_payload_us``: the same with okay_nabu's request and answer sizes on the wire (HTTP head
   and body, bytes counted from a real exchange with the daemon); ``floors`` has both sizes and
   face_detection's too.
@@ -82,9 +86,12 @@ def _cpu_s(proc: psutil.Process) -> float:
 
 
 # ------------------------------------------------------------------------------ the floors
-def _echo_server(path: str, req_bytes: int, ans_bytes: int, ready: Any) -> None:
-    """Answers every ``req_bytes`` received with ``ans_bytes`` (a preallocated buffer)."""
+def _echo_server(path: str, req_bytes: int, ans_bytes: int, ready: Any,
+                 hold_s: float = 0.0) -> None:
+    """Answers every ``req_bytes`` received with ``ans_bytes`` (a preallocated buffer), after
+    keeping its CPU busy for ``hold_s`` (standing in for an inference of that length)."""
     answer = b"x" * ans_bytes
+    clock = time.perf_counter
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +102,10 @@ def _echo_server(path: str, req_bytes: int, ans_bytes: int, ready: Any) -> None:
             self.have += len(data)
             while self.have >= req_bytes:
                 self.have -= req_bytes
+                if hold_s > 0:
+                    end_s = clock() + hold_s
+                    while clock() < end_s:
+                        pass
                 self.transport.write(answer)
 
     async def main() -> None:
@@ -111,12 +122,13 @@ def _echo_server(path: str, req_bytes: int, ans_bytes: int, ready: Any) -> None:
         uvloop.run(main())
 
 
-def floor_us(tmp: Path, req_bytes: int, ans_bytes: int, n: int) -> float:
-    """p50 round trip (us) of ``req_bytes`` out and ``ans_bytes`` back against the echo server."""
+def floor_us(tmp: Path, req_bytes: int, ans_bytes: int, n: int, hold_s: float = 0.0) -> float:
+    """p50 round trip (us) of ``req_bytes`` out and ``ans_bytes`` back against the echo server
+    (which works ``hold_s`` before each answer: the p50 has it taken off)."""
     ctx = mp.get_context("spawn")
-    path = str(tmp / f"echo-{req_bytes}-{ans_bytes}.sock")
+    path = str(tmp / f"echo-{req_bytes}-{ans_bytes}-{hold_s:g}.sock")
     ready = ctx.Event()
-    server = ctx.Process(target=_echo_server, args=(path, req_bytes, ans_bytes, ready),
+    server = ctx.Process(target=_echo_server, args=(path, req_bytes, ans_bytes, ready, hold_s),
                          daemon=True)
     server.start()
     try:
@@ -140,7 +152,7 @@ def floor_us(tmp: Path, req_bytes: int, ans_bytes: int, n: int) -> float:
                 if i >= WARMUP:
                     out.append(time.perf_counter() - t0)
         view.release()
-        return _percentile_us(out, 50)
+        return _percentile_us(out, 50) - hold_s * 1e6
     finally:
         server.terminate()
         server.join()
@@ -245,8 +257,9 @@ def shm_overhead(n: int, bare_p50_us: float, board: str, policy: str) -> dict[st
     """face_detection through Triton's system shared memory (its own daemon, with
     ``server.shared_memory`` on): ``shm_p50_us`` end to end with one registered region for the
     input and the outputs (:class:`edgesched.client.SharedMemorySession`: the input written
-    into it, the outputs copied out), ``shm_overhead_p50_us`` that less the bare invoke's p50,
-    and ``shm_daemon_overhead_p50_us``: ``daemon_us`` less ``host_us`` of each answer."""
+    into it, the outputs copied out), ``shm_overhead_p50_us`` that less the bare invoke's p50
+    (``main`` adds ``shm_overhead_over_hold_floor_us``: that less ``floor_hold_rtt_us``), and
+    ``shm_daemon_overhead_p50_us``: ``daemon_us`` less ``host_us`` of each answer."""
     from edgesched.client import SharedMemorySession
 
     x = _inputs(FACE)
@@ -317,12 +330,15 @@ def main() -> int:
             floors[m] = {"request_bytes": req_b, "answer_bytes": ans_b,
                          "floor_payload_us": round(floor_us(home, req_b, ans_b, n), 1)}
     bare = _bare(n)
+    bare_p50 = _percentile_us(bare, 50)
+    with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:
+        floors["floor_hold_rtt_us"] = round(floor_us(Path(tmp), 1, 1, n, bare_p50 / 1e6), 1)
     json_doc = face_json(args.json_runs) if args.json_runs > 0 else None
     p50 = _percentile_us(lat, 50)
-    bare_p50 = _percentile_us(bare, 50)
     daemon_us = [float(p["daemon_us"]) for p in params]
     inner_us = [d - float(p["host_us"]) for d, p in zip(daemon_us, params, strict=True)]
     outer_us = [t * 1e6 - d for t, d in zip(lat, daemon_us, strict=True)]
+    shm = shm_overhead(n, bare_p50, args.board, args.policy)
     nabu = models[NABU]
     floor_payload = floors[NABU]["floor_payload_us"]
     print(json.dumps({
@@ -334,7 +350,10 @@ def main() -> int:
         "models": models, "floors": floors, "face_json": json_doc,
         "model": FACE, "p50_us": round(p50, 1), "p99_us": round(_percentile_us(lat, 99), 1),
         "bare_p50_us": round(bare_p50, 1), "overhead_p50_us": round(p50 - bare_p50, 1),
-        **shm_overhead(n, bare_p50, args.board, args.policy),
+        **shm,
+        "floor_hold_rtt_us": floors["floor_hold_rtt_us"],
+        "shm_overhead_over_hold_floor_us": round(shm["shm_overhead_p50_us"]
+                                                 - floors["floor_hold_rtt_us"], 1),
         "daemon_p50_us": round(float(np.median(daemon_us)), 1),
         "daemon_host_p50_us": round(float(np.median([p["host_us"] for p in params])), 1),
         "daemon_overhead_p50_us": round(float(np.median(inner_us)), 1),
