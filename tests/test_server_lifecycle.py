@@ -43,16 +43,53 @@ def _one_request(sock: str, priority: int) -> tuple[int, str, dict[str, str]]:
     return status, json.loads(data).get("outcome", ""), dict(msg.items())
 
 
+def _infer_answer(s: socket.socket) -> tuple[int, str, dict[str, str]]:
+    """(status, outcome, headers) of the answer to the infer request sent on ``s``."""
+    head, body = _read_answer(s)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if status == 200:
+        body = body[: int(headers["Inference-Header-Content-Length"])]
+        return status, json.loads(body)["parameters"]["outcome"], headers
+    return status, json.loads(body).get("outcome", ""), headers
+
+
 def test_burst_fills_the_queue_and_every_request_is_answered(
         start_daemon: Callable[..., Daemon]) -> None:
-    # every request through the queue: with the inline path a burst whose requests reach the
-    # daemon one by one (48 client threads) can find it idle each time and never fill the queue
-    d = start_daemon(config={"queue": {"max_count": 2},
-                             "server": {"retry_after_s": 2.0, "inline_max_us": 0}})
+    """48 requests that reach the daemon together and a queue of 2: some are refused with 429
+    (or shed with 503), and every one gets exactly one answer. The burst is made one whatever
+    the machine's speed: the daemon is stopped while every client connects and sends its (small)
+    request into the socket, and each run lasts far longer than reading a request (a virtual
+    board 5000 times slower than the host). Every request goes through the queue (no inline
+    path)."""
+    d = start_daemon(config={"queue": {"max_count": 2}, "board": {"virtual_slowdown": 5000.0},
+                             "server": {"retry_after_s": 2.0, "inline_max_us": 0}},
+                     args=("--board", "virtual:rk3399"), notify=True)
     n = 48
-    priorities = [3] * (n // 2) + [1] * (n // 2)
-    with ThreadPoolExecutor(n) as pool:
-        results = list(pool.map(lambda p: _one_request(d.socket, p), priorities))
+    requests = []
+    for p in [3] * (n // 2) + [1] * (n // 2):
+        body, headers = encode_infer({NABU_IN: np.zeros((1, 3, 40), np.int8)}, priority=p)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        requests.append(f"POST /v2/models/{NABU}/infer HTTP/1.1\r\nHost: x\r\n"
+                        f"Content-Length: {len(body)}\r\n{head}\r\n".encode() + body)
+    socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            while _process_state(d.proc.pid) != "T":  # the stop is delivered asynchronously
+                os.sched_yield()
+            for s, request in zip(socks, requests, strict=True):
+                s.settimeout(60)  # a safety net only: every wait below ends on data
+                s.connect(d.socket)  # into the listen backlog: the daemon accepts nothing now
+                s.sendall(request)  # a few hundred bytes: the socket's buffer holds them
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(_infer_answer, socks))
+    finally:
+        for s in socks:
+            s.close()
     codes = Counter(status for status, _, _ in results)
     assert sum(codes.values()) == n
     assert set(codes) <= {200, 429, 503}, codes
