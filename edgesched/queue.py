@@ -98,6 +98,16 @@ class RequestQueue:
         """Entries whose current class is ``priority`` or higher (numerically <=)."""
         return sum(self._counts[:priority]) if priority > 0 else 0
 
+    def decision_stats(self, priority: int) -> tuple[int, int, float, float]:
+        """``(len(self), self.count_at_most(priority), self.backlog_ms,
+        self.earliest_deadline_s())`` in one call (what a decision's context reads)."""
+        by_id = self._by_id
+        heap = self._by_deadline
+        while heap and not heap[0][2].alive:
+            heapq.heappop(heap)
+        return (len(by_id), sum(self._counts[:priority]) if priority > 0 else 0,
+                self._backlog_ms if by_id else 0.0, heap[0][0] if heap else math.inf)
+
     def earliest_deadline_s(self) -> float:
         """The earliest deadline of any queued entry (inf when none has one or it is empty)."""
         heap = self._by_deadline
@@ -111,13 +121,35 @@ class RequestQueue:
 
         Raises QueueFullError when a bound is reached and nothing of a lower class can be shed.
         """
-        if entry.request_id in self._by_id:
-            raise ValueError(f"request id {entry.request_id!r} is already queued")
-        if not 1 <= entry.priority <= self.levels:
-            raise ValueError(f"priority {entry.priority} outside 1..{self.levels}")
-        if entry.size_bytes > self.max_bytes:
-            raise QueueFullError(f"request of {entry.size_bytes} bytes exceeds the queue's byte "
+        by_id = self._by_id
+        request_id = entry.request_id
+        if request_id in by_id:
+            raise ValueError(f"request id {request_id!r} is already queued")
+        priority = entry.priority
+        if not 1 <= priority <= self.levels:
+            raise ValueError(f"priority {priority} outside 1..{self.levels}")
+        size = entry.size_bytes
+        if size > self.max_bytes:
+            raise QueueFullError(f"request of {size} bytes exceeds the queue's byte "
                                  f"bound of {self.max_bytes}")
+        if len(by_id) < self.max_count and self._bytes + size <= self.max_bytes:
+            # room without shedding: ``_insert``, written out
+            entry.enqueued_s = now
+            cls = priority - 1
+            entry.cls = cls
+            entry.seq = seq = next(self._seq)
+            entry.alive = True
+            entry.next_promotion_s = due = now + self.aging_s
+            by_deadline = (entry.deadline_s, seq, entry)
+            heapq.heappush(self._edf[cls], by_deadline)
+            if cls > 0:
+                heapq.heappush(self._promo[cls], (due, seq, entry))
+            heapq.heappush(self._by_deadline, by_deadline)
+            by_id[request_id] = entry
+            self._counts[cls] += 1
+            self._bytes += size
+            self._backlog_ms += entry.service_ms
+            return []
         shed: list[Entry] = []
         while (len(self._by_id) + 1 > self.max_count
                or self._bytes + entry.size_bytes > self.max_bytes):
@@ -144,12 +176,26 @@ class RequestQueue:
 
     def pop(self, now: float) -> Entry | None:
         """Remove and return the next entry: highest class first, earliest deadline inside it."""
-        heap = self._head_heap(now)
-        if not heap:
-            return None
-        entry = heapq.heappop(heap)[2]
-        self._take(entry)
-        return entry
+        self._age(now)
+        edf_heaps, counts = self._edf, self._counts
+        for k, heap in enumerate(edf_heaps):  # ``_head_heap``, written out
+            while heap:
+                entry = heap[0][2]
+                if entry.alive and entry.cls == k:
+                    heapq.heappop(heap)
+                    # ``_take``, written out (the entry's class is k)
+                    entry.alive = False
+                    by_id = self._by_id
+                    del by_id[entry.request_id]
+                    counts[k] -= 1
+                    self._bytes -= entry.size_bytes
+                    self._backlog_ms -= entry.service_ms
+                    self._stale = stale = self._stale + 1
+                    if stale > 64 and stale > 2 * len(by_id):
+                        self._compact()
+                    return entry
+                heapq.heappop(heap)
+        return None
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Remove and return every entry whose deadline is before ``now``."""

@@ -298,6 +298,14 @@ class RecentMin:
         return items[0][1] if items else math.inf
 
     @staticmethod
+    def add_least(trackers: Sequence[RecentMin], count: int, now_s: float,
+                  value: float) -> float:
+        """``trackers[count - 1].add(now_s, value)`` then ``least(trackers, count, now_s)``
+        (the same result, one call)."""
+        trackers[count - 1].add(now_s, value)
+        return RecentMin.least(trackers, count, now_s)
+
+    @staticmethod
     def least(trackers: Sequence[RecentMin], count: int, now_s: float) -> float:
         """``min(t.value(now_s) for t in trackers[:count])`` (the first of the least, as
         ``min`` gives it; ``count`` >= 1) in one call."""

@@ -66,7 +66,6 @@ from edgesched.observation import (
     Decision,
     DecisionContext,
     Waiting,
-    run_limit_s,
 )
 from edgesched.policy.base import StaticPolicy
 from edgesched.queue import Entry
@@ -303,23 +302,50 @@ class SlackPolicy(StaticPolicy):
                 self._priced.clear()
             self._priced[key] = (work, (costs, fastest, first_free_s, top_s))
         # min() of the bounds written out as comparisons (the same first-of-the-least result)
-        limit_s = ctx.head_deadline_s - ctx.now_s
-        blocking_s = run_limit_s(ctx)
-        if blocking_s < limit_s:
-            limit_s = blocking_s
+        now = ctx.now_s
+        limit_s = ctx.head_deadline_s - now
+        if ctx.head_priority != 1:  # run_limit_s(ctx), written out (priority 1: limit_s itself)
+            blocking_s = ctx.urgent_timeout_s * BLOCKING_SHARE
+            if blocking_s < limit_s:
+                limit_s = blocking_s
         if self.class_blocking:
-            class_s = self.class_limit_s(ctx)
+            timeouts = self._timeouts
+            k = ctx.head_priority
+            if 1 <= k <= ctx.levels <= len(timeouts):  # class_limit_s(ctx), written out
+                own = ctx.head_deadline_s - ctx.head_enqueued_s
+                if own != math.inf:
+                    class_s = BLOCKING_SHARE * RecentMin.add_least(timeouts, k, now, own)
+                else:
+                    class_s = BLOCKING_SHARE * RecentMin.least(timeouts, k, now)
+            else:
+                class_s = self.class_limit_s(ctx)
             if class_s < limit_s:
                 limit_s = class_s
-        load_s = self.load_limit_s(ctx, top_s)
-        if load_s < limit_s:
-            limit_s = load_s
+        # load_limit_s(ctx, top_s), written out
+        mean = self._mean_top_s
+        mean = self._mean_top_s = mean + (top_s - mean) * MEAN_WEIGHT if mean > 0 else top_s
+        load = ctx.arrival_rate_hz * mean
+        if load > 0:
+            load_s = top_s * self.load_target / load
+            if load_s < limit_s:
+                limit_s = load_s
         limit_s -= _MARGIN_S
         handoff_limit_s = math.inf
         if ctx.queue_len > 0:
             entries = ctx.entries_in_order
             waiting = ctx.waiting_in_order() if entries is None else entries()
-            room = queue_room_s(waiting, ctx.now_s, first_free_s)
+            # queue_room_s(waiting, now, first_free_s), written out
+            t = now + first_free_s
+            room = math.inf
+            for w in waiting:
+                deadline_s = w.deadline_s
+                if t > deadline_s:
+                    continue  # expired while queued: answered without running
+                t += w.service_ms * 1e-3
+                if t <= deadline_s:
+                    left = deadline_s - t
+                    if left < room:
+                        room = left
             handoff_limit_s = first_free_s + room - _MARGIN_S
         return costs, fastest, limit_s, handoff_limit_s
 

@@ -90,6 +90,7 @@ class Outcome(IntEnum):
 
 
 MISSED = (Outcome.LATE, Outcome.EXPIRED, Outcome.SHED, Outcome.REJECTED)
+_OK, _LATE, _EXPIRED = Outcome.OK, Outcome.LATE, Outcome.EXPIRED
 
 
 @dataclass(frozen=True)
@@ -308,13 +309,22 @@ class Engine:
     def _admit_until(self, t: float) -> None:
         rel = self.job_release
         n = len(rel)
-        first = i = self.next_job
+        i = self.next_job
         push = self.queue.push
         urgent = self.urgent.add
         prios, deadlines, timed = self.job_prio, self.job_deadline, self.job_urgent
         sizes, service_ms = self.job_size, self.job_service_ms
+        # the rate meter does not depend on the queue: ``rate.events`` of the arrivals, written
+        # out in the same loop
+        rate = self.rate
+        acc, last_s, tau_s = rate.acc, rate.last_s, rate.tau_s
+        exp = math.exp
         while i < n and rel[i] <= t:
             r = rel[i]
+            if r > last_s:
+                acc *= exp(-(r - last_s) / tau_s)
+                last_s = r
+            acc += 1.0
             if timed[i]:
                 urgent(r, deadlines[i] - r)
             # positional: request_id, priority, deadline_s, enqueued_s, size_bytes, service_ms
@@ -329,7 +339,8 @@ class Engine:
                         self._miss(victim.request_id, Outcome.SHED)
             i += 1
         self.next_job = i
-        self.rate.events(rel[first:i])  # the meter does not depend on the queue: one call
+        rate.acc = acc
+        rate.last_s = last_s
 
     def _miss(self, job: int, outcome: Outcome) -> None:
         self._outcome[job] = outcome
@@ -343,9 +354,17 @@ class Engine:
         q = self.queue
         drop_expired = self.qcfg.drop_expired
         while True:
-            if drop_expired and len(q):
-                for e in q.pop_expired(self.now):
-                    self._miss(e.request_id, Outcome.EXPIRED)
+            if drop_expired:  # (an empty queue returns none)
+                expired = q.pop_expired(self.now)
+                if expired:  # ``_miss(e.request_id, Outcome.EXPIRED)`` of each, written out
+                    outcome, prios, missed = self._outcome, self.job_prio, self.step_missed
+                    guard = self.guard
+                    for e in expired:
+                        job = e.request_id
+                        outcome[job] = _EXPIRED
+                        missed.append(prios[job])
+                        if guard is not None:
+                            guard.record(prios[job], True, self.now)
             head = q.pop(self.now)
             if head is not None:
                 return head
@@ -409,11 +428,11 @@ class Engine:
         ctx.head_priority = head.priority
         ctx.head_deadline_s = head.deadline_s
         ctx.head_work = self.job_work[head.request_id]
-        ctx.queue_len = len(q)
-        ctx.urgent_waiting = q.count_at_most(head.cls + 1)
-        ctx.backlog_ms = q.backlog_ms
-        ctx.earliest_deadline_s = q.earliest_deadline_s()
-        ctx.arrival_rate_hz = self.rate.rate_hz(now)
+        (ctx.queue_len, ctx.urgent_waiting, ctx.backlog_ms,
+         ctx.earliest_deadline_s) = q.decision_stats(head.cls + 1)
+        rate = self.rate  # ``rate.rate_hz(now)``, written out
+        dt = now - rate.last_s
+        ctx.arrival_rate_hz = rate.acc * (math.exp(-dt / rate.tau_s) if dt > 0 else 1.0) / rate.tau_s
         ctx.utilisation = self.busy_avg.value
         ctx.urgent_timeout_s = self.urgent.value(now)
         ctx.head_enqueued_s = head.enqueued_s
@@ -557,18 +576,31 @@ class Engine:
                     self._tick(policy)
                     self.next_tick_s = (math.floor(self.now / tick + 1e-9) + 1) * tick
         finish = self.now
-        self.busy_avg.idle_then_busy(start, finish)
+        busy_avg = self.busy_avg  # ``busy_avg.idle_then_busy(start, finish)``, written out
+        tau = busy_avg.tau_s
+        if start > busy_avg.last_s:
+            busy_avg.value *= math.exp((busy_avg.last_s - start) / tau)
+            busy_avg.last_s = start
+        if finish > busy_avg.last_s:
+            decay = math.exp((busy_avg.last_s - finish) / tau)
+            busy_avg.value = busy_avg.value * decay + 1.0 - decay
+            busy_avg.last_s = finish
         self._start[job] = start
         self._finish[job] = finish
         self._cluster[job] = c
         self._opp[job] = cur_opp[c]
         self._energy[job] = energy
-        if finish > head.deadline_s:
-            self._miss(job, Outcome.LATE)
+        guard = self.guard
+        if finish > head.deadline_s:  # ``_miss(job, Outcome.LATE)``, written out
+            self._outcome[job] = _LATE
+            prio = self.job_prio[job]
+            self.step_missed.append(prio)
+            if guard is not None:
+                guard.record(prio, True, self.now)
         else:
-            self._outcome[job] = Outcome.OK
-            if self.guard is not None:
-                self.guard.record(self.job_prio[job], False, finish)
+            self._outcome[job] = _OK
+            if guard is not None:
+                guard.record(self.job_prio[job], False, finish)
         nxt = self.next_job
         release = self.job_release
         if nxt < len(release) and release[nxt] <= finish:

@@ -204,8 +204,14 @@ class EdgeDVFSEnv(gym.Env[np.ndarray, np.int64]):
                 info["class_outcomes_reference"] = self._ref_outcomes
             obs = np.zeros(OBS_DIM, dtype=np.float32)
             return np.clip(obs, OBS_LOW, OBS_HIGH), float(reward), True, False, info
-        obs = self._observe(eng, head)
-        return obs, float(reward), False, False, {"action_mask": self._mask_info()}
+        # ``_observe`` and ``_mask_info``, written out
+        ctx = eng.context(head, reuse=True)  # kept by nothing past this decision
+        if not self.safe_actions:
+            return (build_observation(eng.view, ctx), float(reward), False, False,
+                    {"action_mask": eng.view.mask.copy()})
+        safe = self._safe = self._safe_set.compute(eng.view, ctx)
+        return (build_observation(eng.view, ctx, safe), float(reward), False, False,
+                {"action_mask": safe.mask.copy()})
 
     def _mask_info(self) -> np.ndarray:
         """``info["action_mask"]``: a copy of the current decision's safe actions as int8 (the
