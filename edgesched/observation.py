@@ -342,8 +342,6 @@ class _WorkConstants(NamedTuple):
     """Per cluster the observation shows: its compute time at the top OPP, ``capacity``,
     ``transition``, ``efficient_freq``, ``cost_ratio``, its frequencies as fractions of the top
     (``BoardView.freq_frac``) and its top OPP index."""
-    absent: tuple[float, ...]
-    """The features of the cluster slots the board leaves empty."""
 
 
 _WORK_CACHE_SIZE = 4096
@@ -365,8 +363,7 @@ def _work_constants(view: BoardView, work: Work) -> _WorkConstants:
     shown = tuple((compute[ci], view.capacity[ci], transition[ci], view.efficient_frac[ci],
                    view.cost_ratio[ci], view.freq_frac[ci], len(view.freq_frac[ci]) - 1)
                   for ci in range(n_shown))
-    consts = _WorkConstants(top_ms, mem_ms, mem_ms / top_ms, compute, transition, shown,
-                            _ABSENT * (MAX_CLUSTERS - n_shown))
+    consts = _WorkConstants(top_ms, mem_ms, mem_ms / top_ms, compute, transition, shown)
     if len(view.work_cache) < _WORK_CACHE_SIZE:
         view.work_cache[id(work)] = (work, consts)
     return consts
@@ -448,7 +445,7 @@ def build_observation(view: BoardView, ctx: DecisionContext,
                       cost_ratio, cap_freq, safe_freq[ci], safe_energy[ci])
     # the same float32 rounding as np.array(feats, np.float32) (a C cast of each double), with
     # less than half the work: packed by struct into a zeroed array; the empty cluster slots'
-    # features (``wc.absent``, all 0.0) are its zeros
+    # features (``_ABSENT``, all 0.0) are its zeros
     out = _zeros(OBS_DIM, _FLOAT32)
     _PACK_SHOWN[len(wc.shown)](out, 0, *feats)
     return out

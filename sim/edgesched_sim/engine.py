@@ -576,15 +576,7 @@ class Engine:
                     self._tick(policy)
                     self.next_tick_s = (math.floor(self.now / tick + 1e-9) + 1) * tick
         finish = self.now
-        busy_avg = self.busy_avg  # ``busy_avg.idle_then_busy(start, finish)``, written out
-        tau = busy_avg.tau_s
-        if start > busy_avg.last_s:
-            busy_avg.value *= math.exp((busy_avg.last_s - start) / tau)
-            busy_avg.last_s = start
-        if finish > busy_avg.last_s:
-            decay = math.exp((busy_avg.last_s - finish) / tau)
-            busy_avg.value = busy_avg.value * decay + 1.0 - decay
-            busy_avg.last_s = finish
+        self.busy_avg.idle_then_busy(start, finish)
         self._start[job] = start
         self._finish[job] = finish
         self._cluster[job] = c
