@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,16 +76,11 @@ def test_burst_fills_the_queue_and_every_request_is_answered(
                         f"Content-Length: {len(body)}\r\n{head}\r\n".encode() + body)
     socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
     try:
-        os.kill(d.proc.pid, signal.SIGSTOP)
-        try:
-            while _process_state(d.proc.pid) != "T":  # the stop is delivered asynchronously
-                os.sched_yield()
+        with _stopped(d.proc.pid):
             for s, request in zip(socks, requests, strict=True):
                 s.settimeout(60)  # a safety net only: every wait below ends on data
                 s.connect(d.socket)  # into the listen backlog: the daemon accepts nothing now
                 s.sendall(request)  # a few hundred bytes: the socket's buffer holds them
-        finally:
-            os.kill(d.proc.pid, signal.SIGCONT)
         with ThreadPoolExecutor(n) as pool:
             results = list(pool.map(_infer_answer, socks))
     finally:
@@ -404,6 +400,18 @@ def _process_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """Process ``pid`` stopped (SIGSTOP, waited for) for the block, continued after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        while _process_state(pid) != "T":  # the stop is delivered asynchronously
+            os.sched_yield()
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_a_burst_of_connections_is_served_only_up_to_the_limit(
         tmp_path: Path, start_daemon: Callable[..., Daemon], loop: str) -> None:
@@ -425,16 +433,11 @@ def test_a_burst_of_connections_is_served_only_up_to_the_limit(
             str(home / "s.sock"), str(home)])
     socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(burst)]
     try:
-        os.kill(d.proc.pid, signal.SIGSTOP)
-        try:
-            while _process_state(d.proc.pid) != "T":  # the stop is delivered asynchronously
-                os.sched_yield()
+        with _stopped(d.proc.pid):
             for s in socks:  # queued in the listen backlog: the daemon accepts nothing now
                 s.settimeout(30)  # a safety net only: every wait below ends on data or EOF
                 s.connect(d.socket)
                 s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        finally:
-            os.kill(d.proc.pid, signal.SIGCONT)
         served, refused = [], []
         for s in socks:
             head, body = _read_answer(s)
