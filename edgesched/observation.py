@@ -12,15 +12,19 @@ cluster's top frequency, decoded to the lowest OPP at or above it. Levels that d
 OPP as a lower level, and clusters the board lacks, are masked; decoding a masked action is still
 defined (it gives the OPP the level maps to, on cluster 0 if the cluster is missing).
 
-Version 2 (this one) shows up to four clusters (DVFS domains), the heat (the hottest zone's
-distance to the lowest passive trip, and per cluster the thermal cap), and the *safe set*: the
+Version 3 (this one) shows up to four clusters (DVFS domains), the heat (the hottest zone's
+distance to the lowest passive trip, and per cluster the thermal cap), how bursty the arrivals
+have been over the last half minute (``arrival_burstiness``, from
+:class:`edgesched.utilisation.BurstMeter`: a steady light load, where the least-energy safe
+choice is enough, looks different from one whose bursts need room), and the *safe set*: the
 actions whose run, by the board's latency model, keeps every bound of the ``slack`` baseline
 (the head's deadline, the queue behind it, the blocking limits, the load bound; see
 :mod:`edgesched.policy.safe`). Per cluster the observation gives the lowest-energy safe
 frequency and how its energy compares with the best safe option of the board, so the network
 sees the analytic answer and learns when to depart from it. The learned policies choose only
 among safe actions (the fastest one when none is safe), in training and at run time alike.
-Version 1 files (two clusters, no heat, no safe set) are refused with the usual message.
+Version 2 was the same without the burstiness; files of versions 1 and 2 are refused with the
+usual message.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from edgesched.device import Cluster, DeviceProfile, Work
 from edgesched.errors import PolicyMismatchError
 from edgesched.queue import Entry
 
-OBS_VERSION = 2
+OBS_VERSION = 3
 URGENT_WINDOW_S = 10.0
 """How long a priority-1 request's timeout counts towards ``DecisionContext.urgent_timeout_s``."""
 BLOCKING_SHARE = 0.8
@@ -60,6 +64,7 @@ GLOBAL_FEATURES = (
     "arrival_load",       # tanh(arrival rate * head service time at top speed)
     "utilisation",        # recent busy fraction of the board in [0, 1]
     "thermal_headroom",   # tanh((lowest passive trip - temperature) / 10 C); 1 if unknown
+    "arrival_burstiness",  # (D - 1) / (D + 3), D the arrival counts' index of dispersion
 )
 CLUSTER_FEATURES = (
     "present",            # 1 if the board has this cluster
@@ -74,7 +79,7 @@ CLUSTER_FEATURES = (
     "safe_energy",        # least safe energy on the board / least safe energy here; 0 if none
 )
 OBS_DIM = len(GLOBAL_FEATURES) + MAX_CLUSTERS * len(CLUSTER_FEATURES)
-OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0, -1] + [0] * len(CLUSTER_FEATURES) * MAX_CLUSTERS,
+OBS_LOW = np.array([0, 0, -1, 0, 0, -1, 0, 0, 0, -1, -1] + [0] * len(CLUSTER_FEATURES) * MAX_CLUSTERS,
                    dtype=np.float32)
 OBS_HIGH = np.ones(OBS_DIM, dtype=np.float32)
 
@@ -304,6 +309,9 @@ class DecisionContext:
     trip_c: float = math.inf
     """The lowest passive trip point in C (where the kernel starts to throttle); inf when
     unknown."""
+    arrival_dispersion: float = 1.0
+    """The index of dispersion of the recent arrival counts (:class:`edgesched.utilisation.
+    BurstMeter`): about 1 for Poisson arrivals, far above for bursts."""
 
 
 def run_limit_s(ctx: DecisionContext) -> float:
@@ -398,6 +406,9 @@ def build_observation(view: BoardView, ctx: DecisionContext,
     temp_c = ctx.temp_c
     trip_c = ctx.trip_c
     work = ctx.head_work
+    disp = ctx.arrival_dispersion
+    if not 0.0 <= disp < 1e12:  # nan, negative or unbounded: read as Poisson or as 1
+        disp = 1.0 if not disp > 0.0 else 1e12
     hit = view.work_cache.get(id(work))  # _work_constants' cache, looked up here (hot path)
     wc = hit[1] if hit is not None and hit[0] is work else _work_constants(view, work)
     top_ms = wc.top_ms
@@ -417,6 +428,7 @@ def build_observation(view: BoardView, ctx: DecisionContext,
         1.0 if util > 1.0 else (util if util > 0.0 else 0.0),
         # thermal_headroom(temp_c, trip_c), written out
         tanh((trip_c - temp_c) * 0.1) if isfinite(temp_c) and isfinite(trip_c) else 1.0,
+        (disp - 1.0) / (disp + 3.0),
     ]
     room_ms = slack_ms - wc.mem_ms
     cur_opp = ctx.cur_opp

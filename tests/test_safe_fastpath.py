@@ -57,6 +57,7 @@ def _contexts(name: str, n: int, seed: int) -> list[DecisionContext]:
             backlog_ms=float(rng.uniform(0, 80)), earliest_deadline_s=now + 0.1,
             cur_opp=[int(rng.integers(0, len(c.opps))) for c in profile.clusters],
             arrival_rate_hz=float(rng.uniform(0, 60)), utilisation=0.5,
+            arrival_dispersion=float(rng.choice([0.0, 1.0, 14.0])),
             util_by_cluster=[0.5] * nc, busy_fraction_by_cluster=[0.5] * nc,
             urgent_timeout_s=float(rng.choice([math.inf, 0.03, 0.1])),
             head_enqueued_s=now - float(rng.uniform(0, 0.05)),
@@ -137,7 +138,8 @@ def _plain_observation(view: BoardView, ctx: DecisionContext, safe: object) -> l
              u / (u + 4.0), math.tanh(ctx.arrival_rate_hz * top_ms * 0.001),
              min(max(ctx.utilisation, 0.0), 1.0),
              (math.tanh((ctx.trip_c - ctx.temp_c) * 0.1)
-              if math.isfinite(ctx.temp_c) and math.isfinite(ctx.trip_c) else 1.0)]
+              if math.isfinite(ctx.temp_c) and math.isfinite(ctx.trip_c) else 1.0),
+             (ctx.arrival_dispersion - 1.0) / (ctx.arrival_dispersion + 3.0)]
     room_ms = slack_ms - mem_ms
     for ci in range(min(view.n_clusters, MAX_CLUSTERS)):
         frac = view.freq_frac[ci]

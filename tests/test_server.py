@@ -229,6 +229,7 @@ def test_metrics_and_status(daemon: Daemon) -> None:
     assert status["policy"]["spec"] == "schedutil"
     assert status["board"]["profile"] and status["board"]["clusters"][0]["freq_khz"] > 0
     assert status["energy_j_total"] > 0 and status["co2e_g_total"] > 0
+    assert status["arrival_dispersion"] >= 0.0
     with daemon.client() as c:
         code, _, body = c.request("GET", "/status")
         assert code == 200 and json.loads(body)["name"] == "edgesched"

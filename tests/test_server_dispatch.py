@@ -21,6 +21,7 @@ from edgesched.server.admission import InferRequest
 from edgesched.server.dispatcher import Dispatcher, Job, Outcome
 from edgesched.server.metrics import Metrics
 from edgesched.server.runner import LoadedModel, load_model
+from edgesched.utilisation import BurstMeter
 
 NABU_IN = "serving_default_input_audio:0"
 
@@ -193,6 +194,36 @@ def test_context_and_ticks(nabu: LoadedModel) -> None:
     assert ctx.arrival_rate_hz > 0 and ctx.head_work.compute_mcycles > 0
     assert {c for c, _, _ in policy.ticks} == {0, 1}
     assert Decision(0, 1) in r.board.applied
+
+
+def test_the_dispatcher_measures_burstiness_as_the_simulator_does(nabu: LoadedModel) -> None:
+    """Arrivals in bursts: the snapshot and the first decision's context read the same index
+    of dispersion as a ``BurstMeter`` fed the same arrival times (the simulator's meter)."""
+    policy = TickingPolicy()
+    r = Rig(nabu, max_count=200, policy=policy)
+    t0 = r.clock.now_s
+    meter = BurstMeter(now_s=t0)
+    # one request a second for six seconds, then 40 in the seventh, then calm again
+    times = [t0 + s + 0.5 for s in range(6)] + [t0 + 6.0 + k / 40 for k in range(40)]
+    times += [t0 + s + 0.5 for s in range(7, 9)]
+    for i, t in enumerate(times):
+        r.clock.now_s = t
+        r.submit(f"r{i}")
+        meter.event(t)
+    r.clock.now_s = t0 + 9.25
+    want = meter.dispersion(r.clock.now_s)
+    assert want > 5.0
+    assert r.dispatcher.snapshot()["arrival_dispersion"] == want
+    r.dispatcher.start()
+    try:
+        r.board.gate.release()
+        r.wait_for("r0")
+    finally:
+        r.dispatcher.close(0.0)
+        for _ in range(len(times)):
+            r.board.gate.release()
+        assert r.dispatcher.join(30)
+    assert policy.contexts[0].arrival_dispersion == want
 
 
 class SteadyPolicy(TickingPolicy):

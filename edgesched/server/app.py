@@ -368,6 +368,7 @@ async def status(st: ServerState, request: Request) -> Response:
                   "by_priority": {str(k): v for k, v in snap["queue_by_priority"].items()},
                   "backlog_ms": snap["backlog_ms"], "max_count": st.config.queue.max_count},
         "arrival_rate_hz": snap["arrival_rate_hz"],
+        "arrival_dispersion": round(snap["arrival_dispersion"], 3),
         "policy": {"name": st.policy.name, "spec": st.config.policy.spec,
                    "tick_s": st.policy.tick_s},
         "board": {"spec": st.config.board.spec, "profile": st.board.profile.name,

@@ -46,6 +46,7 @@ from edgesched.server.metrics import Metrics
 from edgesched.server.runner import LoadedModel
 from edgesched.thermal import HeatMonitor
 from edgesched.utilisation import (
+    BurstMeter,
     BusyAverage,
     BusyWindow,
     PeltTracker,
@@ -141,6 +142,7 @@ class Dispatcher:
         self._board_busy = BusyAverage(now_s=now)
         self._busy = [BusyWindow(now) for _ in range(n)]
         self._rate = RateMeter(now_s=now)
+        self._burst = BurstMeter(now_s=now)
         self._urgent = RecentMin(URGENT_WINDOW_S)
         self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
         self._quiescent = False
@@ -237,6 +239,7 @@ class Dispatcher:
     def _arrived(self, entry: Entry, now: float) -> bool:
         """Count an arrival (under ``_cond``); True when it ends a quiescent period."""
         self._rate.event(now)
+        self._burst.event(now)
         job: Job = entry.payload
         if entry.priority == 1 and job.req.timeout_us is not None:
             self._urgent.add(now, job.req.timeout_us / 1e6)
@@ -370,6 +373,7 @@ class Dispatcher:
                 "queue_by_priority": self.queue.count_by_priority(),
                 "backlog_ms": self.queue.backlog_ms,
                 "arrival_rate_hz": self._rate.rate_hz(now),
+                "arrival_dispersion": self._burst.dispersion(now),
                 "cur_opps": list(self._cur_opps),
                 "util_by_cluster": [p.util for p in self._pelt],
                 "closing": self._closing,
@@ -473,6 +477,7 @@ class Dispatcher:
             backlog_ms = self.queue.backlog_ms
             earliest = self.queue.earliest_deadline_s()  # of those still waiting, as in the simulator
             rate = self._rate.rate_hz(now)
+            dispersion = self._burst.dispersion(now)
             urgent_timeout_s = self._urgent.value(now)
         utils = [p.advance(now, 0.0) for p in self._pelt]
         busy = [self._busy_fraction(c, now) for c in range(self.view.n_clusters)]
@@ -486,7 +491,8 @@ class Dispatcher:
             busy_fraction_by_cluster=busy, urgent_timeout_s=urgent_timeout_s,
             head_enqueued_s=entry.enqueued_s, waiting_in_order=self._waiting_in_order,
             task_util=self._task.advance(now, 0.0), task_util_est=self._task.util_est / 1024.0,
-            task_cluster=self._task.cluster, task_woken=not self._task.enqueued, **heat)
+            task_cluster=self._task.cluster, task_woken=not self._task.enqueued,
+            arrival_dispersion=dispersion, **heat)
 
     def _heat_context(self) -> dict[str, Any]:
         """``temp_c``, ``cap_opp`` and ``trip_c`` of the context: the hottest zone, per cluster

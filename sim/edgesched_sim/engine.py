@@ -62,6 +62,7 @@ from edgesched.qos import QosGuard
 from edgesched.queue import Entry, RequestQueue
 from edgesched.thermal import ThermalSpec, ThermalState
 from edgesched.utilisation import (
+    BurstMeter,
     BusyAverage,
     BusyWindow,
     PeltTracker,
@@ -276,6 +277,7 @@ class Engine:
         self.task = TaskUtil(self.task_capacity, 0.0, self.task_first_cluster)
         self.windows = [BusyWindow() for _ in range(nc)]
         self.rate = RateMeter()
+        self.burst = BurstMeter()
         self.urgent = RecentMin(URGENT_WINDOW_S)
         self.busy_avg = BusyAverage()
         self.next_tick_s = math.inf
@@ -319,8 +321,12 @@ class Engine:
         rate = self.rate
         acc, last_s, tau_s = rate.acc, rate.last_s, rate.tau_s
         exp = math.exp
+        burst = self.burst
         while i < n and rel[i] <= t:
             r = rel[i]
+            if r >= burst.end_s:  # ``burst.event(r)``, written out
+                burst.roll(r)
+            burst.count += 1
             if r > last_s:
                 acc *= exp(-(r - last_s) / tau_s)
                 last_s = r
@@ -418,7 +424,8 @@ class Engine:
                 task_util_est=task.util_est / 1024.0, task_cluster=task.cluster,
                 task_woken=not task.enqueued,
                 temp_c=math.nan if self.heat is None else self.heat.temp_c,
-                cap_opp=None if self.heat is None else self.heat.cap, trip_c=self.trip_c)
+                cap_opp=None if self.heat is None else self.heat.cap, trip_c=self.trip_c,
+                arrival_dispersion=self.burst.dispersion(now))
             if reuse:
                 self._ctx = ctx
             return ctx
@@ -433,6 +440,7 @@ class Engine:
         rate = self.rate  # ``rate.rate_hz(now)``, written out
         dt = now - rate.last_s
         ctx.arrival_rate_hz = rate.acc * (math.exp(-dt / rate.tau_s) if dt > 0 else 1.0) / rate.tau_s
+        ctx.arrival_dispersion = self.burst.dispersion(now)
         ctx.utilisation = self.busy_avg.value
         ctx.urgent_timeout_s = self.urgent.value(now)
         ctx.head_enqueued_s = head.enqueued_s
