@@ -248,11 +248,12 @@ class BurstMeter:
 
     About 1 for Poisson arrivals at any rate, below 1 for regular ones (a camera's frames), and
     far above 1 when the rate switches between calm and bursts (two-state MMPP, real traces):
-    counts of 3 and 35 per second in turn give about 18. A burst's first requests cannot tell
-    it is coming, but a workload that has had bursts in the last minute will likely have more;
-    the learned policies see this (``arrival_burstiness`` in the observation) to run cheaply
-    where arrivals are steady and keep room where they are not. Only completed bins count (the
-    value lags by up to ``bin_s``); it reads 1.0 until ``MIN_BINS`` bins are complete."""
+    the built-in ``bursty`` scenario (3 and 35 requests per second) reads about 14. A burst's
+    first requests cannot tell it is coming, but a workload that has had bursts in the last
+    minute will likely have more; the learned policies see this (``arrival_burstiness`` in the
+    observation) to run cheaply where arrivals are steady and keep room where they are not.
+    Only completed bins count (the value lags by up to ``bin_s``); it reads 1.0 until
+    ``MIN_BINS`` bins are complete."""
 
     MIN_BINS = 5
 
@@ -284,7 +285,7 @@ class BurstMeter:
             d = keep ** empty
             self.m *= d
             self.s *= d
-            self.w = self.w * d + (1.0 - d) / (1.0 - keep) if keep < 1.0 else self.w + empty
+            self.w = self.w * d + (1.0 - d) / (1.0 - keep)  # keep < 1: horizon_bins >= 1
         self.bins += 1 + max(empty, 0)
         self.end_s += (1 + max(empty, 0)) * self.width_s
 
