@@ -4,7 +4,9 @@ pipelining, limits, timeouts and shutdown, seen as raw bytes by a client."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -28,6 +30,10 @@ def _router(gate: asyncio.Event | None = None) -> Router:
         return json_response({"params": req.params, "len": len(req.body), "query": req.query,
                               "method": req.method})
 
+    async def digest(req: Request) -> Response:
+        return json_response({"params": req.params, "len": len(req.body),
+                              "sha256": hashlib.sha256(req.body).hexdigest()})
+
     async def boom(req: Request) -> Response:
         raise RuntimeError("handler bug")
 
@@ -41,6 +47,7 @@ def _router(gate: asyncio.Event | None = None) -> Router:
         return json_response({"active": req.server.active})
 
     r.add("POST", "/echo/{name}", echo)
+    r.add("POST", "/digest/{name}", digest)
     r.add("GET", "/echo/{name}", echo)
     r.add("GET", "/boom", boom)
     r.add("GET", "/slow", slow)
@@ -52,9 +59,9 @@ Scenario = Callable[[str, Server], Awaitable[None]]
 
 
 def run(tmp_path: Path, scenario: Scenario, *, idle_timeout_s: float = 30.0,
-        event: asyncio.Event | None = None) -> None:
+        event: asyncio.Event | None = None, body_limit: int = LIMIT) -> None:
     async def main() -> None:
-        server = Server(_router(event), body_limit=LIMIT, idle_timeout_s=idle_timeout_s)
+        server = Server(_router(event), body_limit=body_limit, idle_timeout_s=idle_timeout_s)
         path = str(tmp_path / "h.sock")
         listener = await asyncio.get_running_loop().create_unix_server(server, path)
         try:
@@ -122,6 +129,56 @@ def test_chunked_body_and_expect_continue(tmp_path: Path) -> None:
         await close(w)
 
     run(tmp_path, scenario)
+
+
+BIG = random.Random(3).randbytes(300_000)
+
+
+def test_a_large_body_in_many_pieces_then_a_pipelined_request(tmp_path: Path) -> None:
+    """A body far above COLLECT_BODY_BYTES, in uneven pieces, the next request in its last."""
+    async def scenario(path: str, server: Server) -> None:
+        r, w = await connect(path)
+        data = (f"POST /digest/big HTTP/1.1\r\nContent-Length: {len(BIG)}\r\n\r\n".encode()
+                + BIG + b"GET /echo/next HTTP/1.1\r\n\r\n")
+        rng = random.Random(5)
+        at = 0
+        while at < len(data):
+            step = rng.choice([1, 7, 1000, 4096, 65536])
+            w.write(data[at:at + step])
+            await w.drain()
+            at += step
+        status, _, body = await read_response(r)
+        doc = json.loads(body)
+        assert status == 200 and doc["len"] == len(BIG)
+        assert doc["sha256"] == hashlib.sha256(BIG).hexdigest()
+        status, _, body = await read_response(r)
+        assert status == 200 and json.loads(body)["params"] == {"name": "next"}
+        w.write(f"POST /digest/again HTTP/1.1\r\nContent-Length: {len(BIG)}\r\n\r\n".encode()
+                + BIG)  # the same connection takes another large body whole
+        status, _, body = await read_response(r)
+        assert status == 200 and json.loads(body)["sha256"] == hashlib.sha256(BIG).hexdigest()
+        await close(w)
+
+    run(tmp_path, scenario, body_limit=1 << 20)
+
+
+def test_a_large_body_cut_short_or_too_slow_is_refused(tmp_path: Path) -> None:
+    async def scenario(path: str, server: Server) -> None:
+        head = f"POST /digest/big HTTP/1.1\r\nContent-Length: {len(BIG)}\r\n\r\n".encode()
+        r, w = await connect(path)
+        w.write(head + BIG[:200_000])
+        await w.drain()
+        w.write_eof()
+        status, _, body = await read_response(r)
+        assert status == 400 and "middle of a request" in json.loads(body)["error"]
+        await close(w)
+        r, w = await connect(path)
+        w.write(head + BIG[:100_000])
+        status, _, body = await read_response(r)  # the rest never comes
+        assert status == 408 and "idle_timeout_s" in json.loads(body)["error"]
+        await close(w)
+
+    run(tmp_path, scenario, idle_timeout_s=0.3, body_limit=1 << 20)
 
 
 def test_head_405_404_and_a_failing_handler(tmp_path: Path) -> None:

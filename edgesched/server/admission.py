@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from edgesched.errors import AdmissionError
 from edgesched.server.runner import LoadedModel, TensorSpec
@@ -91,6 +93,99 @@ def _json_doc(raw: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+
+TENSOR_DOC_BYTES = 16 << 10
+"""JSON bodies from this size on are parsed by :func:`_tensor_doc` first."""
+_BUFFER_TYPES = {"FP16": "d", "FP32": "d", "FP64": "d",
+                 "INT8": "i", "INT16": "i", "INT32": "i", "INT64": "i",
+                 "UINT8": "u", "UINT16": "u", "UINT32": "u", "UINT64": "u"}
+"""simdjson's ``as_buffer`` type for a datatype's ``data``: double, int64 or uint64."""
+_BUFFER_DTYPES = {"d": np.dtype(np.float64), "i": np.dtype(np.int64), "u": np.dtype(np.uint64)}
+_EXACT_INT_BOUND = 2.0 ** 53
+_PARSERS = threading.local()
+
+
+def _parser(fresh: bool = False) -> Any:
+    """This thread's simdjson parser (one per thread: a parser is not thread-safe)."""
+    parser = None if fresh else getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = simdjson.Parser()
+    return parser
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _flat_data(datatype: Any, data: Any) -> Any:
+    """An input's ``data`` (a simdjson array) as a flat numpy array straight from the parser
+    (no Python number objects) when it is a flat array of numbers of ``datatype``'s kind; else
+    as the Python list it is. The array holds exactly the values numpy reads from the list:
+    integers for an integer datatype (floats make it a list, which admission refuses), doubles
+    for a float one, and a list where an integer beyond 2**53 could round twice."""
+    of_type = _BUFFER_TYPES.get(datatype) if isinstance(datatype, str) else None
+    if of_type is not None:
+        try:
+            arr = np.frombuffer(data.as_buffer(of_type=of_type), dtype=_BUFFER_DTYPES[of_type])
+        except (TypeError, ValueError, RuntimeError):  # mixed kinds, out of range, ...
+            arr = None
+        if arr is not None and arr.size == len(data) and not (
+                of_type == "d" and arr.size and float(np.abs(arr).max()) >= _EXACT_INT_BOUND):
+            return arr
+    return data.as_list()
+
+
+def _fields(obj: Any) -> list[tuple[str, Any]] | None:
+    """A simdjson object's keys and lazy values; None when a key repeats (``obj[key]`` finds
+    the first, where orjson keeps the last: such a body is left to it)."""
+    keys = list(obj.keys())
+    if len(set(keys)) != len(keys):
+        return None
+    return [(k, obj[k]) for k in keys]
+
+
+def _tensor_doc(raw: bytes) -> dict[str, Any] | None:
+    """A JSON infer request parsed by simdjson, each input's ``data`` array read by
+    :func:`_flat_data`; None when it is not a JSON object, a key repeats, or simdjson refuses
+    anything in it (NaN, integers beyond 64 bits, lone surrogates, ...): :func:`_json_doc`
+    then parses it as ever and gives its verdict. Nothing from the parser outlives the call
+    (its next parse needs that)."""
+    try:
+        try:
+            top = _parser().parse(raw)
+        except RuntimeError:  # a value of the previous parse is still referenced somewhere
+            top = _parser(fresh=True).parse(raw)
+        fields = _fields(top) if isinstance(top, simdjson.Object) else None
+        if fields is None:
+            return None
+        doc: dict[str, Any] = {}
+        for key, value in fields:
+            if key != "inputs" or not isinstance(value, simdjson.Array):
+                doc[key] = _plain(value)
+                continue
+            items: list[Any] = []
+            for item in value:
+                tensor = _fields(item) if isinstance(item, simdjson.Object) else None
+                if tensor is None:
+                    if isinstance(item, simdjson.Object):
+                        return None
+                    items.append(_plain(item))
+                    continue
+                entry = {k: v if k == "data" else _plain(v) for k, v in tensor}
+                if isinstance(entry.get("data"), simdjson.Array):
+                    entry["data"] = _flat_data(entry.get("datatype"), entry["data"])
+                elif "data" in entry:
+                    entry["data"] = _plain(entry["data"])
+                items.append(entry)
+            doc[key] = items
+        return doc
+    except (ValueError, TypeError, RuntimeError, RecursionError):  # UnicodeDecodeError too
+        return None
 
 
 def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
@@ -226,7 +321,10 @@ def _parse_infer(body: bytes, head: bytes, blob: memoryview, header_length: int 
     is left empty."""
     plan: list[tuple[str, TensorSpec, int, int]] | None = [] if plan_out is not None else None
     try:
-        doc = _json_doc(head)
+        doc = (_tensor_doc(head) if header_length is None and len(head) >= TENSOR_DOC_BYTES
+               else None)
+        if doc is None:
+            doc = _json_doc(head)
     except RecursionError:
         raise _bad("malformed JSON request body: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, over-long integers
