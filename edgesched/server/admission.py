@@ -103,6 +103,8 @@ _BUFFER_TYPES = {"FP16": "d", "FP32": "d", "FP64": "d",
 """simdjson's ``as_buffer`` type for a datatype's ``data``: double, int64 or uint64."""
 _BUFFER_DTYPES = {"d": np.dtype(np.float64), "i": np.dtype(np.int64), "u": np.dtype(np.uint64)}
 _EXACT_INT_BOUND = 2.0 ** 53
+_INT_BOUNDS: dict[np.dtype[Any], tuple[int, int]] = {}
+"""Integer datatypes' (min, max), worked out once each."""
 _PARSERS = threading.local()
 
 
@@ -209,11 +211,17 @@ def _json_tensor(spec: TensorSpec, data: Any) -> np.ndarray:
         raise _bad(f"input {spec.name!r}: 'data' has {arr.size} elements, shape "
                    f"{list(spec.shape)} needs {n}")
     if want.kind in "iu" and arr.size:
-        info = np.iinfo(want)
+        bounds = _INT_BOUNDS.get(want)
+        if bounds is None:
+            info = np.iinfo(want)
+            bounds = _INT_BOUNDS[want] = (int(info.min), int(info.max))
         lo, hi = int(arr.min()), int(arr.max())
-        if lo < info.min or hi > info.max:
+        if lo < bounds[0] or hi > bounds[1]:
             raise _bad(f"input {spec.name!r}: values {lo}..{hi} do not fit {spec.datatype}")
-    with np.errstate(over="ignore", invalid="ignore"):
+    if want.kind == "f" and arr.dtype != want:  # may overflow: refused as not finite
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = arr.astype(want).reshape(spec.shape)
+    else:
         out = arr.astype(want, copy=False).reshape(spec.shape)
     _check_finite(spec, out)
     return out

@@ -296,12 +296,16 @@ class Connection(asyncio.Protocol):
         self._eof = False
         self._peer: Any = None
         self._received_s = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The connection's event loop (asked once: each ``asyncio.get_running_loop()`` is a
+        getpid system call)."""
         self.closed_callbacks: list[Callable[[], None]] = []
         """Run (on the event loop) when the connection ends, however it ends."""
 
     # ------------------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self._peer = transport.get_extra_info("socket")
         self.server.connections.add(self)
         self._arm_timer()
@@ -366,7 +370,7 @@ class Connection(asyncio.Protocol):
         self.server.active += 1
         self._busy = True
         # after every request read in this turn of the loop (they count in server.active)
-        asyncio.get_running_loop().call_soon(self._handle, request)
+        (self._loop or asyncio.get_running_loop()).call_soon(self._handle, request)
 
     def _parse(self) -> Request | None:
         buf = self._buf
@@ -572,7 +576,7 @@ class Connection(asyncio.Protocol):
 
     def _arm_timer(self) -> None:
         """Start the time for the next request (one timer per connection, not per request)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         self._waiting_since = loop.time()
         if self._timer is None:
             self._timer = loop.call_later(self.server.idle_timeout_s, self._timed_out)
