@@ -172,17 +172,17 @@ def _tensor_doc(raw: bytes) -> dict[str, Any] | None:
                 continue
             items: list[Any] = []
             for item in value:
-                tensor = _fields(item) if isinstance(item, simdjson.Object) else None
-                if tensor is None:
-                    if isinstance(item, simdjson.Object):
-                        return None
+                if not isinstance(item, simdjson.Object):
                     items.append(_plain(item))
                     continue
-                entry = {k: v if k == "data" else _plain(v) for k, v in tensor}
-                if isinstance(entry.get("data"), simdjson.Array):
-                    entry["data"] = _flat_data(entry.get("datatype"), entry["data"])
-                elif "data" in entry:
-                    entry["data"] = _plain(entry["data"])
+                tensor = _fields(item)
+                if tensor is None:
+                    return None
+                entry = {k: v if k == "data" and isinstance(v, simdjson.Array) else _plain(v)
+                         for k, v in tensor}
+                data = entry.get("data")
+                if isinstance(data, simdjson.Array):
+                    entry["data"] = _flat_data(entry.get("datatype"), data)
                 items.append(entry)
             doc[key] = items
         return doc
