@@ -59,11 +59,18 @@ Scenario = Callable[[str, Server], Awaitable[None]]
 
 
 def run(tmp_path: Path, scenario: Scenario, *, idle_timeout_s: float = 30.0,
-        event: asyncio.Event | None = None, body_limit: int = LIMIT) -> None:
+        event: asyncio.Event | None = None, body_limit: int = LIMIT, tcp: bool = False) -> None:
+    """Serve on a unix socket (``path`` is its file) or with ``tcp`` on 127.0.0.1 (``path`` is
+    ``tcp:PORT``); :func:`connect` takes either."""
     async def main() -> None:
         server = Server(_router(event), body_limit=body_limit, idle_timeout_s=idle_timeout_s)
-        path = str(tmp_path / "h.sock")
-        listener = await asyncio.get_running_loop().create_unix_server(server, path)
+        loop = asyncio.get_running_loop()
+        if tcp:
+            listener = await loop.create_server(server, "127.0.0.1", 0)
+            path = f"tcp:{listener.sockets[0].getsockname()[1]}"
+        else:
+            path = str(tmp_path / "h.sock")
+            listener = await loop.create_unix_server(server, path)
         try:
             await asyncio.wait_for(scenario(path, server), 20.0)
         finally:
@@ -91,6 +98,8 @@ async def read_response(r: asyncio.StreamReader) -> tuple[int, dict[str, str], b
 
 
 async def connect(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if path.startswith("tcp:"):
+        return await asyncio.open_connection("127.0.0.1", int(path[4:]))
     return await asyncio.open_unix_connection(path)
 
 
@@ -134,7 +143,8 @@ def test_chunked_body_and_expect_continue(tmp_path: Path) -> None:
 BIG = random.Random(3).randbytes(300_000)
 
 
-def test_a_large_body_in_many_pieces_then_a_pipelined_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+def test_a_large_body_in_many_pieces_then_a_pipelined_request(tmp_path: Path, tcp: bool) -> None:
     """A body far above COLLECT_BODY_BYTES, in uneven pieces, the next request in its last."""
     async def scenario(path: str, server: Server) -> None:
         r, w = await connect(path)
@@ -159,13 +169,14 @@ def test_a_large_body_in_many_pieces_then_a_pipelined_request(tmp_path: Path) ->
         assert status == 200 and json.loads(body)["sha256"] == hashlib.sha256(BIG).hexdigest()
         await close(w)
 
-    run(tmp_path, scenario, body_limit=1 << 20)
+    run(tmp_path, scenario, body_limit=1 << 20, tcp=tcp)
 
 
 LARGE_HEAD = f"POST /digest/big HTTP/1.1\r\nContent-Length: {len(BIG)}\r\n\r\n".encode()
 
 
-def test_a_large_body_cut_short_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+def test_a_large_body_cut_short_is_refused(tmp_path: Path, tcp: bool) -> None:
     async def scenario(path: str, server: Server) -> None:
         r, w = await connect(path)
         w.write(LARGE_HEAD + BIG[:200_000])
@@ -175,10 +186,11 @@ def test_a_large_body_cut_short_is_refused(tmp_path: Path) -> None:
         assert status == 400 and "middle of a request" in json.loads(body)["error"]
         await close(w)
 
-    run(tmp_path, scenario, body_limit=1 << 20)
+    run(tmp_path, scenario, body_limit=1 << 20, tcp=tcp)
 
 
-def test_a_large_body_that_stops_coming_times_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+def test_a_large_body_that_stops_coming_times_out(tmp_path: Path, tcp: bool) -> None:
     async def scenario(path: str, server: Server) -> None:
         r, w = await connect(path)
         w.write(LARGE_HEAD + BIG[:100_000])
@@ -186,7 +198,9 @@ def test_a_large_body_that_stops_coming_times_out(tmp_path: Path) -> None:
         assert status == 408 and "idle_timeout_s" in json.loads(body)["error"]
         await close(w)
 
-    run(tmp_path, scenario, idle_timeout_s=0.3, body_limit=1 << 20)
+    run(tmp_path, scenario, idle_timeout_s=0.3, body_limit=1 << 20, tcp=tcp)
+
+
 
 
 def test_head_405_404_and_a_failing_handler(tmp_path: Path) -> None:
