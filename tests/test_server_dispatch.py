@@ -243,24 +243,61 @@ def _until(cond: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
-def test_ticks_pause_when_idle_and_resume_on_a_request(nabu: LoadedModel) -> None:
-    policy = SteadyPolicy()
-    r = Rig(nabu, max_count=8, policy=policy)
+class OrderedPolicy(SteadyPolicy):
+    """Logs its ticks and decisions in the order they come."""
+
+    def __init__(self, task_signal: bool) -> None:
+        super().__init__()
+        self.uses_task_util = task_signal
+        self.events: list[str] = []
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        self.events.append("decide")
+        return super().decide(view, ctx)
+
+    def tick(self, view: BoardView, now_s: float, cluster: int, cur_opp: int, util: float,
+             busy_fraction: float) -> int:
+        self.events.append(f"tick{cluster}")
+        return super().tick(view, now_s, cluster, cur_opp, util, busy_fraction)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["queued", "inline"])
+@pytest.mark.parametrize("task_signal", [False, True], ids=["ondemand-like", "schedutil-like"])
+def test_ticks_come_while_busy_and_stop_while_idle(nabu: LoadedModel, task_signal: bool,
+                                                   inline: bool) -> None:
+    """As a NO_HZ kernel (and the simulator): no tick while the board is idle; the ticks that
+    came due during a run are taken once when it ends; the request that ends an idle gap is
+    decided first, except that a governor not fed the task's signals gets one tick before.
+    The same whether the dispatcher thread runs it or the thread that received it."""
+    policy = OrderedPolicy(task_signal)
+    r = Rig(nabu, max_count=8, policy=policy, inline_max_s=1.0 if inline else 0.0)
     r.dispatcher.start()
+    caller: threading.Thread | None = None
     try:
-        r.clock.now_s += 1.0
-        _until(lambda: r.dispatcher._quiescent)
-        n = len(policy.ticks)
-        assert n >= 2  # one tick per cluster, then nothing more to do
-        r.submit("a")
+        r.clock.now_s += 1.0  # idle for 100 ticks
+        r.dispatcher.call(lambda: None).result(30)  # a turn of the loop at the new time
+        start = ["tick0", "tick1"]  # the governor's start, then nothing while idle
+        assert policy.events == start and r.dispatcher._quiescent
+        if inline:
+            caller = threading.Thread(target=r.inline, args=("a",))
+            caller.start()
+            assert r.board.running.wait(30)
+        else:
+            r.block_on_first()  # "a" runs
+        r.clock.now_s += 0.05  # 5 ticks come due while it runs
         r.board.gate.release()
         r.wait_for("a")
-        assert not r.dispatcher._quiescent or len(policy.ticks) > n
-        r.clock.now_s += 0.05
-        _until(lambda: len(policy.ticks) > n)
+        if caller is not None:
+            caller.join(30)
+        assert r.dispatcher.inlined == (1 if inline else 0)
+        r.clock.now_s += 1.0  # idle again
+        r.dispatcher.call(lambda: None).result(30)
     finally:
         r.dispatcher.close(0.0)
         assert r.dispatcher.join(30)
+    after_run = ["tick0", "tick1"]
+    gap = [] if task_signal else ["tick0", "tick1"]
+    assert policy.events == [*start, *gap, "decide", *after_run]
 
 
 @pytest.fixture

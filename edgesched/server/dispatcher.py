@@ -5,6 +5,14 @@ It also drives the policy's periodic ``tick`` (governors that re-evaluate every 
 the same loop, keeps PELT utilisation and busy windows per cluster, and accounts energy. Waiting
 is on a condition variable with a timeout, so a new request wakes it at once.
 
+Ticks come as a NO_HZ kernel's do, and as the simulator gives them: one when the governor starts
+(the daemon's start, a policy switch), then every ``tick_s`` while the board is busy (ticks that
+came due during a run are taken once, when it ends), none while it is idle (nothing queued,
+nothing running). The wake-up's own update (the policy's ``decide``) comes first; a governor not
+fed the task's signals (``uses_task_util`` false, e.g. ``ondemand``) also gets one tick at the end
+of an idle gap in which a tick came due, before that decision. An idle daemon therefore does not
+wake every ``tick_s`` to run a governor the kernel would not run.
+
 The run token: whatever touches the board and the policy (a request, a tick, a command) holds
 one lock. When nothing is queued and nothing runs, :meth:`Dispatcher.run_inline` lets the thread
 that received a short request (the HTTP thread) take the token and serve it at once, with the
@@ -60,10 +68,6 @@ log = logging.getLogger("edgesched.server")
 
 _NO_HEAT: dict[str, Any] = {}
 """The context's heat fields on a board without a heat monitor: none (the defaults)."""
-
-QUIESCENT_UTIL = 1e-3
-"""Below this PELT utilisation on every cluster, with nothing queued and a tick that changed no
-OPP, periodic ticks pause until the next request (an idle daemon does not wake every tick_s)."""
 
 
 @dataclass
@@ -144,8 +148,15 @@ class Dispatcher:
         self._rate = RateMeter(now_s=now)
         self._burst = BurstMeter(now_s=now)
         self._urgent = RecentMin(URGENT_WINDOW_S)
-        self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
+        self._next_tick_s = now if policy.tick_s > 0 else math.inf
+        """The next tick (inf: none); the first is the governor's start, then the board idles."""
         self._quiescent = False
+        """The board is idle (nothing queued or running): no ticks until the next request."""
+        self._idle_tick_s = math.inf
+        """While idle: when the next tick would have come had the board stayed busy."""
+        self._gap_tick = False
+        """The request that ends an idle gap gets a tick before its decision (see the module
+        docstring)."""
         self._cur_opps = list(board.current_opps())
         self.floor_khz = 0
         """A frequency floor (a hold's ``min_khz``, 0: none): see :meth:`set_floor`."""
@@ -209,8 +220,7 @@ class Dispatcher:
             now = self.clock()
             entry = self._entry(job)
             entry.enqueued_s = now  # it never enters the queue: its wait is 0, not the uptime
-            if self._arrived(entry, now):
-                self._cond.notify()  # the dispatcher thread's wait is for the next tick
+            self._arrived(entry, now)  # its ticks are this thread's to run (_after_run)
         try:
             self.inlined += 1
             self._serve(entry, inline=True)
@@ -218,6 +228,7 @@ class Dispatcher:
             log.exception("serving request %r on the HTTP thread failed", job.req.request_id)
             self._finish(entry, Outcome(500, "error", "internal error: the request failed"))
         finally:
+            self._after_run()
             self._pin(None)  # the HTTP thread goes back to every CPU it may use
             self._token.release()
         return True
@@ -237,15 +248,21 @@ class Dispatcher:
                      service_ms=self.top_service_s(job.model) * 1000.0, payload=job)
 
     def _arrived(self, entry: Entry, now: float) -> bool:
-        """Count an arrival (under ``_cond``); True when it ends a quiescent period."""
+        """Count an arrival (under ``_cond``); True when it ends an idle gap."""
         self._rate.event(now)
         self._burst.event(now)
         job: Job = entry.payload
         if entry.priority == 1 and job.req.timeout_us is not None:
             self._urgent.add(now, job.req.timeout_us / 1e6)
-        if self._quiescent:
+        if self._quiescent:  # the end of an idle gap: ticks start again
             self._quiescent = False
-            self._next_tick_s = now + self.policy.tick_s
+            tick_s = self.policy.tick_s
+            self._gap_tick = (now >= self._idle_tick_s
+                              and not getattr(self.policy, "uses_task_util", False))
+            if tick_s <= 0:
+                self._next_tick_s = math.inf
+            else:  # the gap's tick is due at once; the grid goes on from it
+                self._next_tick_s = now if self._gap_tick else now + tick_s
             return True
         return False
 
@@ -285,8 +302,9 @@ class Dispatcher:
         policy.reset(self.view)
         now = self.clock()
         self.policy = policy
-        self._quiescent = False
-        self._next_tick_s = now + policy.tick_s if policy.tick_s > 0 else math.inf
+        self._gap_tick = False
+        self._quiescent = False  # one tick now, the new governor's start, then as ever
+        self._next_tick_s = now if policy.tick_s > 0 else math.inf
 
     def set_floor(self, min_khz: int) -> None:
         """Run every cluster at ``min_khz`` or above (0: no floor), on the dispatcher thread
@@ -431,6 +449,7 @@ class Dispatcher:
         leftovers: list[Entry] = []
         entry: Entry | None = None
         stop = False
+        idle = False
         wait_s = 0.0
         with self._cond:
             now = self.clock()
@@ -445,7 +464,7 @@ class Dispatcher:
                     if self._closing:
                         stop = True
                     else:
-                        wait_s = min(self.idle_wait_s, self._next_tick_s - now)
+                        idle = True
         for e in expired:
             job: Job = e.payload
             late_ms = (self.clock() - e.deadline_s) * 1000.0
@@ -460,9 +479,14 @@ class Dispatcher:
         if self._calls:
             self._run_calls()
         if entry is not None:
-            self._serve(entry)
-        if self.policy.tick_s > 0 and self.clock() >= self._next_tick_s:
-            self._tick()
+            try:
+                self._serve(entry)
+            finally:
+                self._after_run()
+        elif not self._quiescent:
+            self._after_run()  # nothing to run (what waited expired): the board goes idle
+        if idle:
+            wait_s = min(self.idle_wait_s, self._next_tick_s - self.clock())
         return wait_s
 
     def _context(self, entry: Entry, job: Job, now: float) -> DecisionContext:
@@ -561,6 +585,9 @@ class Dispatcher:
         cpu0_ns = 0 if inline else time.thread_time_ns()  # inline: the caller counts it
         job: Job = entry.payload
         now = self.clock()
+        if self._gap_tick:  # the tick a governor without the task's signals gets on waking
+            self._gap_tick = False
+            self._tick(now)
         ctx = self._context(entry, job, now)
         try:
             decision = self.policy.decide(self.view, ctx)
@@ -640,9 +667,20 @@ class Dispatcher:
         if not len(self.queue):  # nothing left to run: the inference task goes to sleep
             task.dequeue(end_s)  # (util_est updates)
 
-    def _tick(self) -> None:
-        now = self.clock()
-        settled = True
+    def _after_run(self) -> None:
+        """After a run (holding the token): the ticks that came due while it ran, taken once;
+        then, with nothing queued, the board is idle and ticks stop."""
+        if self.policy.tick_s > 0:
+            now = self.clock()
+            if now >= self._next_tick_s:
+                self._tick(now)
+        with self._cond:
+            if not len(self.queue) and not self._quiescent:
+                self._quiescent = True
+                self._idle_tick_s = self._next_tick_s
+                self._next_tick_s = math.inf
+
+    def _tick(self, now: float) -> None:
         task_signal = bool(getattr(self.policy, "uses_task_util", False))
         for c in range(self.view.n_clusters):
             util = self._pelt[c].advance(now, 0.0)
@@ -650,23 +688,18 @@ class Dispatcher:
                 self._task.advance(now, 0.0)
                 util = self._task.cpu_util(c)
             busy = self._busy[c].sample(now)
-            settled = settled and util < QUIESCENT_UTIL and busy == 0.0
             try:
                 opp = self.policy.tick(self.view, now, c, self._cur_opps[c], util, busy)
                 opp = max(opp, self._floor_opps[c])
                 if opp != self._cur_opps[c]:
-                    settled = False
                     self._apply(Decision(c, opp))
             except Exception:
                 log.exception("policy %s failed to tick cluster %d", self.policy.name, c)
-        with self._cond:
-            if settled and not len(self.queue):
-                self._quiescent = True
-                self._next_tick_s = math.inf
-                return
-        self._next_tick_s += self.policy.tick_s
-        if self._next_tick_s <= now:
-            self._next_tick_s = now + self.policy.tick_s
+        tick_s = self.policy.tick_s
+        if not self._quiescent and tick_s > 0:
+            self._next_tick_s += tick_s
+            if self._next_tick_s <= now:
+                self._next_tick_s = now + tick_s
 
     def _record_outcome(self, priority: int, missed: bool) -> None:
         guard = self.qos_guard
