@@ -247,8 +247,8 @@ class Dispatcher:
                      size_bytes=job.req.size_bytes,
                      service_ms=self.top_service_s(job.model) * 1000.0, payload=job)
 
-    def _arrived(self, entry: Entry, now: float) -> bool:
-        """Count an arrival (under ``_cond``); True when it ends an idle gap."""
+    def _arrived(self, entry: Entry, now: float) -> None:
+        """Count an arrival (under ``_cond``); one that ends an idle gap starts the ticks."""
         self._rate.event(now)
         self._burst.event(now)
         job: Job = entry.payload
@@ -263,8 +263,6 @@ class Dispatcher:
                 self._next_tick_s = math.inf
             else:  # the gap's tick is due at once; the grid goes on from it
                 self._next_tick_s = now if self._gap_tick else now + tick_s
-            return True
-        return False
 
     def top_service_s(self, model: LoadedModel) -> float:
         """``model``'s service time at the board's top speed: its start-up host time, scaled
