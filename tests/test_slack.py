@@ -24,8 +24,9 @@ from edgesched.observation import (
     run_time_s,
     waiting_of,
 )
+from edgesched.policy.governors import Schedutil
 from edgesched.policy.registry import FACTORIES, make_policy
-from edgesched.policy.slack import SlackPolicy, queue_room_s
+from edgesched.policy.slack import GuardedSlack, SlackPolicy, queue_room_s
 from edgesched.power.meters import CarbonAccount
 from edgesched.queue import Entry, RequestQueue
 from edgesched.server.admission import InferRequest
@@ -297,6 +298,68 @@ def test_registered_and_uses_several_clusters() -> None:
     assert set(ran.tolist()) == {LITTLE, BIG}
 
 
+# ------------------------------------------------------------------------ slack-guarded
+def _run_ms(ctx: DecisionContext, d: Decision) -> float:
+    return RK.latency_ms(ctx.head_work, d.cluster, d.opp)
+
+
+def _loaded(ctx: DecisionContext, util: float) -> DecisionContext:
+    """``ctx`` with the inference task's utilisation at ``util`` on LITTLE (schedutil then asks
+    for a higher OPP than slack's least-energy choice)."""
+    return dataclasses.replace(ctx, task_util=util, task_util_est=util, task_cluster=LITTLE,
+                               util_by_cluster=[util, 0.0])
+
+
+@pytest.mark.parametrize("case", ["calm", "priority-1", "queue", "burst"])
+def test_guarded_slack_runs_no_slower_than_the_kernel_when_a_miss_is_likely(case: str) -> None:
+    """Calm (priority 2, nothing waiting, Poisson-like arrivals): slack's choice. Otherwise the
+    faster of slack's and schedutil's choices."""
+    waiting = (Waiting(priority=3, deadline_s=NOW_S + 5.0, service_ms=20.0),)
+    ctx = _loaded(ctx_for(1000.0, priority=1 if case == "priority-1" else 2,
+                          waiting=waiting if case == "queue" else ()), 0.3)
+    if case == "burst":
+        ctx = dataclasses.replace(ctx, arrival_dispersion=5.0)
+    slack = SlackPolicy().decide(VIEW, ctx)
+    kernel = Schedutil()
+    kernel.reset(VIEW)
+    ref = kernel.decide(VIEW, ctx)
+    guarded = GuardedSlack()
+    guarded.reset(VIEW)
+    got = guarded.decide(VIEW, ctx)
+    assert _run_ms(ctx, ref) < _run_ms(ctx, slack)  # the two differ here
+    if case == "calm":
+        assert not guarded.guarded(ctx) and got == slack
+    else:
+        assert guarded.guarded(ctx) and got == ref
+
+
+def test_guarded_slack_keeps_slacks_choice_when_it_is_faster() -> None:
+    """A tight deadline: slack already runs faster than schedutil would (util 0: its lowest
+    OPP), and the guard changes nothing."""
+    ctx = _loaded(ctx_for(30.0, priority=1), 0.0)
+    guarded = GuardedSlack()
+    guarded.reset(VIEW)
+    assert guarded.decide(VIEW, ctx) == SlackPolicy().decide(VIEW, ctx) == Decision(BIG, 3)
+
+
+def test_guarded_slack_is_registered_and_misses_no_more_than_slack_in_bursts() -> None:
+    """In the simulator on ``bursty``: no class misses more than under ``slack``, for more
+    energy (the guard's price), and less than ``performance``."""
+    policy = make_policy("slack-guarded")
+    assert isinstance(policy, GuardedSlack) and policy.tick_s == 0.0 and policy.qos_guardable
+    jobs = generate(load_scenario("bursty"), seed=3, duration_s=20.0)
+    missed = [int(m) for m in MISSED]
+    energy, misses = {}, {}
+    for spec in ("slack", "slack-guarded", "performance"):
+        stats = Engine(RK, jobs, 20.0).run(make_policy(spec), seed=3)
+        energy[spec] = stats.total_energy_j
+        misses[spec] = [int(np.isin(stats.outcome[jobs.priority == k], missed).sum())
+                        for k in (1, 2, 3)]
+    assert all(g <= s for g, s in zip(misses["slack-guarded"], misses["slack"], strict=True))
+    assert sum(misses["slack-guarded"]) < sum(misses["slack"])
+    assert energy["slack"] < energy["slack-guarded"] < energy["performance"]
+
+
 # ------------------------------------------------------------------------ the daemon
 class RecordingSlack(SlackPolicy):
     def __init__(self) -> None:
@@ -316,20 +379,56 @@ def nabu_20ms() -> LoadedModel:
     return dataclasses.replace(model, service_s=0.020)
 
 
-@pytest.fixture
-def daemon(nabu_20ms: LoadedModel) -> Iterator[tuple[Dispatcher, GatedBoard, FakeClock,
-                                                     RecordingSlack, dict[str, Outcome]]]:
-    board, clock, policy = GatedBoard(), FakeClock(), RecordingSlack()
+def _started(policy: SlackPolicy) -> tuple[Dispatcher, GatedBoard, FakeClock]:
+    """A running dispatcher on a gated rk3399 test board, with a fake clock."""
+    board, clock = GatedBoard(), FakeClock()
     d = Dispatcher(board, policy, RequestQueue(levels=3, max_count=8),
                    Metrics(CarbonAccount(500.0)), clock=clock, pin_threads=False,
                    idle_wait_s=0.01)
-    answers: dict[str, Outcome] = {}
     d.start()
+    return d, board, clock
+
+
+@pytest.fixture
+def daemon(nabu_20ms: LoadedModel) -> Iterator[tuple[Dispatcher, GatedBoard, FakeClock,
+                                                     RecordingSlack, dict[str, Outcome]]]:
+    policy = RecordingSlack()
+    d, board, clock = _started(policy)
+    answers: dict[str, Outcome] = {}
     yield d, board, clock, policy, answers
     d.close(0.0)
     for _ in range(8):
         board.gate.release()
     assert d.join(30)
+
+
+def _a_then_b_and_c(dispatcher: Dispatcher, board: GatedBoard, clock: FakeClock,
+                    model: LoadedModel, answers: dict[str, Outcome]) -> None:
+    """'a' (priority 2, no timeout) runs; while it runs 'b' (priority 2, 45 ms) and 'c'
+    (priority 1, 100 ms) arrive; all three are answered."""
+    done = threading.Condition()
+
+    def submit(rid: str, priority: int, timeout_us: int | None) -> None:
+        def answer(out: Outcome) -> None:
+            with done:
+                answers[rid] = out
+                done.notify_all()
+
+        req = InferRequest(model=model.name, request_id=rid,
+                           inputs={"serving_default_input_audio:0": np.zeros((1, 3, 40), np.int8)},
+                           outputs=(("StatefulPartitionedCall:0", True),), priority=priority,
+                           timeout_us=timeout_us, size_bytes=200)
+        deadline_s = math.inf if timeout_us is None else clock.now_s + timeout_us / 1e6
+        dispatcher.submit(Job(req=req, model=model, deadline_s=deadline_s, answer=answer))
+
+    submit("a", 2, None)
+    assert board.running.wait(30)
+    submit("b", 2, 45_000)
+    submit("c", 1, 100_000)
+    for _ in range(3):
+        board.gate.release()
+    with done:
+        assert done.wait_for(lambda: len(answers) == 3, 30)
 
 
 def test_through_the_dispatcher(daemon: tuple[Dispatcher, GatedBoard, FakeClock, RecordingSlack,
@@ -340,31 +439,52 @@ def test_through_the_dispatcher(daemon: tuple[Dispatcher, GatedBoard, FakeClock,
     switch to big's top OPP included, within 25 ms: big 1416 MHz (22.85 ms). 'b' then has 45 ms
     and its own class's 45 ms timeout limits its run to 36 ms: big 816 MHz (32.34 ms)."""
     dispatcher, board, clock, policy, answers = daemon
-    done = threading.Condition()
-
-    def submit(rid: str, priority: int, timeout_us: int | None) -> None:
-        def answer(out: Outcome) -> None:
-            with done:
-                answers[rid] = out
-                done.notify_all()
-
-        req = InferRequest(model=nabu_20ms.name, request_id=rid,
-                           inputs={"serving_default_input_audio:0": np.zeros((1, 3, 40), np.int8)},
-                           outputs=(("StatefulPartitionedCall:0", True),), priority=priority,
-                           timeout_us=timeout_us, size_bytes=200)
-        deadline_s = math.inf if timeout_us is None else clock.now_s + timeout_us / 1e6
-        dispatcher.submit(Job(req=req, model=nabu_20ms, deadline_s=deadline_s, answer=answer))
-
-    submit("a", 2, None)
-    assert board.running.wait(30)
-    submit("b", 2, 45_000)
-    submit("c", 1, 100_000)
-    for _ in range(3):
-        board.gate.release()
-    with done:
-        assert done.wait_for(lambda: len(answers) == 3, 30)
+    _a_then_b_and_c(dispatcher, board, clock, nabu_20ms, answers)
     assert [answers[r].status for r in "abc"] == [200, 200, 200]
     assert board.applied == [Decision(LITTLE, 2), Decision(BIG, 5), Decision(BIG, 2)]
     assert [p for p, _ in policy.seen] == [2, 1, 2]
     assert policy.seen[1][1] == (Waiting(pytest.approx(100.045), pytest.approx(20.0), 2),)
     assert policy.seen[0][1] == () and policy.seen[2][1] == ()
+
+
+class RecordingGuarded(GuardedSlack):
+    """Beside each decision, what plain ``slack`` (fed the same contexts) would have chosen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = SlackPolicy()
+        self.rows: list[tuple[int, bool, Decision, Decision]] = []
+
+    def reset(self, view: BoardView, seed: int | None = None) -> None:
+        super().reset(view, seed)
+        self.plain.reset(view, seed)
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        got = super().decide(view, ctx)
+        self.rows.append((ctx.head_priority, self.guarded(ctx), got,
+                          self.plain.decide(view, ctx)))
+        return got
+
+
+def test_slack_guarded_through_the_dispatcher(nabu_20ms: LoadedModel) -> None:
+    """The daemon's contexts carry what the guard reads: 'a' (alone, priority 2) gets slack's
+    choice; 'c' (priority 1) is guarded, and runs no slower than slack would run it."""
+    policy = RecordingGuarded()
+    d, board, clock = _started(policy)
+    answers: dict[str, Outcome] = {}
+    try:
+        _a_then_b_and_c(d, board, clock, nabu_20ms, answers)
+    finally:
+        d.close(0.0)
+        for _ in range(8):
+            board.gate.release()
+        assert d.join(30)
+    assert [answers[r].status for r in "abc"] == [200, 200, 200]
+    assert [(p, g) for p, g, _, _ in policy.rows][:2] == [(2, False), (1, True)]
+    work = RK.work_from_top_latency(nabu_20ms.service_s * 1000.0)
+    for _, guarded, got, plain in policy.rows:
+        if not guarded:
+            assert got == plain
+        else:
+            assert (RK.latency_ms(work, got.cluster, got.opp)
+                    <= RK.latency_ms(work, plain.cluster, plain.opp))

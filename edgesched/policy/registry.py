@@ -49,7 +49,7 @@ from edgesched.policy.governors import (
     Schedutil,
     SchedutilBig,
 )
-from edgesched.policy.slack import SlackPolicy
+from edgesched.policy.slack import GuardedSlack, SlackPolicy
 
 __all__ = ["FACTORIES", "PolicyFactory", "check_fallback", "check_specs", "make_policy",
            "open_policy", "register", "resolve_learned_path", "shipped_policies",
@@ -234,6 +234,7 @@ register("ondemand-big", _plain("ondemand-big", OndemandBig))
 register("conservative-big", _plain("conservative-big", ConservativeBig))
 register("schedutil-big", _plain("schedutil-big", SchedutilBig))
 register("slack", _plain("slack", SlackPolicy))
+register("slack-guarded", _plain("slack-guarded", GuardedSlack))
 
 
 def _make_kernel(spec: str) -> Policy:
