@@ -29,10 +29,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--board", help="virtual:NAME_OR_PATH | sysfs:PROFILE | none "
                                     "(default virtual:rk3399)")
     p.add_argument("--policy", help="policy spec: performance, powersave, ondemand, conservative, "
-                                     "schedutil, learned:NAME (a shipped policy, e.g. "
-                                     "learned:rk3399), learned:PATH or qlearn:PATH; one that "
-                                     "cannot be used stops the start unless policy.fallback is "
-                                     "set (default schedutil)")
+                                     "schedutil, kernel, slack, slack-guarded, learned:NAME (a "
+                                     "shipped policy, e.g. learned:rk3399), learned:PATH or "
+                                     "qlearn:PATH; one that cannot be used stops the start "
+                                     "unless policy.fallback is set (default schedutil)")
     p.add_argument("--sysfs-root", help="root of the sysfs tree, for a sysfs: board only "
                                          "(default /sys)")
     p.add_argument("--state-dir", help="where saved cpufreq settings live "
