@@ -275,6 +275,6 @@ def test_every_shipped_profile_runs_every_non_learned_policy(device: str) -> Non
 def test_demo_runs_slack_and_a_learned_policy_on_every_board() -> None:
     from edgesched.commands.demo import default_policies
 
-    base = "performance,powersave,schedutil,slack"
+    base = "performance,powersave,schedutil,slack,slack-guarded"
     assert default_policies("virtual:rk3588") == f"{base},learned:generic"
     assert default_policies("virtual:rk3399") == f"{base},learned:rk3399"

@@ -72,9 +72,8 @@ def add_parser(subparsers: Any) -> None:
                    help="offered load, requests per second over all clients")
     p.add_argument("--policies", default=None,
                    help="comma-separated policy specs, one run each (same workload and seed) "
-                   "(default: performance,powersave,schedutil plus the shipped learned policy "
-                   "for the board, learned:NAME, else learned:generic; slack instead on a "
-                   "board with more clusters than the learned policies observe, e.g. rk3588)")
+                   "(default: performance,powersave,schedutil,slack,slack-guarded plus the "
+                   "shipped learned policy for the board, learned:NAME, else learned:generic)")
     p.add_argument("--board", default="virtual:rk3399")
     p.add_argument("--models", default=None, help="models folder (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
@@ -263,11 +262,11 @@ def board_profile(board: str) -> DeviceProfile | None:
 
 
 def default_policies(board: str) -> str:
-    """The kernel baselines and ``slack``, plus the shipped ``learned:NAME`` for a virtual
+    """The kernel baselines, ``slack`` and ``slack-guarded``, plus the shipped ``learned:NAME`` for a virtual
     board (else ``learned:generic``) when it is installed."""
     from edgesched.policy.registry import shipped_policies
 
-    specs = "performance,powersave,schedutil,slack"
+    specs = "performance,powersave,schedutil,slack,slack-guarded"
     name = board.split(":", 1)[1] if board.startswith("virtual:") else ""
     shipped = shipped_policies()
     for candidate in (name, "generic"):
