@@ -274,6 +274,7 @@ def test_ticks_come_while_busy_and_stop_while_idle(nabu: LoadedModel, task_signa
     r.dispatcher.start()
     caller: threading.Thread | None = None
     try:
+        _until(lambda: r.dispatcher._quiescent)  # the governor's start tick ran, at 100 s
         r.clock.now_s += 1.0  # idle for 100 ticks
         r.dispatcher.call(lambda: None).result(30)  # a turn of the loop at the new time
         start = ["tick0", "tick1"]  # the governor's start, then nothing while idle
