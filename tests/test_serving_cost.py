@@ -58,6 +58,9 @@ def served(request: pytest.FixtureRequest, start_daemon: StartDaemon) -> Iterato
     yield start_daemon(config={"server": {"inline_max_us": request.param}})
 
 
+CLOCKS_APART_US = 1000
+
+
 def test_receipt_carries_daemon_cpu_us(served: Daemon) -> None:
     with served.client() as c:
         for binary in (True, False):
@@ -65,8 +68,13 @@ def test_receipt_carries_daemon_cpu_us(served: Daemon) -> None:
             cpu_us = res.parameters["daemon_cpu_us"]
             assert isinstance(cpu_us, int)
             # CPU time of the threads that handled it, which ran one after the other within the
-            # span daemon_us measures (first bytes read .. answer ready)
-            assert 0 < cpu_us <= res.parameters["daemon_us"] + 1
+            # span daemon_us measures (first bytes read .. answer ready). The two come from
+            # different clocks (the scheduler's thread CPU clock, CLOCK_MONOTONIC), which on a
+            # VM disagree by up to about a hundred microseconds over a request (measured on a
+            # 2-core VM: CPU above wall in 5-16 of 3,000 requests, by up to 111 us): a bound
+            # of a millisecond, far below any double counting (another thread's time, or the
+            # time since the daemon started)
+            assert 0 < cpu_us <= res.parameters["daemon_us"] + CLOCKS_APART_US
 
 
 def _cpu_seconds(text: str) -> float:
