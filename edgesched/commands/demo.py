@@ -262,8 +262,8 @@ def board_profile(board: str) -> DeviceProfile | None:
 
 
 def default_policies(board: str) -> str:
-    """The kernel baselines, ``slack`` and ``slack-guarded``, plus the shipped ``learned:NAME`` for a virtual
-    board (else ``learned:generic``) when it is installed."""
+    """The kernel baselines, ``slack`` and ``slack-guarded``, plus the shipped
+    ``learned:NAME`` for a virtual board (else ``learned:generic``) when it is installed."""
     from edgesched.policy.registry import shipped_policies
 
     specs = "performance,powersave,schedutil,slack,slack-guarded"

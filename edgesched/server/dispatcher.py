@@ -693,11 +693,10 @@ class Dispatcher:
                     self._apply(Decision(c, opp))
             except Exception:
                 log.exception("policy %s failed to tick cluster %d", self.policy.name, c)
-        tick_s = self.policy.tick_s
-        if not self._quiescent and tick_s > 0:
-            self._next_tick_s += tick_s
-            if self._next_tick_s <= now:
-                self._next_tick_s = now + tick_s
+        tick_s = self.policy.tick_s  # > 0: only a ticking policy's ticks come due
+        self._next_tick_s += tick_s
+        if self._next_tick_s <= now:
+            self._next_tick_s = now + tick_s
 
     def _record_outcome(self, priority: int, missed: bool) -> None:
         guard = self.qos_guard
