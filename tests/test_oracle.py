@@ -48,6 +48,33 @@ def _envelope_by_pairs(pts: list[tuple[float, float]], speed: np.ndarray) -> np.
     return np.max([k * s + b for k, b in lines], axis=0)
 
 
+def _runs(profile: DeviceProfile, work: Work) -> list[tuple[float, float]]:
+    """(run time s, extra energy uW*s) of ``work`` at every (cluster, OPP), from the formulas."""
+    out = []
+    for c in profile.clusters:
+        n = max(1, min(work.threads, len(c.cpus)))
+        for o in c.opps:
+            v = o.uv / 1e6
+            busy = c.dynamic_power_coefficient * v * v * (o.khz / 1000) * n \
+                + c.static_uw_at_1v * v ** c.static_exponent
+            t = work.compute_mcycles / (o.khz / 1000 * c.capacity_dmips_mhz / 1024 * n) \
+                + work.mem_ms * profile.mem_time_scale / 1000
+            out.append((t, (busy - c.idle_uw) * t))
+    return out
+
+
+def _best_run_uws(profile: DeviceProfile, work: Work, window_s: float) -> float:
+    """The least extra energy of ``work`` run within ``window_s``: one point, or two points
+    shared so that the run takes exactly the window (every pair tried)."""
+    runs = _runs(profile, work)
+    best = min((e for t, e in runs if t <= window_s), default=math.inf)
+    for (ta, ea), (tb, eb) in itertools.permutations(runs, 2):
+        if ta < window_s < tb:
+            f = (tb - window_s) / (tb - ta)
+            best = min(best, f * ea + (1 - f) * eb)
+    return best
+
+
 # ------------------------------------------------------------------------------- hand cases
 
 
@@ -72,7 +99,11 @@ def test_single_loose_job_runs_at_critical_speed() -> None:
     assert floor.idle_j == pytest.approx(idle, rel=1e-12)
     assert floor.memory_j == pytest.approx(mem, rel=1e-12)
     assert floor.compute_j == pytest.approx(compute, rel=1e-12)
-    assert floor.energy_j == pytest.approx(idle + mem + compute, rel=1e-12)
+    # run alone, the job's compute and memory time go at one OPP: the per-job bound lifts the sum
+    best = _best_run_uws(RK, work, 2.0) * 1e-6
+    assert best > mem + compute
+    assert floor.lift_j == pytest.approx(best - mem - compute, rel=1e-9)
+    assert floor.energy_j == pytest.approx(idle + best, rel=1e-12)
     assert floor.infeasible_jobs == 0
     # the window is run at its density (below critical), which costs the same per megacycle
     assert floor.speeds == [(1.0, 3.0, pytest.approx(50.0))]
@@ -109,7 +140,7 @@ def test_identical_windows_merge() -> None:
 def test_no_jobs_is_idle_only() -> None:
     floor = energy_floor(RK, [], horizon_s=60.0)
     assert floor == Floor(energy_j=RK.idle_power_uw * 60e-6, idle_j=RK.idle_power_uw * 60e-6,
-                          memory_j=0.0, compute_j=0.0, infeasible_jobs=0, speeds=[])
+                          memory_j=0.0, compute_j=0.0, lift_j=0.0, infeasible_jobs=0, speeds=[])
 
 
 def test_infinite_deadline_costs_least_energy_per_cycle() -> None:
@@ -308,7 +339,8 @@ def test_floor_bounds_random_schedules(seed: int, n: int, name: str, threads: in
     floor = energy_floor(profile, relaxed, horizon)
     assert floor.infeasible_jobs == 0
     assert floor.energy_j <= energy * (1 + 1e-9)
-    assert floor.energy_j == pytest.approx(floor.idle_j + floor.memory_j + floor.compute_j)
+    assert floor.energy_j == pytest.approx(floor.idle_j + floor.memory_j + floor.compute_j
+                                           + floor.lift_j)
     if all(f <= j.deadline_s for j, f in zip(jobs, finish, strict=True)):
         assert energy_floor(profile, jobs, horizon).energy_j <= energy * (1 + 1e-9)
     if critical:
@@ -342,6 +374,104 @@ def test_floor_is_tight_for_one_job_at_the_critical_opp(name: str) -> None:
     dur = profile.latency_ms(job.work, c, o) / 1000.0
     energy = (profile.idle_power_uw * 10.0 + (cl.busy_power_uw(o) - cl.idle_uw) * dur) * 1e-6
     assert energy_floor(profile, [job], 10.0).energy_j == pytest.approx(energy, rel=1e-12)
+
+
+def _least_energy_point(profile: DeviceProfile, work: Work) -> tuple[int, int]:
+    runs = [(e, (c, o)) for (c, o), (_, e) in zip(
+        ((c, o) for c, cl in enumerate(profile.clusters) for o in range(len(cl.opps))),
+        _runs(profile, work), strict=True)]
+    return min(runs)[1]
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+@pytest.mark.parametrize("model", ["face_detection_short_range", "mobilenet_v1"])
+def test_floor_is_exact_for_a_lone_job_with_memory_time(name: str, model: str) -> None:
+    """A lone job with memory-bound time, its window loose, run at its least-energy point: the
+    floor is exactly what the run spends."""
+    profile = PROFILES[name]
+    work = MODELS[model].work
+    job = OracleJob(0.5, 10.0, work)
+    c, o = _least_energy_point(profile, work)
+    energy, finish = _execute(profile, [job], 10.0, np.random.default_rng(0), True, (c, o))
+    cl = profile.clusters[c]
+    switch_j = (cl.static_power_uw(o) - cl.idle_uw) * cl.transition_latency_ns * 1e-15 if o else 0.0
+    floor = energy_floor(profile, [job], 10.0)
+    assert finish[0] <= job.deadline_s
+    assert floor.energy_j == pytest.approx(energy - switch_j, rel=1e-12)
+    # the YDS part charges memory time at the least power of any OPP: below the run wherever
+    # the least-energy point is not also the least-power one
+    if cl.busy_power_uw(o, work.threads) - cl.idle_uw > power_envelope(profile, 1).min_extra_uw:
+        assert floor.lift_j > 1e-6 * floor.energy_j
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_per_job_bound_shares_two_points_in_a_tight_window(name: str) -> None:
+    """A window between two runs' times: the bound is the cheapest pair of points shared to fill
+    it exactly (brute force over all pairs), and a window shorter than the fastest run costs the
+    fastest run."""
+    profile = PROFILES[name]
+    work = MODELS["hand_landmark_lite"].work
+    runs = sorted(_runs(profile, work))
+    fastest_s, slowest_s = runs[0][0], runs[-1][0]
+    for window in (fastest_s * 1.1, (fastest_s + slowest_s) / 2, fastest_s * 0.5):
+        floor = energy_floor(profile, [OracleJob(0.0, window, work)], 0.0)
+        want = _best_run_uws(profile, work, max(window, fastest_s)) * 1e-6
+        assert floor.energy_j == pytest.approx(max(want, floor.memory_j + floor.compute_j),
+                                               rel=1e-9)
+        assert floor.energy_j >= floor.memory_j + floor.compute_j
+
+
+def test_per_job_bound_counts_each_component_and_each_job_without_deadline() -> None:
+    """Jobs far apart are separate components: each is lifted alone; a job without a deadline
+    is bounded by its least-energy run; together they add up."""
+    work = MODELS["face_detection_short_range"].work
+    apart = [OracleJob(0.0, 1.0, work), OracleJob(5.0, 6.0, work)]
+    loose = OracleJob(2.0, math.inf, work)
+    one = energy_floor(RK, apart[:1], 0.0)
+    both = energy_floor(RK, [*apart, loose], 0.0)
+    c, o = _least_energy_point(RK, work)
+    least = _runs(RK, work)[sum(len(cl.opps) for cl in RK.clusters[:c]) + o][1] * 1e-6
+    assert one.lift_j > 0
+    assert both.energy_j == pytest.approx(2 * one.energy_j + least, rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 10),
+       name=st.sampled_from(sorted(PROFILES)), spread_s=st.sampled_from([0.2, 2.0, 20.0]))
+def test_least_energy_runs_never_beat_the_floor(seed: int, n: int, name: str,
+                                                spread_s: float) -> None:
+    """Every job at its own least-energy point, EDF, non-preemptive (the schedule the per-job
+    bound is closest to), windows relaxed to the finishes: never below the floor; with the
+    jobs far apart, within the transitions of it."""
+    profile = PROFILES[name]
+    rng = np.random.default_rng(seed)
+    models = sorted(MODELS)
+    jobs = [OracleJob(float(rng.uniform(0.0, spread_s * n)), math.inf,
+                      MODELS[models[int(rng.integers(len(models)))]].work) for _ in range(n)]
+    jobs.sort(key=lambda j: j.release_s)
+    energy_uws = 0.0
+    now, finish, switches_uws = 0.0, [], 0.0
+    cur = [0] * len(profile.clusters)
+    for j in jobs:
+        c, o = _least_energy_point(profile, j.work)
+        cl = profile.clusters[c]
+        now = max(now, j.release_s)
+        if o != cur[c]:
+            dt = cl.transition_latency_ns * 1e-9
+            switches_uws += (cl.static_power_uw(o) - cl.idle_uw) * dt
+            now += dt
+            cur[c] = o
+        dur = profile.latency_ms(j.work, c, o) / 1000.0
+        energy_uws += (cl.busy_power_uw(o, j.work.threads) - cl.idle_uw) * dur
+        now += dur
+        finish.append(now)
+    horizon = max(finish)
+    energy_j = (energy_uws + switches_uws + profile.idle_power_uw * horizon) * 1e-6
+    relaxed = [OracleJob(j.release_s, f, j.work) for j, f in zip(jobs, finish, strict=True)]
+    floor = energy_floor(profile, relaxed, horizon)
+    assert floor.energy_j <= energy_j * (1 + 1e-9)
+    if spread_s == 20.0 and all(a.deadline_s < b.release_s for a, b in itertools.pairwise(relaxed)):
+        assert energy_j - floor.energy_j <= switches_uws * 1e-6 + 1e-9 * energy_j
 
 
 # ------------------------------------------------------------------------------- scale

@@ -41,6 +41,26 @@ point and ``g~(0) = 0``. (5) ``g~`` is convex with ``g~(0) = 0`` (and non-decrea
 (1)-(5) gives ``schedule energy >= floor``. The floor does not need the memory time to fit in the
 windows: dropping it only loosens the relaxation.
 
+The per-job bound, which lifts the floor where it is higher. The YDS part charges compute and
+memory-bound time at different operating points (compute near the critical speed, memory time
+at the least power of any OPP); one job runs both at the same one. With ``t_k = C_j / s_k + M_j``
+job ``j``'s run time at point ``k``, its parts take ``sum_k f_k t_k`` seconds, all inside its
+window, so ``E_j >= B_j(deadline_j - release_j)`` where::
+
+    B_j(W) = min { sum_k f_k g_k t_k : f_k >= 0, sum_k f_k = 1, sum_k f_k t_k <= W }
+
+is the lower convex hull of the points ``(t_k, g_k t_k)`` at ``W``, flat at the least-energy
+point beyond it (:func:`job_frontier`; a window shorter than the fastest run gets the fastest
+run's energy, and on such a job the bound claims nothing anyway). For the jobs of one component
+``K`` of the union of the finite windows, steps (3)-(5) applied to ``K`` alone give
+``sum_{j in K} E_j >= YDS_K + P_min sum_{j in K} M_j``, and the per-job bounds give
+``sum_{j in K} E_j >= sum_{j in K} B_j``: the larger of the two bounds ``K``'s busy energy, and
+the components' jobs are disjoint. A job without a deadline is bounded by ``B_j(inf)``, its
+least-energy point, at least its ``slope0 * C_j + P_min * M_j``. ``Floor.lift_j`` is what this
+adds: the floor is ``P_idle * horizon_s`` plus, summed over the components and the jobs without
+a deadline, the larger of the two bounds. Lightly loaded, where the components are single jobs
+with loose windows, the floor is then exact: a lone job run at its least-energy point spends it.
+
 Because ``g~`` passes through the origin, running slower than the energy-efficient ("critical")
 speed costs the same per cycle as time-sharing between idle and the critical OPP, so a YDS
 interval of density below the critical speed is charged ``slope0 * work``; no separate
@@ -78,7 +98,10 @@ memory-bound time ``M_j`` apart, without giving it room in the window (one infer
 occupies the board for ``C_j / s + M_j``). On a job set whose critical intervals are dense, a
 real schedule must squeeze the compute into what the memory time leaves and so run faster (and
 dearer) than YDS assumes; the floor stays valid but falls below the best schedule by up to that
-difference. On lightly loaded sets (critical speed everywhere) the two coincide.
+difference. The per-job bound sees each job's memory time but not the other jobs of its
+component. Both relax non-preemption: a long run that cannot be interrupted makes a short job
+released during it wait, which the floor never pays and a real schedule pays by running the long
+job faster (or by missing the short one).
 
 Feasibility (:func:`demand_test`): whether any schedule at all can finish every job in time,
 judged with each job's full service time at the board's top speed, memory-bound time included
@@ -109,7 +132,7 @@ import numpy as np
 from edgesched.device import DeviceProfile, Work
 
 __all__ = ["Demand", "Floor", "OracleJob", "PowerEnvelope", "demand_test", "energy_floor",
-           "power_envelope"]
+           "job_frontier", "power_envelope"]
 
 _UJ_TO_J = 1e-6
 _ROW_CHUNK = 256
@@ -134,13 +157,16 @@ class Floor:
     """The energy floor of a job set and its parts (joules, board floor excluded)."""
 
     energy_j: float
-    """The lower bound: ``idle_j + memory_j + compute_j``."""
+    """The lower bound: ``idle_j + memory_j + compute_j + lift_j``."""
     idle_j: float
     """``P_idle_total * horizon_s``."""
     memory_j: float
     """Memory-bound time at the least extra power of any OPP."""
     compute_j: float
     """The YDS part: compute at the envelope of the OPPs' extra power."""
+    lift_j: float
+    """What the per-job bound adds where it is above the YDS relaxation (``memory_j`` +
+    ``compute_j``): the sum over components of the excess of their jobs' per-job bounds."""
     infeasible_jobs: int
     """Jobs whose window cannot hold their compute even at the board's top speed."""
     speeds: list[tuple[float, float, float]]
@@ -197,6 +223,18 @@ def _threads_of(jobs: Sequence[OracleJob]) -> int:
     return threads.pop() if threads else 1
 
 
+def _hull_push(hull: list[tuple[float, float]], x: float, y: float) -> None:
+    """Append ``(x, y)`` (x beyond every vertex) to a lower convex hull, first dropping the
+    vertices that do not lie strictly below the chord to it."""
+    while len(hull) >= 2:
+        (x0, y0), (x1, y1) = hull[-2], hull[-1]
+        if (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) <= 0.0:
+            hull.pop()
+        else:
+            break
+    hull.append((x, y))
+
+
 def power_envelope(profile: DeviceProfile, threads: int = 1) -> PowerEnvelope:
     """The envelope ``g~`` of ``profile`` for work on ``threads`` CPUs (see the module notes)."""
     if threads < 1:
@@ -218,14 +256,7 @@ def power_envelope(profile: DeviceProfile, threads: int = 1) -> PowerEnvelope:
     min_extra = min(g for _, g in pts)
     hull: list[tuple[float, float]] = [(0.0, 0.0)]
     for x, y in pts:
-        while len(hull) >= 2:
-            (x0, y0), (x1, y1) = hull[-2], hull[-1]
-            # drop the middle vertex unless it lies strictly below the chord to (x, y)
-            if (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) <= 0.0:
-                hull.pop()
-            else:
-                break
-        hull.append((x, y))
+        _hull_push(hull, x, y)
     return PowerEnvelope(speeds_mhz=tuple(p[0] for p in hull),
                          extra_uw=tuple(p[1] for p in hull), min_extra_uw=min_extra)
 
@@ -359,12 +390,15 @@ def _yds_component(rel: np.ndarray, dl: np.ndarray, work: np.ndarray, env: Power
     return energy_uws
 
 
-def _yds(rel: np.ndarray, dl: np.ndarray, work: np.ndarray,
-         env: PowerEnvelope) -> tuple[float, list[tuple[float, float, float]]]:
-    """YDS energy (uW*s) and speed pieces for finite windows with ``dl > rel`` and ``work > 0``."""
+def _yds(rel: np.ndarray, dl: np.ndarray, work: np.ndarray, env: PowerEnvelope
+         ) -> tuple[float, list[tuple[float, float, float]], list[tuple[np.ndarray, float]]]:
+    """YDS energy (uW*s), speed pieces and, per component of the union of the windows, (its
+    jobs' indices into the arguments, its YDS energy) for finite windows with ``dl > rel`` and
+    ``work > 0``."""
     speeds: list[tuple[float, float, float]] = []
+    parts: list[tuple[np.ndarray, float]] = []
     if not len(work):
-        return 0.0, speeds
+        return 0.0, speeds, parts
     order = np.argsort(rel, kind="stable")
     rel, dl, work = rel[order], dl[order], work[order]
     reach = np.maximum.accumulate(dl)
@@ -374,9 +408,50 @@ def _yds(rel: np.ndarray, dl: np.ndarray, work: np.ndarray,
     covered = _Covered()
     energy_uws = 0.0
     for lo, hi in itertools.pairwise(bounds):
-        energy_uws += _yds_component(rel[lo:hi], dl[lo:hi], work[lo:hi], env, covered, speeds)
+        e = _yds_component(rel[lo:hi], dl[lo:hi], work[lo:hi], env, covered, speeds)
+        parts.append((order[lo:hi], e))
+        energy_uws += e
     speeds.sort()
-    return energy_uws, speeds
+    return energy_uws, speeds, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-job bound
+
+
+def job_frontier(profile: DeviceProfile, work: Work) -> tuple[np.ndarray, np.ndarray]:
+    """``B(W)`` of the module notes for ``work`` on ``profile``: the least extra energy (uW*s)
+    of running it within ``W`` seconds, as the vertices ``(times_s, energies_uws)`` of a convex
+    piecewise-linear function, times increasing and energies decreasing (evaluate with
+    ``np.interp``: flat at the least energy beyond the last vertex; left of the first vertex,
+    the shortest run's energy, which no window shorter than that run makes smaller)."""
+    points: dict[float, float] = {}
+    mem_s = work.mem_ms * profile.mem_time_scale / 1000.0
+    for c in profile.clusters:
+        n = max(1, min(work.threads, len(c.cpus)))
+        for o in range(len(c.opps)):
+            t = work.compute_mcycles / (c.speed_mhz(o) * n) + mem_s
+            e = (c.busy_power_uw(o, work.threads) - c.idle_uw) * t
+            points[t] = min(e, points.get(t, math.inf))
+    hull: list[tuple[float, float]] = []
+    for x, y in sorted(points.items()):
+        if hull and y >= hull[-1][1]:
+            continue  # slower and no cheaper than a faster point: never on the frontier
+        _hull_push(hull, x, y)
+    return np.array([p[0] for p in hull]), np.array([p[1] for p in hull])
+
+
+def _per_job_uws(profile: DeviceProfile, jobs: Sequence[OracleJob]) -> np.ndarray:
+    """Each job's ``B_j(deadline - release)`` (uW*s); ``B_j(inf)`` without a deadline."""
+    out = np.empty(len(jobs))
+    frontiers: dict[Work, tuple[np.ndarray, np.ndarray]] = {}
+    for i, job in enumerate(jobs):
+        f = frontiers.get(job.work)
+        if f is None:
+            f = frontiers[job.work] = job_frontier(profile, job.work)
+        times, energies = f
+        out[i] = float(np.interp(job.deadline_s - job.release_s, times, energies))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,10 +498,23 @@ def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: f
     infeasible = (d_f - r_f) < need_s * (1.0 - _INFEASIBLE_RTOL)
     # stretch short windows to the top speed; keep every window at least one ulp long
     d_f = np.maximum(np.maximum(d_f, r_f + need_s), np.nextafter(r_f, np.inf))
-    yds_uws, speeds = _yds(r_f, d_f, c_f, env)
+    yds_uws, speeds, parts = _yds(r_f, d_f, c_f, env)
     compute_j = (yds_uws + unbounded_uws) * _UJ_TO_J
-    return Floor(energy_j=idle_j + memory_j + compute_j, idle_j=idle_j, memory_j=memory_j,
-                 compute_j=compute_j, infeasible_jobs=int(infeasible.sum()), speeds=speeds)
+
+    # the per-job bound, where it is higher: per component of the finite windows, per job
+    # without a deadline (a job without compute costs P_min * M_j either way)
+    per_job = _per_job_uws(profile, jobs) if n else np.zeros(0)
+    mem_uws = mem_s * env.min_extra_uw
+    lift_uws = 0.0
+    pj_f, mem_f = per_job[finite], mem_uws[finite]
+    for idx, e in parts:
+        lift_uws += max(0.0, float(pj_f[idx].sum()) - e - float(mem_f[idx].sum()))
+    yds_unbounded = compute[unbounded] * env.min_uj_per_mcycle + mem_uws[unbounded]
+    lift_uws += float(np.maximum(per_job[unbounded] - yds_unbounded, 0.0).sum())
+    lift_j = lift_uws * _UJ_TO_J
+    return Floor(energy_j=idle_j + memory_j + compute_j + lift_j, idle_j=idle_j,
+                 memory_j=memory_j, compute_j=compute_j, lift_j=lift_j,
+                 infeasible_jobs=int(infeasible.sum()), speeds=speeds)
 
 
 # ---------------------------------------------------------------------------------------------
