@@ -182,6 +182,76 @@ def test_scenario_file_with_trace(tmp_path: Path) -> None:
     assert jobs.deadline_s.tolist() == pytest.approx([0.52, 1.1, 3.4])
 
 
+_CLASSES3 = ('[[classes]]\nmodel = "face_detection_short_range"\npriority = 1\n'
+             'deadline_ms = 100.0\n[[classes]]\nmodel = "hand_landmark_lite"\npriority = 2\n'
+             'deadline_ms = 250.0\n[[classes]]\nmodel = "mobilenet_v1"\npriority = 3\n'
+             'deadline_ms = 2000.0\n')
+
+
+def test_a_public_trace_as_published(tmp_path: Path) -> None:
+    """The Azure LLM trace's own columns (date-times with 7 fractional digits, token counts),
+    rows out of order: counted from the earliest request, sorted, sized by the summed tokens."""
+    (tmp_path / "azure.csv").write_text(
+        "\ufeffTIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:47.0000000,2000,10\n"
+        "2023-11-16 18:15:46.5000000,100,20\n"
+        "2023-11-16 18:15:48.2500001,700,50\n"
+        "2023-11-16 18:16:46.5000000,1400,200\n")
+    (tmp_path / "s.toml").write_text(
+        'duration_s = 30.0\n[arrivals]\nprocess = "trace"\npath = "azure.csv"\n'
+        'time_column = "TIMESTAMP"\nsize_columns = ["ContextTokens", "GeneratedTokens"]\n'
+        'size_classes = [600, 1500]\n' + _CLASSES3)
+    jobs = generate(load_scenario(str(tmp_path / "s.toml")), seed=0)
+    assert jobs.release_s.tolist() == pytest.approx([0.0, 0.5, 1.7500001])  # 60 s is past 30 s
+    assert jobs.model == ("face_detection_short_range", "mobilenet_v1", "hand_landmark_lite")
+    assert jobs.priority.tolist() == [1, 3, 2]
+
+
+@pytest.mark.parametrize(("unit", "start", "times", "want"), [
+    ("ms", "first", ["1500", "1000", "4000"], [0.0, 0.5, 3.0]),
+    ("ms", "zero", ["1500", "1000", "4000"], [1.0, 1.5, 4.0]),
+    ("s", "first", ["1700000000.25", "1700000001", "1700000000"], [0.0, 0.25, 1.0]),
+    ("us", "zero", ["250000", "0", "2e6"], [0.0, 0.25, 2.0]),
+])
+def test_trace_times_in_units_and_from_the_first_request(tmp_path: Path, unit: str, start: str,
+                                                          times: list[str],
+                                                          want: list[float]) -> None:
+    (tmp_path / "t.csv").write_text("Timestamp,x\n" + "".join(f"{t},1\n" for t in times))
+    (tmp_path / "s.toml").write_text(
+        f'duration_s = 10.0\n[arrivals]\nprocess = "trace"\npath = "t.csv"\n'
+        f'time_column = "Timestamp"\ntime_unit = "{unit}"\nstart = "{start}"\n' + _CLASSES3)
+    jobs = generate(load_scenario(str(tmp_path / "s.toml")), seed=0)
+    assert jobs.release_s.tolist() == pytest.approx(want)
+
+
+def test_a_trace_that_starts_after_the_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("t_s\n1700000000\n1700000001\n")
+    (tmp_path / "s.toml").write_text(
+        'duration_s = 10.0\n[arrivals]\nprocess = "trace"\npath = "t.csv"\n' + _CLASSES3)
+    sc = load_scenario(str(tmp_path / "s.toml"))
+    with pytest.raises(ConfigError, match=r"first request comes at 1\.7e\+09 s, after the 10 s "
+                                          r'run; .*start = "first"'):
+        generate(sc, seed=0)
+
+
+@pytest.mark.parametrize(("csv_text", "arrivals", "match"), [
+    ("TIMESTAMP,n\n1,2\n", "", r"no 't_s' column \(its columns: TIMESTAMP, n\).*time_column"),
+    ("t_s\n1\nyesterday\n", "", r"line 3: t_s 'yesterday' is neither a number nor a date-time"),
+    ("t_s\nnan\n", "", "line 2: .*not a finite time"),
+    ("t_s,tokens\n1,5\n", "size_classes = [10]\n", "needs the size column.*size_columns"),
+    ("t_s\n1\n", 'time_unit = "min"\n', "time_unit must be one of s, ms, us, ns"),
+    ("t_s\n1\n", 'start = "last"\n', 'start must be "zero"'),
+    ("t_s\n1\n", "size_columns = 3\n", "size_columns must be a list"),
+])
+def test_bad_traces_say_what_to_change(tmp_path: Path, csv_text: str, arrivals: str,
+                                       match: str) -> None:
+    (tmp_path / "t.csv").write_text(csv_text)
+    (tmp_path / "s.toml").write_text(
+        '[arrivals]\nprocess = "trace"\npath = "t.csv"\n' + arrivals + _CLASSES3)
+    with pytest.raises(ConfigError, match=match):
+        load_scenario(str(tmp_path / "s.toml"))
+
+
 @pytest.mark.parametrize(("text", "match"), [
     ('[arrivals]\nprocess = "poisson"\nrate_hz = 1\nbogus = 1\n', "classes"),
     ('speed = 1\n[arrivals]\nprocess = "poisson"\nrate_hz = 1\n', "unknown key 'speed'"),

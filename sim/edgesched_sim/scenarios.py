@@ -9,7 +9,12 @@ A scenario file::
     rate_hz = 8.0                # poisson
     # mmpp: rates_hz = [2.0, 40.0] and mean_dwell_s = [3.0, 0.5] (state 0 first)
     # trace: path = "trace.csv" (relative to the scenario file; columns t_s and optionally
-    #        model, priority, deadline_ms, size), time_scale = 1.0, thin = 1.0
+    #        model, priority, deadline_ms, size), time_scale = 1.0, thin = 1.0,
+    #        size_classes = [600, 1500] (a row's size picks classes[k], k = bounds below it)
+    # a public trace as published: time_column = "TIMESTAMP" (numbers in time_unit "s", "ms",
+    #        "us" or "ns", or date-times such as 2023-11-16 18:15:46.6805900, counted from the
+    #        earliest row), start = "zero" (numbers as given) or "first" (from the earliest
+    #        row), size_columns = ["ContextTokens", "GeneratedTokens"] (summed into the size)
     [[classes]]                  # what a request is; picked by weight (trace rows may override)
     model = "face_detection_short_range"
     weight = 1.0
@@ -30,9 +35,11 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -253,36 +260,109 @@ def _miss_budget(qos: Any, src: str) -> MissBudget:
     return MissBudget.from_mapping(qos.get("miss_budget", {}), src)
 
 
+_TIME_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+                       r"\s*(Z|[+-]\d{2}:?\d{2})?")
+
+
+def _datetime_s(text: str) -> float | None:
+    """Seconds since the epoch of an ISO 8601 date-time (any number of fractional digits, an
+    optional zone, UTC when none); None when ``text`` is not one."""
+    m = _DATETIME.fullmatch(text.strip())
+    if m is None:
+        return None
+    year, month, day, hour, minute, sec = (int(g) for g in m.groups()[:6])
+    frac, zone = m.group(7), m.group(8)
+    t = datetime(year, month, day, hour, minute, sec, tzinfo=timezone.utc).timestamp()
+    if frac:
+        t += int(frac) / 10 ** len(frac)
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        digits = zone[1:].replace(":", "")
+        t -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return t
+
+
+def _trace_columns(arrivals: Mapping[str, Any], src: str) -> tuple[str, float, str, list[str]]:
+    """``time_column``, the seconds per unit of its numbers, ``start`` and ``size_columns``."""
+    time_col = arrivals.get("time_column", "t_s")
+    if not isinstance(time_col, str) or not time_col:
+        raise ConfigError(f"{src}: arrivals.time_column must name a column, got {time_col!r}")
+    unit = arrivals.get("time_unit", "s")
+    if unit not in _TIME_UNITS_S:
+        raise ConfigError(f"{src}: arrivals.time_unit must be one of {', '.join(_TIME_UNITS_S)}, "
+                          f"got {unit!r}")
+    start = arrivals.get("start", "zero")
+    if start not in ("zero", "first"):
+        raise ConfigError(f"{src}: arrivals.start must be \"zero\" (times as given) or \"first\" "
+                          f"(counted from the earliest request), got {start!r}")
+    sizes = arrivals.get("size_columns", ["size"])
+    if isinstance(sizes, str):
+        sizes = [sizes]
+    if not isinstance(sizes, list) or not sizes or not all(isinstance(c, str) for c in sizes):
+        raise ConfigError(f"{src}: arrivals.size_columns must be a list of column names, got "
+                          f"{sizes!r}")
+    return time_col, _TIME_UNITS_S[unit], start, sizes
+
+
 def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
                 ) -> tuple[tuple[float, str | None, int | None, float | None], ...]:
+    """The trace's rows as (seconds, model, priority, deadline_ms), sorted by time (stable)."""
     path_s = arrivals.get("path")
     if not isinstance(path_s, str):
         raise ConfigError(f"{src}: arrivals.path must name a CSV file")
+    time_col, per_unit_s, start, size_cols = _trace_columns(arrivals, src)
     if path_s.startswith("@"):
         text = (resources.files("edgesched_sim") / "data" / path_s[1:]).read_text(encoding="utf-8")
     else:
         path = Path(path_s) if base_dir is None else base_dir / path_s
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise ConfigError(f"{src}: cannot read trace {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{src}: trace {path} is not UTF-8 text: {exc.reason}") from None
     reader = csv.DictReader(text.splitlines())
-    if reader.fieldnames is None or "t_s" not in reader.fieldnames:
-        raise ConfigError(f"{src}: trace {path_s} needs a header with a t_s column")
+    header = reader.fieldnames or []
+    if time_col not in header:
+        raise ConfigError(f"{src}: trace {path_s} has no {time_col!r} column (its columns: "
+                          f"{', '.join(header) or 'none'}); name the arrival times' column with "
+                          "arrivals.time_column")
     bounds = arrivals.get("size_classes")
+    if bounds:
+        missing = [c for c in size_cols if c not in header]
+        if missing:
+            raise ConfigError(f"{src}: arrivals.size_classes needs the size column(s) "
+                              f"{', '.join(missing)}, which trace {path_s} lacks (its columns: "
+                              f"{', '.join(header)}); name them with arrivals.size_columns")
     rows = []
+    dated = False
     for lineno, row in enumerate(reader, start=2):
         try:
-            t = float(row["t_s"])
+            raw_t = row[time_col] or ""
+            try:
+                t = float(raw_t) * per_unit_s
+            except ValueError:
+                stamp = _datetime_s(raw_t)
+                if stamp is None:
+                    raise ValueError(f"{time_col} {raw_t!r} is neither a number nor a date-time "
+                                     "such as 2023-11-16 18:15:46.68") from None
+                t, dated = stamp, True
+            if not math.isfinite(t):
+                raise ValueError(f"{time_col} {raw_t!r} is not a finite time")
             model = row.get("model") or None
             prio = int(row["priority"]) if row.get("priority") else None
             deadline = float(row["deadline_ms"]) if row.get("deadline_ms") else None
-            if model is None and bounds and row.get("size"):
-                size = float(row["size"])
+            if model is None and bounds:
+                size = sum(float(row[c] or 0.0) for c in size_cols)
                 model = f"#{sum(1 for b in bounds if size > b)}"
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{src}: trace {path_s} line {lineno}: {exc}") from None
         rows.append((t, model, prio, deadline))
+    rows.sort(key=lambda r: r[0])
+    if rows and (dated or start == "first"):
+        t0 = rows[0][0]
+        rows = [(t - t0, m, p, d) for t, m, p, d in rows]
     return tuple(rows)
 
 
@@ -333,6 +413,11 @@ def generate(sc: Scenario, seed: int, duration_s: float | None = None) -> JobSet
         scale = float(sc.params.get("time_scale", 1.0))
         thin = float(sc.params.get("thin", 1.0))
         rows = [r for r in sc.trace_rows if r[0] * scale < dur]
+        if sc.trace_rows and not rows:
+            first = sc.trace_rows[0][0] * scale
+            raise ConfigError(f"{sc.name}: the trace's first request comes at {first:.6g} s, after "
+                              f"the {dur:g} s run; count from the earliest request with "
+                              "arrivals.start = \"first\"")
         keep = rng.random(len(rows)) < thin
         rows = [r for r, k in zip(rows, keep, strict=False) if k]
         release = np.array([r[0] * scale for r in rows], dtype=float)
