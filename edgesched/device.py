@@ -362,7 +362,8 @@ def builtin_profiles() -> list[str]:
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """Load a shipped profile by name (``rk3399``) or any profile file by path."""
+    """Load a shipped profile by name (``rk3399``) or any profile file by path; a device-tree
+    extract (:mod:`edgesched.devicetree`) is turned into a profile first."""
     text: str
     source = str(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in builtin_profiles():
@@ -382,6 +383,10 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProfileError(source, f"<json line {exc.lineno}>", f"valid JSON ({exc.msg})") from None
+    from edgesched.devicetree import looks_like_extract, profile_from_extract
+
+    if looks_like_extract(data):  # a device tree's CPU and OPP data: filled in, sources named
+        data = profile_from_extract(data, Path(name_or_path).stem, source)
     return parse_profile(data, source)
 
 

@@ -10,9 +10,14 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "profiles", help="list device profiles, or show one (OPPs, power, latency model)",
         description="Without PROFILE: list the shipped device profiles. With PROFILE (a shipped "
-                    "name or a profile file): show its clusters, OPPs and power.")
+                    "name, a profile file, or a device-tree extract, whose missing numbers are "
+                    "filled in and named in its sources): show its clusters, OPPs and power.")
     p.add_argument("profile", nargs="?",
-                   help="built-in name or profile file to show (default: list them all)")
+                   help="built-in name, profile file or device-tree extract to show (default: "
+                        "list them all)")
+    p.add_argument("--json", action="store_true",
+                   help="print PROFILE as a profile file (edgesched-device/1) instead, e.g. to "
+                        "keep and edit what a device-tree extract was turned into")
     p.set_defaults(func=run)
 
 
@@ -20,12 +25,24 @@ def run(args: argparse.Namespace) -> int:
     from edgesched.device import builtin_profiles, load_profile
 
     if not args.profile:
+        if args.json:
+            from edgesched.errors import EdgeschedError
+
+            raise EdgeschedError("--json prints one profile: name it (edgesched profiles PROFILE "
+                                 "--json)")
         for name in builtin_profiles():
             prof = load_profile(name)
             clusters = " + ".join(f"{len(c.cpus)}x {c.core or c.name}" for c in prof.clusters)
             print(f"{name:12s} {clusters}  ({prof.soc})")
         return 0
     prof = load_profile(args.profile)
+    if args.json:
+        import json
+
+        from edgesched.device import profile_to_dict
+
+        print(json.dumps(profile_to_dict(prof), indent=1))
+        return 0
     print(f"{prof.name}: {prof.soc}")
     print(f"board floor {prof.board_floor_uw / 1e6:.2f} W, memory-time scale {prof.mem_time_scale}")
     for ci, c in enumerate(prof.clusters):
