@@ -341,6 +341,66 @@ def test_no_inline_while_busy_and_queued_work_keeps_its_order(inline_rig: Rig) -
     assert "b" not in r.answers and "c" not in r.answers and r.dispatcher.inlined == 1
 
 
+def _threadless(r: Rig) -> Rig:
+    """``r`` with its dispatcher taking requests but no dispatcher thread: whatever runs is
+    served by the test's own calls (as an HTTP loop serves what it queued)."""
+    r.dispatcher._running = True
+    return r
+
+
+def test_requests_queued_together_are_served_by_the_caller_in_priority_order(
+        nabu: LoadedModel) -> None:
+    r = _threadless(Rig(nabu, max_count=8, inline_max_s=1.0))
+    threads: list[int] = []
+    settle = r.board.settle
+
+    def recording_settle(*args: object, **kw: object) -> RunCost:
+        threads.append(threading.get_ident())
+        return settle(*args, **kw)  # type: ignore[arg-type]
+
+    r.board.settle = recording_settle  # type: ignore[method-assign]
+    for rid, prio in (("low", 3), ("high", 1), ("mid", 2)):
+        r.dispatcher.submit(r.job(rid, prio), wake=False)
+    for _ in range(3):
+        r.board.gate.release()
+    served = 0
+    while r.dispatcher.serve_waiting_inline():
+        served += 1
+    assert served == 3 and r.order == ["high", "mid", "low"]
+    assert threads == [threading.get_ident()] * 3 and r.dispatcher.inlined == 3
+    assert all(r.answers[x].status == 200 for x in r.order)
+    assert r.answers["low"].parameters["queue_wait_us"] >= 0
+    assert r.metrics.totals()["by_outcome"] == {"ok": 3}
+
+
+def test_the_caller_leaves_a_long_head_and_a_busy_token_to_the_dispatcher(
+        nabu: LoadedModel) -> None:
+    r = _threadless(Rig(nabu, max_count=8, inline_max_s=nabu.service_s * 3.9))  # longest is 4x
+    r.dispatcher.submit(r.job("long"), wake=False)
+    assert not r.dispatcher.serve_waiting_inline(), "too long for an HTTP thread"
+    assert len(r.dispatcher.queue) == 1 and not r.answers
+    r.dispatcher.inline_max_s = nabu.service_s * 4.1
+    r.dispatcher.models_changed()
+    with r.dispatcher._token:  # a run in progress elsewhere
+        assert not r.dispatcher.serve_waiting_inline()
+    assert len(r.dispatcher.queue) == 1
+    r.board.gate.release()
+    assert r.dispatcher.serve_waiting_inline() and r.order == ["long"]
+
+
+def test_the_caller_answers_what_expired_on_the_way(nabu: LoadedModel) -> None:
+    r = _threadless(Rig(nabu, max_count=8, inline_max_s=1.0))
+    r.dispatcher.submit(r.job("late", 1, deadline_s=r.clock() + 0.5, timeout_us=500000),
+                        wake=False)
+    r.dispatcher.submit(r.job("fine", 2), wake=False)
+    r.clock.now_s += 1.0
+    r.board.gate.release()
+    assert r.dispatcher.serve_waiting_inline()
+    assert r.order == ["late", "fine"]
+    assert r.answers["late"].status == 504 and r.answers["late"].outcome == "deadline_missed"
+    assert not r.dispatcher.serve_waiting_inline() and not len(r.dispatcher.queue)
+
+
 def test_no_inline_for_a_long_model_or_a_closing_dispatcher(nabu: LoadedModel) -> None:
     r = Rig(nabu, max_count=8, inline_max_s=nabu.service_s * 3.9)  # the board's longest is 4x
     r.dispatcher.start()

@@ -101,6 +101,58 @@ def test_burst_fills_the_queue_and_every_request_is_answered(
     assert answered == n == totals["received"]
 
 
+def test_short_requests_read_together_are_all_answered_from_the_http_thread_path(
+        start_daemon: Callable[..., Daemon]) -> None:
+    """Requests that reach the daemon together (on connections it has accepted, sent while it
+    is stopped, so that one turn of its loop reads them all) are queued, then served in the
+    queue's order on the HTTP thread that read them, each being short enough to run inline:
+    every one is answered once, with its own outputs, and the status counts the ones served
+    there (before, the dispatcher thread served every request read together)."""
+    d = start_daemon(config={"server": {"inline_max_us": 10_000_000}})
+    n = 12
+    requests = []
+    for i, p in enumerate([3, 1, 2] * (n // 3)):
+        x = np.full((1, 3, 40), i, np.int8)
+        body, headers = encode_infer({NABU_IN: x}, priority=p, request_id=f"r{i}")
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        requests.append(f"POST /v2/models/{NABU}/infer HTTP/1.1\r\nHost: x\r\n"
+                        f"Content-Length: {len(body)}\r\n{head}\r\n".encode() + body)
+    with d.client() as c:
+        alone = {i: c.infer(NABU, {NABU_IN: np.full((1, 3, 40), i, np.int8)}).outputs
+                 for i in range(n)}
+        before = c.status()["served_inline"]
+    socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:  # connected and accepted first: then read in one turn of the loop
+            sock.settimeout(60)  # a safety net only: every wait below ends on data
+            sock.connect(d.socket)
+            sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_answer(sock)[0].startswith(b"HTTP/1.1 200")
+        with _stopped(d.proc.pid):
+            for sock, request in zip(socks, requests, strict=True):
+                sock.sendall(request)
+        answers = [_read_answer(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    for i, (head, body) in enumerate(answers):
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"inference-header-content-length")))
+        doc = json.loads(body[:length])
+        assert doc["id"] == f"r{i}" and doc["parameters"]["outcome"] == "ok"
+        out = doc["outputs"][0]
+        data = np.frombuffer(body[length:length + out["parameters"]["binary_data_size"]],
+                             dtype=np.uint8)
+        assert data.tolist() == np.asarray(next(iter(alone[i].values()))).ravel().tolist()
+    with d.client() as c:
+        status = c.status()
+    # the HTTP thread served them (all of them but for one of the dispatcher thread's 1 s
+    # heartbeats falling inside the few milliseconds this takes: then it takes some too)
+    assert before < status["served_inline"] <= before + n
+    assert status["requests"]["received"] >= 2 * n
+
+
 def test_sigterm_answers_every_request_in_flight(start_daemon: Callable[..., Daemon]) -> None:
     d = start_daemon(config={"server": {"shutdown_timeout_s": 0.0}})
     n = 16

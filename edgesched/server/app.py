@@ -108,12 +108,20 @@ class Mailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.thread = threading.get_ident()
+        """The loop's thread (the mailbox is made on it)."""
+        self.serving = False
+        """This loop's thread has a turn of serving the queue scheduled (:func:`_serve_waiting`)."""
         self._lock = threading.Lock()
         self._items: list[tuple[asyncio.Future[Outcome], Outcome]] = []
         self._pending = False
 
     def put(self, fut: asyncio.Future[Outcome], out: Outcome) -> None:
-        """Deliver ``out`` to ``fut`` (from any thread)."""
+        """Deliver ``out`` to ``fut`` (from any thread; from the loop's own, without a wake-up)."""
+        if threading.get_ident() == self.thread:
+            if not fut.done():
+                fut.set_result(out)
+            return
         with self._lock:
             self._items.append((fut, out))
             if self._pending:
@@ -267,19 +275,41 @@ def _infer(st: ServerState, request: Request,
         server = request.server
         if (server is None or server.active <= 1) and st.dispatcher.run_inline(job):
             return _answer_infer(st, request, model, req, done[0], cpu0_ns, shm)
-        loop = asyncio.get_running_loop()  # else the dispatcher thread
+        loop = asyncio.get_running_loop()  # else the queue
         mailbox = st.mailboxes.get(loop)
         if mailbox is None:
             mailbox = st.mailboxes.setdefault(loop, Mailbox(loop))
         fut: asyncio.Future[Outcome] = loop.create_future()
         job.answer = functools.partial(mailbox.put, fut)
-        st.dispatcher.submit(job)
+        # requests read together: queued, so that priority and deadline order them, then served
+        # on this thread in that order while they are short and nothing else runs
+        here = st.dispatcher.may_run_inline(model)
+        st.dispatcher.submit(job, wake=not here)
+        if here and not mailbox.serving:
+            mailbox.serving = True
+            loop.call_soon(_serve_waiting, st, mailbox)
     except AdmissionError as exc:
         known = model_name if model_name in st.models else ""
         st.metrics.count(known, priority, "rejected")
         return _admission_response(exc)
     # other requests run on this thread meanwhile: only this one's parts are counted
     return _queued(st, request, model, req, fut, time.thread_time_ns() - cpu0_ns, shm)
+
+
+def _serve_waiting(st: ServerState, mailbox: Mailbox) -> None:
+    """Serve the head of the queue on this loop's thread (one per turn of the loop, so that
+    requests read meanwhile join the queue first); the dispatcher thread takes over when the
+    head cannot be served here."""
+    served = False
+    try:
+        served = st.dispatcher.serve_waiting_inline()
+    finally:
+        if served and len(st.dispatcher.queue):
+            mailbox.loop.call_soon(_serve_waiting, st, mailbox)
+        else:
+            mailbox.serving = False
+            if not served:
+                st.dispatcher.wake()
 
 
 async def _queued(st: ServerState, request: Request, model: LoadedModel, req: InferRequest,

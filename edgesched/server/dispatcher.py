@@ -118,9 +118,9 @@ class Dispatcher:
         self.inline_max_s = inline_max_s
         """Longest expected run (slowest OPP) of a model served inline; 0: never inline."""
         self.inlined = 0
+        """Requests served on an HTTP thread (:meth:`run_inline`, :meth:`serve_waiting_inline`)."""
         self.heat = HeatMonitor.for_board(board, clock)
         """Heat read through the board's sysfs root (:mod:`edgesched.thermal`); None without one."""
-        """Requests served by :meth:`run_inline`."""
         self._token = threading.Lock()
         self._inline_ok: dict[str, bool] = {}
         self.thread_nice: int | None = None
@@ -184,8 +184,10 @@ class Dispatcher:
         self._qos_lock = threading.Lock()  # outcomes arrive from the submitting threads too
 
     # ----------------------------------------------------------------------------- submit side
-    def submit(self, job: Job) -> None:
-        """Queue ``job`` (from any thread); raises AdmissionError when it cannot be queued."""
+    def submit(self, job: Job, wake: bool = True) -> None:
+        """Queue ``job`` (from any thread); raises AdmissionError when it cannot be queued.
+        ``wake=False`` leaves the dispatcher thread asleep: the caller then serves the queue
+        itself (:meth:`serve_waiting_inline`) or calls :meth:`wake`."""
         shed: list[Entry]
         with self._cond:
             if self._closing:
@@ -200,7 +202,8 @@ class Dispatcher:
                 raise AdmissionError(self.queue_full_status, exc.reason,
                                      retry_after_s=self.retry_after_s) from None
             self._arrived(entry, now)
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
         for victim in shed:
             self._finish(victim, Outcome(503, "shed", "shed: displaced from a full queue by a "
                                          "higher-priority request; retry later"))
@@ -232,6 +235,54 @@ class Dispatcher:
             self._pin(None)  # the HTTP thread goes back to every CPU it may use
             self._token.release()
         return True
+
+    def wake(self) -> None:
+        """Wake the dispatcher thread for what was submitted with ``wake=False``."""
+        with self._cond:
+            self._cond.notify()
+
+    def serve_waiting_inline(self) -> bool:
+        """Serve the head of the queue on the calling thread (an HTTP event loop that queued
+        requests read together) when the run token is free (nothing runs), no command waits and
+        the head's model may run inline; requests that expired in the queue are answered on the
+        way. The head is the one the dispatcher thread would take: priority and deadline still
+        decide the order. Returns whether it served one; when it did not, the dispatcher
+        thread (:meth:`wake`) serves what is queued."""
+        if not self._token.acquire(blocking=False):
+            return False
+        try:
+            with self._cond:
+                if self._closing or self._calls or not self._running:
+                    return False
+                now = self.clock()
+                expired = self.queue.pop_expired(now)
+                head = self.queue.peek(now)
+                entry = (self.queue.pop(now) if head is not None
+                         and self._inline_allowed(head.payload.model) else None)
+            self._answer_expired(expired)
+            if entry is None:
+                if expired and not self._quiescent:
+                    self._after_run()  # what waited expired: the board may be idle now
+                return False
+            self.inlined += 1
+            try:
+                self._serve(entry)
+            except Exception:  # a bug: this request is answered, the daemon goes on
+                log.exception("serving request %r on the HTTP thread failed",
+                              entry.payload.req.request_id)
+                self._current = None
+                self._finish(entry, Outcome(500, "error", "internal error: the request failed"))
+            finally:
+                self._after_run()
+                self._pin(None)  # the HTTP thread goes back to every CPU it may use
+            return True
+        finally:
+            self._token.release()
+
+    def may_run_inline(self, model: LoadedModel) -> bool:
+        """Whether ``model``'s longest expected run allows serving it on an HTTP thread."""
+        ok = self._inline_ok.get(model.name)
+        return ok if ok is not None else self._inline_allowed(model)
 
     def _inline_allowed(self, model: LoadedModel) -> bool:
         ok = self._inline_ok.get(model.name)
@@ -463,12 +514,7 @@ class Dispatcher:
                         stop = True
                     else:
                         idle = True
-        for e in expired:
-            job: Job = e.payload
-            late_ms = (self.clock() - e.deadline_s) * 1000.0
-            self._finish(e, Outcome(504, "deadline_missed", f"deadline missed: the request's "
-                                    f"deadline passed {late_ms:.1f} ms ago while it was queued "
-                                    f"(timeout {job.req.timeout_us} us)"))
+        self._answer_expired(expired)
         for e in leftovers:
             self._finish(e, Outcome(503, "shutting_down", "shutting down: the daemon stopped "
                                     "before this request could run; retry later"))
@@ -486,6 +532,14 @@ class Dispatcher:
         if idle:
             wait_s = min(self.idle_wait_s, self._next_tick_s - self.clock())
         return wait_s
+
+    def _answer_expired(self, expired: list[Entry]) -> None:
+        for e in expired:
+            job: Job = e.payload
+            late_ms = (self.clock() - e.deadline_s) * 1000.0
+            self._finish(e, Outcome(504, "deadline_missed", f"deadline missed: the request's "
+                                    f"deadline passed {late_ms:.1f} ms ago while it was queued "
+                                    f"(timeout {job.req.timeout_us} us)"))
 
     def _context(self, entry: Entry, job: Job, now: float) -> DecisionContext:
         work = self._work.get(job.model.name)
