@@ -301,13 +301,8 @@ def test_ticks_come_while_busy_and_stop_while_idle(nabu: LoadedModel, task_signa
     assert policy.events == [*start, *gap, "decide", *after_run]
 
 
-@pytest.fixture
-def inline_rig(nabu: LoadedModel) -> Iterator[Rig]:
-    yield from _running(Rig(nabu, max_count=8, inline_max_s=1.0))
-
-
-def test_an_idle_dispatcher_serves_inline_on_the_calling_thread(inline_rig: Rig) -> None:
-    r = inline_rig
+def _settling_threads(r: Rig) -> list[int]:
+    """The threads that settle ``r``'s runs, in order (filled in as they run)."""
     threads: list[int] = []
     settle = r.board.settle
 
@@ -316,6 +311,17 @@ def test_an_idle_dispatcher_serves_inline_on_the_calling_thread(inline_rig: Rig)
         return settle(*args, **kw)  # type: ignore[arg-type]
 
     r.board.settle = recording_settle  # type: ignore[method-assign]
+    return threads
+
+
+@pytest.fixture
+def inline_rig(nabu: LoadedModel) -> Iterator[Rig]:
+    yield from _running(Rig(nabu, max_count=8, inline_max_s=1.0))
+
+
+def test_an_idle_dispatcher_serves_inline_on_the_calling_thread(inline_rig: Rig) -> None:
+    r = inline_rig
+    threads = _settling_threads(r)
     r.board.gate.release()
     assert r.inline("a") and "a" in r.answers, "answered before run_inline returned"
     assert r.answers["a"].status == 200 and r.answers["a"].outcome == "ok"
@@ -351,14 +357,7 @@ def _threadless(r: Rig) -> Rig:
 def test_requests_queued_together_are_served_by_the_caller_in_priority_order(
         nabu: LoadedModel) -> None:
     r = _threadless(Rig(nabu, max_count=8, inline_max_s=1.0))
-    threads: list[int] = []
-    settle = r.board.settle
-
-    def recording_settle(*args: object, **kw: object) -> RunCost:
-        threads.append(threading.get_ident())
-        return settle(*args, **kw)  # type: ignore[arg-type]
-
-    r.board.settle = recording_settle  # type: ignore[method-assign]
+    threads = _settling_threads(r)
     for rid, prio in (("low", 3), ("high", 1), ("mid", 2)):
         r.dispatcher.submit(r.job(rid, prio), wake=False)
     for _ in range(3):
