@@ -207,6 +207,29 @@ def test_a_public_trace_as_published(tmp_path: Path) -> None:
     assert jobs.priority.tolist() == [1, 3, 2]
 
 
+def test_a_json_lines_trace(tmp_path: Path) -> None:
+    """The Mooncake traces' form: one JSON object per line, times in ms, token counts."""
+    (tmp_path / "mooncake.jsonl").write_text(
+        '{"timestamp": 27482, "input_length": 6955, "output_length": 52, "hash_ids": [1, 2]}\n'
+        '\n'
+        '{"timestamp": 0, "input_length": 100, "output_length": 10, "hash_ids": []}\n'
+        '{"timestamp": 1500, "input_length": 900, "output_length": 20, "hash_ids": [3]}\n')
+    (tmp_path / "s.toml").write_text(
+        'duration_s = 60.0\n[arrivals]\nprocess = "trace"\npath = "mooncake.jsonl"\n'
+        'time_column = "timestamp"\ntime_unit = "ms"\n'
+        'size_columns = ["input_length", "output_length"]\nsize_classes = [600, 1500]\n'
+        + _CLASSES3)
+    jobs = generate(load_scenario(str(tmp_path / "s.toml")), seed=0)
+    assert jobs.release_s.tolist() == pytest.approx([0.0, 1.5, 27.482])
+    assert jobs.model == ("face_detection_short_range", "hand_landmark_lite", "mobilenet_v1")
+    (tmp_path / "bad.jsonl").write_text('{"timestamp": 1}\n[1, 2]\n')
+    (tmp_path / "bad.toml").write_text(
+        '[arrivals]\nprocess = "trace"\npath = "bad.jsonl"\ntime_column = "timestamp"\n'
+        + _CLASSES3)
+    with pytest.raises(ConfigError, match="line 2: a JSON object per line, got list"):
+        load_scenario(str(tmp_path / "bad.toml"))
+
+
 @pytest.mark.parametrize(("unit", "start", "times", "want"), [
     ("ms", "first", ["1500", "1000", "4000"], [0.0, 0.5, 3.0]),
     ("ms", "zero", ["1500", "1000", "4000"], [1.0, 1.5, 4.0]),

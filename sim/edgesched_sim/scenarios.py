@@ -11,7 +11,8 @@ A scenario file::
     # trace: path = "trace.csv" (relative to the scenario file; columns t_s and optionally
     #        model, priority, deadline_ms, size), time_scale = 1.0, thin = 1.0,
     #        size_classes = [600, 1500] (a row's size picks classes[k], k = bounds below it)
-    # a public trace as published: time_column = "TIMESTAMP" (numbers in time_unit "s", "ms",
+    # a public trace as published (CSV, or JSON lines when the path ends in .jsonl):
+    #        time_column = "TIMESTAMP" (numbers in time_unit "s", "ms",
     #        "us" or "ns", or date-times such as 2023-11-16 18:15:46.6805900, counted from the
     #        earliest row), start = "zero" (numbers as given) or "first" (from the earliest
     #        row), size_columns = ["ContextTokens", "GeneratedTokens"] (summed into the size)
@@ -34,10 +35,11 @@ Generation is deterministic in the seed: the same (scenario, seed, duration) giv
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -305,6 +307,24 @@ def _trace_columns(arrivals: Mapping[str, Any], src: str) -> tuple[str, float, s
     return time_col, _TIME_UNITS_S[unit], start, sizes
 
 
+def _json_lines(text: str, src: str, path_s: str) -> list[dict[str, str]]:
+    """The records of a JSON-lines trace, every value as text (as a CSV row's)."""
+    rows: list[dict[str, str]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{src}: trace {path_s} line {lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{src}: trace {path_s} line {lineno}: a JSON object per line, got "
+                              f"{type(doc).__name__}")
+        rows.append({k: "" if v is None else str(v) for k, v in doc.items()
+                     if not isinstance(v, (list, dict))})
+    return rows
+
+
 def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
                 ) -> tuple[tuple[float, str | None, int | None, float | None], ...]:
     """The trace's rows as (seconds, model, priority, deadline_ms), sorted by time (stable)."""
@@ -322,8 +342,13 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
             raise ConfigError(f"{src}: cannot read trace {path}: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{src}: trace {path} is not UTF-8 text: {exc.reason}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = reader.fieldnames or []
+    reader: Iterable[Mapping[str, Any]]
+    if path_s.endswith(".jsonl"):  # one JSON object per line (e.g. the Mooncake traces)
+        reader = _json_lines(text, src, path_s)
+        header = sorted({k for r in reader for k in r})
+    else:
+        reader = csv.DictReader(text.splitlines())
+        header = list(reader.fieldnames or [])
     if time_col not in header:
         raise ConfigError(f"{src}: trace {path_s} has no {time_col!r} column (its columns: "
                           f"{', '.join(header) or 'none'}); name the arrival times' column with "
@@ -337,9 +362,9 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
                               f"{', '.join(header)}); name them with arrivals.size_columns")
     rows = []
     dated = False
-    for lineno, row in enumerate(reader, start=2):
+    for lineno, row in enumerate(reader, start=1 if path_s.endswith(".jsonl") else 2):
         try:
-            raw_t = row[time_col] or ""
+            raw_t = row.get(time_col) or ""
             try:
                 t = float(raw_t) * per_unit_s
             except ValueError:
@@ -354,7 +379,7 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
             prio = int(row["priority"]) if row.get("priority") else None
             deadline = float(row["deadline_ms"]) if row.get("deadline_ms") else None
             if model is None and bounds:
-                size = sum(float(row[c] or 0.0) for c in size_cols)
+                size = sum(float(row.get(c) or 0.0) for c in size_cols)
                 model = f"#{sum(1 for b in bounds if size > b)}"
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{src}: trace {path_s} line {lineno}: {exc}") from None
