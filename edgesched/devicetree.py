@@ -79,6 +79,8 @@ def looks_like_extract(doc: Any) -> bool:
 def _int(value: Any) -> int | None:
     if isinstance(value, list) and value:
         value = value[0]  # an opp-microvolt triplet: <target min max>
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return int(value)

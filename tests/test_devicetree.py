@@ -61,7 +61,7 @@ UNKNOWN = {
                   {"hz": 600_000_000, "microvolt": 700000},
                   {"hz": 600_000_000, "microvolt": 710000}]},
         {"cpus": ["cpu@100", "cpu@101"], "core": "arm,cortex-x2", "capacity_dmips_mhz": 1024,
-         "opps": [{"hz": 1_000_000_000, "microvolt": 750000, "clock_latency_ns": 30000},
+         "opps": [{"hz": "1000000000", "microvolt": "750000", "clock_latency_ns": 30000},
                   {"hz": 2_400_000_000, "microvolt": 1000000, "clock_latency_ns": 50000}]},
     ],
 }
