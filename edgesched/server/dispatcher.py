@@ -213,8 +213,7 @@ class Dispatcher:
         running, no command waiting) and its model's longest expected run on this board is
         within ``inline_max_s``; its answer is delivered before this returns. False: nothing was
         done, :meth:`submit` it."""
-        ok = self._inline_ok.get(job.model.name)
-        if not (ok or (ok is None and self._inline_allowed(job.model))):
+        if not self._inline_allowed(job.model):
             return False
         with self._lock:
             if (self._closing or len(self.queue) or self._calls or not self._running
@@ -225,16 +224,24 @@ class Dispatcher:
             entry.enqueued_s = now  # it never enters the queue: its wait is 0, not the uptime
             self._arrived(entry, now)  # its ticks are this thread's to run (_after_run)
         try:
-            self.inlined += 1
-            self._serve(entry, inline=True)
+            self._serve_here(entry, inline=True)
+        finally:
+            self._token.release()
+        return True
+
+    def _serve_here(self, entry: Entry, inline: bool) -> None:
+        """Serve ``entry`` on the calling HTTP thread, holding the run token."""
+        self.inlined += 1
+        try:
+            self._serve(entry, inline=inline)
         except Exception:  # a bug: this request is answered, the daemon goes on
-            log.exception("serving request %r on the HTTP thread failed", job.req.request_id)
+            log.exception("serving request %r on the HTTP thread failed",
+                          entry.payload.req.request_id)
+            self._current = None
             self._finish(entry, Outcome(500, "error", "internal error: the request failed"))
         finally:
             self._after_run()
             self._pin(None)  # the HTTP thread goes back to every CPU it may use
-            self._token.release()
-        return True
 
     def wake(self) -> None:
         """Wake the dispatcher thread for what was submitted with ``wake=False``."""
@@ -264,25 +271,14 @@ class Dispatcher:
                 if expired and not self._quiescent:
                     self._after_run()  # what waited expired: the board may be idle now
                 return False
-            self.inlined += 1
-            try:
-                self._serve(entry)
-            except Exception:  # a bug: this request is answered, the daemon goes on
-                log.exception("serving request %r on the HTTP thread failed",
-                              entry.payload.req.request_id)
-                self._current = None
-                self._finish(entry, Outcome(500, "error", "internal error: the request failed"))
-            finally:
-                self._after_run()
-                self._pin(None)  # the HTTP thread goes back to every CPU it may use
+            self._serve_here(entry, inline=False)
             return True
         finally:
             self._token.release()
 
     def may_run_inline(self, model: LoadedModel) -> bool:
         """Whether ``model``'s longest expected run allows serving it on an HTTP thread."""
-        ok = self._inline_ok.get(model.name)
-        return ok if ok is not None else self._inline_allowed(model)
+        return self._inline_allowed(model)
 
     def _inline_allowed(self, model: LoadedModel) -> bool:
         ok = self._inline_ok.get(model.name)
