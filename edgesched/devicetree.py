@@ -40,7 +40,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from edgesched.errors import ProfileError
@@ -114,8 +114,10 @@ def _proxy_uv(khz: int, table: list[tuple[int, int]]) -> int:
     return int(round(uv / 12500.0) * 12500)
 
 
-def _opps(c: Mapping[str, Any], source: str, where: str, proxy_core: str,
-          note: Callable[[str], None]) -> list[dict[str, int]]:
+def _opps(c: Mapping[str, Any], source: str, where: str,
+          proxy_core: str) -> tuple[list[dict[str, int]], int]:
+    """The cluster's OPPs by frequency (a repeated frequency: its first entry) and how many of
+    their voltages were filled in from ``proxy_core``'s."""
     by_khz: dict[int, int | None] = {}
     for j, o in enumerate(c["opps"]):
         hz, uv = _int(o.get("hz")), _int(o.get("microvolt"))
@@ -128,10 +130,7 @@ def _opps(c: Mapping[str, Any], source: str, where: str, proxy_core: str,
         table = _shipped_voltages(proxy_core)
         for k in missing:
             by_khz[k] = _proxy_uv(k, table)
-        note(f"{len(missing)} OPP voltages not in the device tree; those of {proxy_core} OPPs in "
-             "the shipped profiles, interpolated at each frequency (held beyond their range) and "
-             "rounded to 12.5 mV")
-    return [{"khz": k, "uv": int(by_khz[k] or 0)} for k in sorted(by_khz)]
+    return [{"khz": k, "uv": int(by_khz[k] or 0)} for k in sorted(by_khz)], len(missing)
 
 
 def _cpus(c: Mapping[str, Any], next_cpu: int) -> list[int]:
@@ -184,10 +183,9 @@ def profile_from_extract(doc: Mapping[str, Any], name: str, source: str) -> dict
     used: dict[str, int] = {}
     next_cpu = 0
     for i, c in enumerate(raw):
-        where = f"clusters[{i}]."
+        proxy = cores[i] if cores[i] in CORE_DYNAMIC_POWER else _nearest_core(caps[i])
         dpc = c.get("dynamic_power_coefficient")
         if isinstance(dpc, bool) or not isinstance(dpc, (int, float)) or not dpc > 0:
-            proxy = cores[i] if cores[i] in CORE_DYNAMIC_POWER else _nearest_core(caps[i])
             dpc = CORE_DYNAMIC_POWER[proxy]
             note("dynamic_power_coefficient",
                  f"cluster {i}: not in the device tree; {dpc:g} uW/MHz/V^2, the shipped device "
@@ -198,14 +196,15 @@ def profile_from_extract(doc: Mapping[str, Any], name: str, source: str) -> dict
             latency = NO_LATENCY_NS
             note("transition_latency", f"cluster {i}: no clock-latency-ns; {NO_LATENCY_NS} ns, "
                  "as the shipped bcm2711 profile")
-        proxy = cores[i] if cores[i] in CORE_DYNAMIC_POWER else _nearest_core(caps[i])
         power = LITTLE if caps[i] < 1024 else BIG
         note("static_power", f"cluster {i}: not in the device tree; the shipped rk3399 profile's "
              f"{'A53' if power is LITTLE else 'A72'} cluster (static {power['static_uw_at_1v']:g}"
              f" uW at 1 V, idle {power['idle_uw']:g} uW)")
-        def voltage_note(text: str, i: int = i) -> None:
-            note("voltages", f"cluster {i}: {text}")
-
+        opps, filled_uv = _opps(c, source, f"clusters[{i}].", proxy)
+        if filled_uv:
+            note("voltages", f"cluster {i}: {filled_uv} OPP voltages not in the device tree; "
+                 f"those of {proxy} OPPs in the shipped profiles, interpolated at each "
+                 "frequency (held beyond their range) and rounded to 12.5 mV")
         cpus = _cpus(c, next_cpu)
         next_cpu = max(next_cpu, max(cpus) + 1)
         short = cores[i].split(",")[-1] or "cpu"
@@ -214,7 +213,7 @@ def profile_from_extract(doc: Mapping[str, Any], name: str, source: str) -> dict
         clusters.append({"name": cname, "core": cores[i], "cpus": cpus,
                          "capacity_dmips_mhz": caps[i], "dynamic_power_coefficient": float(dpc),
                          "transition_latency_ns": latency, **power,
-                         "opps": _opps(c, source, where, proxy, voltage_note)})
+                         "opps": opps})
     sources = {"devicetree": str(doc.get("source", source)),
                **{k: "; ".join(v) for k, v in filled.items()},
                "board": "not in the device tree: the shipped rk3399 profile's board floor "
