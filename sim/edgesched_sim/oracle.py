@@ -426,11 +426,9 @@ def job_frontier(profile: DeviceProfile, work: Work) -> tuple[np.ndarray, np.nda
     ``np.interp``: flat at the least energy beyond the last vertex; left of the first vertex,
     the shortest run's energy, which no window shorter than that run makes smaller)."""
     points: dict[float, float] = {}
-    mem_s = work.mem_ms * profile.mem_time_scale / 1000.0
-    for c in profile.clusters:
-        n = max(1, min(work.threads, len(c.cpus)))
+    for ci, c in enumerate(profile.clusters):
         for o in range(len(c.opps)):
-            t = work.compute_mcycles / (c.speed_mhz(o) * n) + mem_s
+            t = profile.latency_ms(work, ci, o) / 1000.0
             e = (c.busy_power_uw(o, work.threads) - c.idle_uw) * t
             points[t] = min(e, points.get(t, math.inf))
     hull: list[tuple[float, float]] = []
@@ -444,13 +442,13 @@ def job_frontier(profile: DeviceProfile, work: Work) -> tuple[np.ndarray, np.nda
 def _per_job_uws(profile: DeviceProfile, jobs: Sequence[OracleJob]) -> np.ndarray:
     """Each job's ``B_j(deadline - release)`` (uW*s); ``B_j(inf)`` without a deadline."""
     out = np.empty(len(jobs))
-    frontiers: dict[Work, tuple[np.ndarray, np.ndarray]] = {}
+    windows = np.array([j.deadline_s - j.release_s for j in jobs], dtype=float)
+    by_work: dict[Work, list[int]] = {}
     for i, job in enumerate(jobs):
-        f = frontiers.get(job.work)
-        if f is None:
-            f = frontiers[job.work] = job_frontier(profile, job.work)
-        times, energies = f
-        out[i] = float(np.interp(job.deadline_s - job.release_s, times, energies))
+        by_work.setdefault(job.work, []).append(i)
+    for work, idx in by_work.items():
+        times, energies = job_frontier(profile, work)
+        out[idx] = np.interp(windows[idx], times, energies)
     return out
 
 

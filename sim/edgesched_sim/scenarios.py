@@ -330,7 +330,7 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
     """The trace's rows as (seconds, model, priority, deadline_ms), sorted by time (stable)."""
     path_s = arrivals.get("path")
     if not isinstance(path_s, str):
-        raise ConfigError(f"{src}: arrivals.path must name a CSV file")
+        raise ConfigError(f"{src}: arrivals.path must name a CSV or .jsonl file")
     time_col, per_unit_s, start, size_cols = _trace_columns(arrivals, src)
     if path_s.startswith("@"):
         text = (resources.files("edgesched_sim") / "data" / path_s[1:]).read_text(encoding="utf-8")
