@@ -10,6 +10,13 @@ The same TFLite models (okay_nabu and face_detection_short_range) are served by
   each request without parsing it and writes the answer's JSON prepared in advance. Its figures
   are what the client, the socket and the wake-ups cost on their own, the floor under the
   others' (it is not in the ratios),
+- ``bare``: the least a Python Open Inference Protocol server does, the same asyncio server
+  parsing each request (orjson), setting the inputs, invoking and writing every output back as
+  JSON (orjson), with nothing of a scheduler: no queue, no decision, no accounting, no checks.
+  Its ratios (``bare_ratios``, against the same MLServer setting as edgesched's) say what the
+  goals ask of a Python server on this machine, and ``scheduler_cpu_us_per_request`` what
+  edgesched's own work costs on top (its okay_nabu CPU per request less the bare server's,
+  one at a time),
 
 MLServer through the runtime in bench/mlserver_runtime.py (ai_edge_litert, one thread, like the
 daemon), its settings otherwise at their defaults except ``debug=false`` (no per-request access
@@ -345,17 +352,13 @@ def np_datatype(arr: np.ndarray) -> str:
     return DATATYPES[arr.dtype]
 
 
-def serve_floor(port: int, answers_path: str) -> None:
-    """The floor server: HTTP/1.1 keep-alive on 127.0.0.1:``port`` that reads each request
-    (headers and ``Content-Length`` bytes of body, unparsed) and writes a canned answer: the
-    answer to ``POST /v2/models/NAME/infer`` from ``answers_path`` (JSON: name -> answer text),
-    an empty 200 to anything else (the ready checks)."""
+def _respond(port: int, answer: Callable[[str, bytes | None], bytes], body: bool) -> None:
+    """An HTTP/1.1 keep-alive responder on 127.0.0.1:``port`` (asyncio, uvloop when installed):
+    reads each request's head and ``Content-Length`` bytes of body and writes a 200 whose JSON
+    body is ``answer(path, request body)`` (the body is None, not copied, unless ``body``)."""
     import asyncio
 
-    answers = {f"/v2/models/{name}/infer": text.encode()
-               for name, text in json.loads(Path(answers_path).read_text()).items()}
-
-    class Floor(asyncio.Protocol):
+    class Responder(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
             self.buf = bytearray()
@@ -371,13 +374,14 @@ def serve_floor(port: int, answers_path: str) -> None:
                         length = int(value)
                 if len(self.buf) < end + 4 + length:
                     return
+                raw = bytes(self.buf[end + 4:end + 4 + length]) if body else None
                 del self.buf[:end + 4 + length]
-                body = answers.get(head[0].split(" ")[1], b"")
+                out = answer(head[0].split(" ")[1], raw)
                 self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                     b"content-length: %d\r\n\r\n" % len(body) + body)
+                                     b"content-length: %d\r\n\r\n" % len(out) + out)
 
     async def run() -> None:
-        server = await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port)
+        server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", port)
         async with server:
             await server.serve_forever()
 
@@ -389,20 +393,79 @@ def serve_floor(port: int, answers_path: str) -> None:
         asyncio.run(run())
 
 
-def start_floor(home: Path, jobs: dict[str, ModelJob]) -> Server:
+def serve_floor(port: int, answers_path: str) -> None:
+    """The floor server: reads each request (headers and ``Content-Length`` bytes of body,
+    unparsed) and writes a canned answer: the answer to ``POST /v2/models/NAME/infer`` from
+    ``answers_path`` (JSON: name -> answer text), an empty 200 to anything else (the ready
+    checks)."""
+    answers = {f"/v2/models/{name}/infer": text.encode()
+               for name, text in json.loads(Path(answers_path).read_text()).items()}
+    _respond(port, lambda path, _: answers.get(path, b""), body=False)
+
+
+def serve_bare(port: int) -> None:
+    """The bare server: the least an Open Inference Protocol server in Python does per request,
+    with nothing of a scheduler. ``POST /v2/models/NAME/infer`` with JSON tensors is parsed
+    (orjson), its inputs set, the model invoked (ai_edge_litert, one thread, interpreters made
+    at start) and every output written back as JSON (orjson's numpy support); no checks beyond
+    what numpy and the interpreter do, no queue, no accounting. Anything else gets an empty 200
+    (the ready checks)."""
+    import orjson
+    from mlserver_runtime import DATATYPES, DTYPES
+
+    models = {}
+    for name in MODELS:
+        interp = _interpreter(name)
+        ins = {d["name"]: (d["index"], np.dtype(d["dtype"])) for d in interp.get_input_details()}
+        outs = [(d["name"], d["index"]) for d in interp.get_output_details()]
+        models[f"/v2/models/{name}/infer"] = (name, interp, ins, outs)
+
+    def answer(path: str, body: bytes | None) -> bytes:
+        model = models.get(path)
+        if model is None or body is None:
+            return b""
+        name, interp, ins, outs = model
+        for item in orjson.loads(body)["inputs"]:
+            index, dtype = ins[item["name"]]
+            arr = np.asarray(item["data"], dtype=DTYPES[item["datatype"]]).astype(dtype, copy=False)
+            interp.set_tensor(index, arr.reshape(item["shape"]))
+        interp.invoke()
+        results = []
+        for oname, index in outs:
+            arr = interp.get_tensor(index)
+            results.append({"name": oname, "datatype": DATATYPES[arr.dtype],
+                            "shape": list(arr.shape), "data": arr.ravel()})
+        return orjson.dumps({"model_name": name, "model_version": "1", "outputs": results},
+                            option=orjson.OPT_SERIALIZE_NUMPY)
+
+    _respond(port, answer, body=True)
+
+
+def _start_here(home: Path, name: str, call: str, about: dict[str, Any]) -> Server:
+    """A server of this file, ``peers.CALL`` with the port, in its own process."""
     port = free_port()
-    answers = home / "floor-answers.json"
-    answers.write_text(json.dumps({m: floor_answer(j).decode() for m, j in jobs.items()}),
-                       encoding="utf-8")
     code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import peers; "
-            f"peers.serve_floor({port}, {str(answers)!r})")
-    log = home / "floor.log"
+            f"peers.{call.format(port=port)}")
+    log = home / f"{name}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=home)
-    server = Server("floor", port, proc, log, {"what": "canned answers, requests unparsed"})
+    server = Server(name, port, proc, log, about)
     wait_ready(server)
     return server
+
+
+def start_floor(home: Path, jobs: dict[str, ModelJob]) -> Server:
+    answers = home / "floor-answers.json"
+    answers.write_text(json.dumps({m: floor_answer(j).decode() for m, j in jobs.items()}),
+                       encoding="utf-8")
+    return _start_here(home, "floor", f"serve_floor({{port}}, {str(answers)!r})",
+                       {"what": "canned answers, requests unparsed"})
+
+
+def start_bare(home: Path) -> Server:
+    return _start_here(home, "bare", "serve_bare({port})",
+                       {"what": "parse (orjson), invoke, answer (orjson); nothing else"})
 
 
 def start_edgesched(home: Path, python: str) -> Server:
@@ -489,6 +552,14 @@ def _best(rows: dict[str, dict[str, Any]], key: str, highest: bool) -> tuple[str
     return name, peers[name]
 
 
+def _ratios(nabu: dict[str, Any], face: dict[str, Any], name: str, tp: float, ov: float,
+            cpu: float) -> tuple[float, float | None, float]:
+    """``name``'s throughput, p50 overhead and face JSON CPU over the peer's figures."""
+    return (round(nabu[name]["throughput_rps"] / tp, 3),
+            round(nabu[name]["overhead_p50_us"] / ov, 3) if ov > 0 else None,
+            round(face[name]["cpu_us_per_request"] / cpu, 3))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
@@ -528,6 +599,7 @@ def main() -> int:
             servers.append(start_mlserver(home, venv, "mlserver_pw0", 0))
             servers.append(start_mlserver(home, venv, "mlserver_default", None))
             servers.append(start_floor(home, jobs))
+            servers.append(start_bare(home))
             for m in MODELS:
                 for d in (lat, cpu_seq, rps, cpu_load, match):
                     d[m] = {}
@@ -570,14 +642,17 @@ def main() -> int:
     tp_peer, tp = _best(nabu, "throughput_rps", highest=True)
     ov_peer, ov = _best(nabu, "overhead_p50_us", highest=False)
     cpu_peer, cpu = _best(face, "cpu_us_per_request", highest=False)
-    t_ratio = round(nabu["edgesched"]["throughput_rps"] / tp, 3)
-    o_ratio = round(nabu["edgesched"]["overhead_p50_us"] / ov, 3) if ov > 0 else None
-    c_ratio = round(face["edgesched"]["cpu_us_per_request"] / cpu, 3)
+    t_ratio, o_ratio, c_ratio = _ratios(nabu, face, "edgesched", tp, ov, cpu)
+    bare = dict(zip(("throughput", "overhead", "face_json_cpu"),
+                    _ratios(nabu, face, "bare", tp, ov, cpu), strict=True))
     print(json.dumps({
         "models": models,
         "peer_throughput_ratio": t_ratio, "peer_overhead_ratio": o_ratio,
         "peer_face_json_cpu_ratio": c_ratio,
         "compared_with": {"throughput": tp_peer, "overhead": ov_peer, "face_json_cpu": cpu_peer},
+        "bare_ratios": bare,
+        "scheduler_cpu_us_per_request": round(nabu["edgesched"]["cpu_us_per_request"]
+                                              - nabu["bare"]["cpu_us_per_request"], 1),
         "acceptance": {"throughput_ratio_ge_3": t_ratio >= 3.0,
                        "overhead_ratio_le_one_third": o_ratio is not None and o_ratio <= 1 / 3,
                        "face_json_cpu_ratio_le_half": c_ratio <= 0.5},

@@ -71,6 +71,16 @@ def test_rejections(nabu: LoadedModel, doc: object, header: int | None, needle: 
     assert err.value.status == 400 and needle in err.value.reason
 
 
+def test_data_and_binary_data_together_are_refused(nabu: LoadedModel) -> None:
+    head = json.dumps({"inputs": [{"name": NABU_IN, "shape": [1, 3, 40], "datatype": "INT8",
+                                   "data": [1] * 120,
+                                   "parameters": {"binary_data_size": 120}}]}).encode()
+    with pytest.raises(AdmissionError) as err:
+        parse_infer(head + bytes(120), len(head), nabu, 3, 2)
+    assert err.value.status == 400 and "not both" in err.value.reason
+    assert NABU_IN in err.value.reason
+
+
 def test_binary_bytes_must_be_claimed(nabu: LoadedModel) -> None:
     body, headers = encode_infer({NABU_IN: np.zeros((1, 3, 40), np.int8)})
     with pytest.raises(AdmissionError, match="not claimed"):

@@ -81,3 +81,24 @@ def test_peers_without_the_bench_venv_says_how_to_install_it(tmp_path):
     assert out.stdout == ""
     assert "pip install -e '.[bench]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_bare_and_floor_peer_servers_answer_with_the_models_own_outputs(tmp_path):
+    """The bench's bare server (the least a Python server does per request) really parses,
+    invokes and answers: its outputs are the bare invoke's, for both models; the floor server
+    answers the same from its canned answers."""
+    sys.path.insert(0, str(BENCH))  # peers imports mlserver_runtime from there
+    try:
+        import peers
+
+        jobs = {name: peers.model_job(name, 1) for name in peers.MODELS}
+        for start in (peers.start_bare, lambda home: peers.start_floor(home, jobs)):
+            server = start(tmp_path)
+            try:
+                for name, job in jobs.items():
+                    assert peers.check_outputs(server.port, job), (server.name, name)
+            finally:
+                server.stop()
+            assert server.proc.poll() is not None
+    finally:
+        sys.path.remove(str(BENCH))

@@ -388,6 +388,9 @@ def _parse_infer(body: bytes, head: bytes, blob: memoryview, header_length: int 
             continue
         size = tparams.get("binary_data_size")
         if size is not None:
+            if "data" in item:  # which of the two would be the input is anyone's guess
+                raise _bad(f"input {name!r}: give its values in 'data' or as binary data "
+                           "(binary_data_size), not both")
             if header_length is None:
                 raise _bad(f"input {name!r}: binary_data_size given but the request has no "
                            "Inference-Header-Content-Length header")
