@@ -354,3 +354,17 @@ def test_a_wake_up_in_the_simulator_sizes_the_frequency_for_util_est() -> None:
         assert d.opp == probe.target_opp(RK, d.cluster, util), (now, c.task_util_est)
         checked += 1
     assert checked > 50
+
+
+@pytest.mark.parametrize("name", ["rk3399", "exynos5422", "rk3588", "bcm2711"])
+def test_remembered_placements_are_the_computed_ones(name: str, monkeypatch) -> None:
+    em = EnergyModel.of(load_profile(name))
+    monkeypatch.setattr("edgesched.policy.eas.PLACED_MAX", 50)
+    n = len(em.domains)
+    args = [(prev, avg, est, woken, eas) for prev in (-1, *range(n)) for avg in range(0, 1025, 97)
+            for est in (avg, min(1024, avg + 150)) for woken in (True, False)
+            for eas in (True, False)]
+    for _ in range(2):  # computed, then (for what is still kept) remembered
+        for a in args:
+            assert em.place(*a) == em._place(*a), a
+            assert len(em._placed) <= 50

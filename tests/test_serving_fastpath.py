@@ -19,7 +19,7 @@ from edgesched.client import HEADER_LENGTH, encode_infer_pieces
 from edgesched.device import load_profile
 from edgesched.errors import AdmissionError
 from edgesched.observation import Decision
-from edgesched.power.backends import NullBoard
+from edgesched.power.backends import NullBoard, _price_model_j
 from edgesched.power.meters import CarbonAccount
 from edgesched.queue import RequestQueue
 from edgesched.server import admission, http1
@@ -87,6 +87,17 @@ def test_answer_heads_match_the_general_form() -> None:
     for _ in range(2):  # built, then from the cache
         for case in cases:
             assert http1._head_bytes(*case) == _head_general(*case)
+
+
+def test_null_board_prices_runs_as_the_power_model_does() -> None:
+    prof = load_profile("rk3399")
+    board = NullBoard(prof)
+    for c, cl in enumerate(prof.clusters):
+        for o in range(len(cl.opps)):
+            board.apply(Decision(c, o))
+            cost = board.settle(Decision(c, o), 0.004, 0.0)
+            assert cost.wall_s == 0.004
+            assert cost.energy_j == pytest.approx(_price_model_j(prof, c, o, 0.004), rel=1e-12)
 
 
 def test_cached_scales_and_pins_account_as_before() -> None:

@@ -57,7 +57,7 @@ Simplifications kept (see also ``edgesched/policy/README.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgesched.device import DeviceProfile
 from edgesched.utilisation import SCHED_CAPACITY_SCALE, kernel_capacity
@@ -72,6 +72,8 @@ __all__ = [
     "map_util_perf",
 ]
 
+PLACED_MAX = 1 << 16
+"""Answers :meth:`EnergyModel.place` keeps before it starts again."""
 CAPACITY_MARGIN = 1280
 """kernel/sched/fair.c ``fits_capacity``: ``util * 1280 < capacity * 1024``."""
 
@@ -133,6 +135,9 @@ class EnergyModel:
 
     domains: tuple[PerfDomain, ...]
     first_cluster: int
+    _placed: dict[tuple[int, int, int, bool, bool], int] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    """:meth:`place`'s answers by their arguments (integers in capacity units: few distinct)."""
 
     @classmethod
     def of(cls, profile: DeviceProfile) -> EnergyModel:
@@ -222,6 +227,17 @@ class EnergyModel:
         ``select_task_rq_fair``) or kept running (only misfit balancing moves it), ``eas``
         whether Energy Aware Scheduling is on (schedutil with an Energy Model).
         """
+        key = (prev, task_util_avg, task_util_est, woken, eas)
+        placed = self._placed.get(key)
+        if placed is None:
+            if len(self._placed) >= PLACED_MAX:
+                self._placed.clear()
+            placed = self._placed[key] = self._place(prev, task_util_avg, task_util_est, woken,
+                                                     eas)
+        return placed
+
+    def _place(self, prev: int, task_util_avg: int, task_util_est: int, woken: bool,
+               eas: bool) -> int:
         if not 0 <= prev < len(self.domains):
             prev = self.first_cluster
         if not woken:

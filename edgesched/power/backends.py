@@ -117,6 +117,9 @@ class NullBoard:
         self.profile = profile
         self.view = BoardView.of(profile)
         self._opps = [len(c.opps) - 1 for c in profile.clusters]
+        self._power_uw = [[c.busy_power_uw(i) for i in range(len(c.opps))]
+                          for c in profile.clusters]
+        """One busy CPU's power per cluster and OPP, at the profile's default temperature."""
 
     def current_opps(self) -> list[int]:
         return list(self._opps)
@@ -135,9 +138,8 @@ class NullBoard:
     def settle(self, decision: Decision, host_s: float, started_s: float, *,
                reference_s: float | None = None) -> RunCost:
         del started_s, reference_s
-        opp = self._opps[decision.cluster]
-        return RunCost(wall_s=host_s,
-                       energy_j=_price_model_j(self.profile, decision.cluster, opp, host_s))
+        c = decision.cluster
+        return RunCost(wall_s=host_s, energy_j=self._power_uw[c][self._opps[c]] * host_s * 1e-6)
 
     def close(self) -> None:
         pass
