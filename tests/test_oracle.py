@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -12,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgesched.device import DeviceProfile, Work, builtin_profiles, load_profile
+from edgesched.observation import BoardView, Decision, DecisionContext
+from edgesched.policy.base import StaticPolicy
+from edgesched_sim.engine import Engine, Outcome
+from edgesched_sim.evaluate import _oracle_jobs, run_policies
 from edgesched_sim.oracle import Floor, OracleJob, energy_floor, power_envelope
+from edgesched_sim.scenarios import generate, load_scenario
 from edgesched_sim.workloads import MODELS
 
 PROFILES = {name: load_profile(name) for name in builtin_profiles()}
@@ -504,3 +510,41 @@ def test_poisson_3000_jobs_runs() -> None:
     floor = energy_floor(RK, jobs, duration)
     assert floor.energy_j > floor.idle_j > 0
     assert floor.compute_j > 0 and floor.memory_j > 0
+
+
+class _LeastEnergyRuns(StaticPolicy):
+    """Every request at its least-energy point (at the profile's default temperature)."""
+
+    name = "least-energy"
+
+    def decide(self, view: BoardView, ctx: DecisionContext) -> Decision:
+        return Decision(*_least_energy_point(view.profile, ctx.head_work))
+
+
+def test_floor_prices_leakage_at_the_coldest_temperature_of_the_run() -> None:
+    """A profile whose leakage grows with temperature, in a scenario whose ambient is below the
+    profile's default temperature: runs at their least-energy points leak less than at the
+    default, and the floor (priced at the ambient) stays below what they spend; a floor priced
+    at the default temperature would not."""
+    leaky = dataclasses.replace(RK, clusters=tuple(
+        dataclasses.replace(c, static_temp_coeff_per_c=0.02, default_temp_c=60.0)
+        for c in RK.clusters))
+    sc = dataclasses.replace(load_scenario("steady-light"), thermal={"ambient_c": 5.0})
+    doc = run_policies(leaky, sc, {"least-energy": _LeastEnergyRuns()}, ["oracle"], seed=3,
+                       duration_s=20.0, guard=False)
+    row = doc["results"][0]
+    assert row["policy"] == "least-energy" and row["peak_temp_c"] < 60.0
+    # the same run again, to price the requests it served both ways
+    jobs = generate(sc, 3, 20.0)
+    assert leaky.thermal is not None
+    stats = Engine(leaky, jobs, 20.0, thermal=leaky.thermal.with_conditions(ambient_c=5.0)).run(
+        _LeastEnergyRuns(), 3)
+    assert stats.total_energy_j == pytest.approx(row["energy_j"], rel=1e-12)
+    served = _oracle_jobs(jobs, stats.outcome == Outcome.OK)
+    assert energy_floor(leaky, served, 20.0, 5.0).energy_j == pytest.approx(row["floor_j"],
+                                                                           rel=1e-12)
+    assert row["energy_j"] >= row["floor_j"]
+    assert row["energy_j"] < energy_floor(leaky, served, 20.0).energy_j  # at 60 C: not a floor
+    # too cold for the model (static power below idle power there): said, not priced wrong
+    with pytest.raises(ValueError, match=r"at -60 C < idle"):
+        energy_floor(leaky, served, 20.0, -60.0)

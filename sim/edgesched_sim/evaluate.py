@@ -141,8 +141,10 @@ def feasibility(profile: DeviceProfile, jobs: JobSet) -> Demand:
 
 
 def summarise(name: str, jobs: JobSet, stats: RunStats, profile: DeviceProfile | None = None,
-              floor: bool = False, duration_s: float | None = None) -> PolicyResult:
-    """One policy's row; with ``floor`` (needs ``profile`` and ``duration_s``) its own floor."""
+              floor: bool = False, duration_s: float | None = None,
+              coldest_c: float | None = None) -> PolicyResult:
+    """One policy's row; with ``floor`` (needs ``profile`` and ``duration_s``) its own floor
+    (``coldest_c``: :func:`energy_floor`'s)."""
     outcome = stats.outcome
     ran = (outcome == Outcome.OK) | (outcome == Outcome.LATE)
     ok = outcome == Outcome.OK
@@ -164,7 +166,7 @@ def summarise(name: str, jobs: JobSet, stats: RunStats, profile: DeviceProfile |
     if floor:
         if profile is None or duration_s is None:
             raise ValueError("summarise(floor=True) needs the profile and duration_s")
-        floor_j = energy_floor(profile, _oracle_jobs(jobs, ok), duration_s).energy_j
+        floor_j = energy_floor(profile, _oracle_jobs(jobs, ok), duration_s, coldest_c).energy_j
         vs = energy / floor_j if floor_j > 0 else None
     return PolicyResult(
         policy=name, energy_j=energy, inferences=inferences,
@@ -192,11 +194,11 @@ def _class_bounds(profile: DeviceProfile, jobs: JobSet, demand: Demand) -> tuple
 
 
 def oracle_result(profile: DeviceProfile, jobs: JobSet, duration_s: float,
-                  demand: Demand | None = None) -> PolicyResult:
+                  demand: Demand | None = None, coldest_c: float | None = None) -> PolicyResult:
     """The oracle row: the floor of all requests, or, on an infeasible set, no floor (see the
-    module notes)."""
+    module notes; ``coldest_c``: :func:`energy_floor`'s)."""
     demand = feasibility(profile, jobs) if demand is None else demand
-    floor = energy_floor(profile, _oracle_jobs(jobs), duration_s)
+    floor = energy_floor(profile, _oracle_jobs(jobs), duration_s, coldest_c)
     n = len(jobs)
     prios = sorted(set(jobs.priority.tolist()))
     sizes = {str(p): int((jobs.priority == p).sum()) for p in prios}
@@ -309,6 +311,8 @@ def run_policies(device: str | DeviceProfile, scenario: str | Scenario,
     thermal = (profile.thermal.with_conditions(**sc.thermal)
                if profile.thermal is not None and sc.thermal else None)
     engine = Engine(profile, jobs, dur, queue, thermal=thermal)
+    # leakage that follows the heat model is never below its value at the ambient
+    coldest_c = engine.thermal.ambient_c if engine.leak_heat and engine.thermal else None
     budget = sc.miss_budget
     guarded: list[str] = []
 
@@ -320,14 +324,14 @@ def run_policies(device: str | DeviceProfile, scenario: str | Scenario,
 
     for name, policy in objects.items():
         stats = engine.run(policy, seed, guard_of(name, policy))
-        results.append(summarise(name, jobs, stats, profile, floors, dur))
+        results.append(summarise(name, jobs, stats, profile, floors, dur, coldest_c))
     for spec in specs:
         if spec == "oracle":
-            results.append(oracle_result(profile, jobs, dur, demand))
+            results.append(oracle_result(profile, jobs, dur, demand, coldest_c))
             continue
         policy = made[spec]
         stats = engine.run(policy, seed, guard_of(spec, policy))
-        results.append(summarise(spec, jobs, stats, profile, floors, dur))
+        results.append(summarise(spec, jobs, stats, profile, floors, dur, coldest_c))
     rows = [r.to_json() for r in results]
     for row in rows:
         row["within_budget"] = budget_verdict(row, budget)

@@ -129,7 +129,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgesched.device import DeviceProfile, Work
+from edgesched.device import Cluster, DeviceProfile, Work
 
 __all__ = ["Demand", "Floor", "OracleJob", "PowerEnvelope", "demand_test", "energy_floor",
            "job_frontier", "power_envelope"]
@@ -235,22 +235,39 @@ def _hull_push(hull: list[tuple[float, float]], x: float, y: float) -> None:
     hull.append((x, y))
 
 
-def power_envelope(profile: DeviceProfile, threads: int = 1) -> PowerEnvelope:
-    """The envelope ``g~`` of ``profile`` for work on ``threads`` CPUs (see the module notes)."""
+def _floor_temp_c(cluster: Cluster, coldest_c: float | None) -> float | None:
+    """The temperature ``cluster``'s leakage is priced at by the floor: the profile's
+    ``default_temp_c`` (None), or ``coldest_c`` when the run can be colder than that."""
+    if coldest_c is None or coldest_c >= cluster.default_temp_c:
+        return None
+    return coldest_c
+
+
+def power_envelope(profile: DeviceProfile, threads: int = 1,
+                   coldest_c: float | None = None) -> PowerEnvelope:
+    """The envelope ``g~`` of ``profile`` for work on ``threads`` CPUs (see the module notes),
+    leakage priced at the coldest temperature of the run (:func:`energy_floor`)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     points: dict[float, float] = {}
     for c in profile.clusters:
         n = max(1, min(threads, len(c.cpus)))
+        temp_c = _floor_temp_c(c, coldest_c)
         for o in range(len(c.opps)):
-            static_uw = c.static_power_uw(o)
+            static_uw = c.static_power_uw(o, temp_c)
             if static_uw < c.idle_uw - _STATIC_SLACK_UW:
+                at = hint = ""
+                if temp_c is not None:
+                    at = f" at {temp_c:g} C"
+                    hint = (" (the run's ambient: leakage falls with temperature and idle "
+                            "power does not; a warmer ambient, or a lower "
+                            "static_temp_coeff_per_c or default_temp_c, keeps it above)")
                 raise ValueError(
                     f"energy_floor needs static power >= idle power on every OPP; cluster "
-                    f"{c.name!r} OPP {c.opps[o].khz} kHz has static {static_uw:.1f} uW < idle "
-                    f"{c.idle_uw:.1f} uW")
+                    f"{c.name!r} OPP {c.opps[o].khz} kHz has static {static_uw:.1f} uW{at} < "
+                    f"idle {c.idle_uw:.1f} uW{hint}")
             s = c.speed_mhz(o) * n
-            g = c.busy_power_uw(o, threads) - c.idle_uw
+            g = c.busy_power_uw(o, threads, temp_c) - c.idle_uw
             points[s] = min(g, points.get(s, math.inf))
     pts = sorted(points.items())
     min_extra = min(g for _, g in pts)
@@ -419,7 +436,8 @@ def _yds(rel: np.ndarray, dl: np.ndarray, work: np.ndarray, env: PowerEnvelope
 # the per-job bound
 
 
-def job_frontier(profile: DeviceProfile, work: Work) -> tuple[np.ndarray, np.ndarray]:
+def job_frontier(profile: DeviceProfile, work: Work,
+                 coldest_c: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``B(W)`` of the module notes for ``work`` on ``profile``: the least extra energy (uW*s)
     of running it within ``W`` seconds, as the vertices ``(times_s, energies_uws)`` of a convex
     piecewise-linear function, times increasing and energies decreasing (evaluate with
@@ -427,9 +445,10 @@ def job_frontier(profile: DeviceProfile, work: Work) -> tuple[np.ndarray, np.nda
     the shortest run's energy, which no window shorter than that run makes smaller)."""
     points: dict[float, float] = {}
     for ci, c in enumerate(profile.clusters):
+        temp_c = _floor_temp_c(c, coldest_c)
         for o in range(len(c.opps)):
             t = profile.latency_ms(work, ci, o) / 1000.0
-            e = (c.busy_power_uw(o, work.threads) - c.idle_uw) * t
+            e = (c.busy_power_uw(o, work.threads, temp_c) - c.idle_uw) * t
             points[t] = min(e, points.get(t, math.inf))
     hull: list[tuple[float, float]] = []
     for x, y in sorted(points.items()):
@@ -439,7 +458,8 @@ def job_frontier(profile: DeviceProfile, work: Work) -> tuple[np.ndarray, np.nda
     return np.array([p[0] for p in hull]), np.array([p[1] for p in hull])
 
 
-def _per_job_uws(profile: DeviceProfile, jobs: Sequence[OracleJob]) -> np.ndarray:
+def _per_job_uws(profile: DeviceProfile, jobs: Sequence[OracleJob],
+                 coldest_c: float | None) -> np.ndarray:
     """Each job's ``B_j(deadline - release)`` (uW*s); ``B_j(inf)`` without a deadline."""
     out = np.empty(len(jobs))
     windows = np.array([j.deadline_s - j.release_s for j in jobs], dtype=float)
@@ -447,7 +467,7 @@ def _per_job_uws(profile: DeviceProfile, jobs: Sequence[OracleJob]) -> np.ndarra
     for i, job in enumerate(jobs):
         by_work.setdefault(job.work, []).append(i)
     for work, idx in by_work.items():
-        times, energies = job_frontier(profile, work)
+        times, energies = job_frontier(profile, work, coldest_c)
         out[idx] = np.interp(windows[idx], times, energies)
     return out
 
@@ -456,10 +476,17 @@ def _per_job_uws(profile: DeviceProfile, jobs: Sequence[OracleJob]) -> np.ndarra
 # the floor
 
 
-def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: float) -> Floor:
+def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: float,
+                 coldest_c: float | None = None) -> Floor:
     """Lower bound on the energy (J, board floor excluded) of any schedule of ``jobs`` on
     ``profile`` over ``[0, max(horizon_s, last completion)]`` that finishes every job by its
     deadline. See the module docstring for the relaxation and its proof.
+
+    ``coldest_c``: the lowest temperature the run's clusters can have (Celsius; the heat
+    model's ambient, below which it never cools), when their leakage follows a heat model; a
+    cluster whose ``default_temp_c`` is above it has its leakage priced there (leakage grows
+    with temperature: ``static_temp_coeff_per_c >= 0``). None: leakage at ``default_temp_c``,
+    as the simulator prices it without a heat model.
 
     Raises ``ValueError`` when the jobs' thread counts differ, on NaN or infinite releases, a NaN
     deadline, negative work, a negative or non-finite horizon, or a profile whose static power
@@ -468,7 +495,7 @@ def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: f
     if not math.isfinite(horizon_s) or horizon_s < 0:
         raise ValueError(f"horizon_s must be finite and >= 0, got {horizon_s!r}")
     threads = _threads_of(jobs)
-    env = power_envelope(profile, threads)
+    env = power_envelope(profile, threads, coldest_c)
     idle_j = profile.idle_power_uw * horizon_s * _UJ_TO_J
     n = len(jobs)
     rel = np.array([j.release_s for j in jobs], dtype=float)
@@ -501,7 +528,7 @@ def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: f
 
     # the per-job bound, where it is higher: per component of the finite windows, per job
     # without a deadline (a job without compute costs P_min * M_j either way)
-    per_job = _per_job_uws(profile, jobs) if n else np.zeros(0)
+    per_job = _per_job_uws(profile, jobs, coldest_c) if n else np.zeros(0)
     mem_uws = mem_s * env.min_extra_uw
     lift_uws = 0.0
     pj_f, mem_f = per_job[finite], mem_uws[finite]
