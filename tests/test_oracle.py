@@ -545,6 +545,12 @@ def test_floor_prices_leakage_at_the_coldest_temperature_of_the_run() -> None:
                                                                            rel=1e-12)
     assert row["energy_j"] >= row["floor_j"]
     assert row["energy_j"] < energy_floor(leaky, served, 20.0).energy_j  # at 60 C: not a floor
-    # too cold for the model (static power below idle power there): said, not priced wrong
-    with pytest.raises(ValueError, match=r"at -60 C < idle"):
-        energy_floor(leaky, served, 20.0, -60.0)
+    # so cold that static power would fall below idle power: both price it at idle power
+    cold = Engine(leaky, jobs, 20.0, thermal=leaky.thermal.with_conditions(ambient_c=-60.0))
+    cold_stats = cold.run(_LeastEnergyRuns(), 3)
+    little = leaky.clusters[0]
+    assert little.static_power_uw(0, cold_stats.peak_temp_c) < little.idle_uw
+    assert cold.leak_extra_uw(0, 0, -60.0) == pytest.approx(
+        little.idle_uw - little.static_power_uw(0), rel=1e-12)
+    cold_served = _oracle_jobs(jobs, cold_stats.outcome == Outcome.OK)
+    assert cold_stats.total_energy_j >= energy_floor(leaky, cold_served, 20.0, -60.0).energy_j

@@ -23,7 +23,9 @@ without a thermal section none of this runs. Where some cluster's leakage depend
 (``static_temp_coeff_per_c`` > 0), a run, a governor's run segment between ticks and a
 frequency switch are priced with their leakage at the node's temperature when they start
 (``exp(k_T * (T - default_temp_c))`` evaluated exactly, no temperature buckets), and that power
-heats the node: heat feeds back into leakage. Idle power (``idle_uw``) has no temperature term.
+heats the node: heat feeds back into leakage. Idle power (``idle_uw``) has no temperature term;
+a cluster's static power is never priced below it (so cold that the leakage term would take it
+there, it is the idle power).
 With k_T = 0 on every cluster the tables' powers are used as they are, number for number.
 
 Per-board constants (service times, powers, switch energies, the heat node's power during each
@@ -461,13 +463,17 @@ class Engine:
 
     def leak_extra_uw(self, cluster: int, opp: int, temp_c: float) -> float:
         """Leakage of ``cluster`` at ``opp`` and ``temp_c`` above what the tables price (uW):
-        ``leakage(T0) * (exp(k_T * (temp_c - T0)) - the tables' factor)``; 0 when k_T is 0."""
+        ``leakage(T0) * (exp(k_T * (temp_c - T0)) - the tables' factor)``; 0 when k_T is 0. A
+        cluster held at an OPP never draws less than idle: colder than where its static power
+        meets its idle power, the static power is the idle power."""
         t = self.tables
         k = t.leak_k[cluster]
         if not k:
             return 0.0
-        return t.leak_uw[cluster][opp] * (math.exp(k * (temp_c - t.leak_t0_c[cluster]))
-                                          - t.leak_priced[cluster])
+        extra = t.leak_uw[cluster][opp] * (math.exp(k * (temp_c - t.leak_t0_c[cluster]))
+                                           - t.leak_priced[cluster])
+        least = t.idle_uw[cluster] - t.static_uw[cluster][opp]
+        return extra if extra > least else least
 
     def _switch(self, cluster: int, opp: int) -> None:
         if self.cur_opp[cluster] == opp:

@@ -243,6 +243,16 @@ def _floor_temp_c(cluster: Cluster, coldest_c: float | None) -> float | None:
     return coldest_c
 
 
+def _busy_uw(cluster: Cluster, opp: int, threads: int, temp_c: float | None) -> float:
+    """``busy_power_uw`` at ``temp_c`` with the static part never below idle power, as the
+    simulator prices a run at a temperature (:meth:`Engine.leak_extra_uw`)."""
+    busy = cluster.busy_power_uw(opp, threads, temp_c)
+    if temp_c is None:
+        return busy
+    static = cluster.static_power_uw(opp, temp_c)
+    return busy + max(0.0, cluster.idle_uw - static)
+
+
 def power_envelope(profile: DeviceProfile, threads: int = 1,
                    coldest_c: float | None = None) -> PowerEnvelope:
     """The envelope ``g~`` of ``profile`` for work on ``threads`` CPUs (see the module notes),
@@ -254,20 +264,14 @@ def power_envelope(profile: DeviceProfile, threads: int = 1,
         n = max(1, min(threads, len(c.cpus)))
         temp_c = _floor_temp_c(c, coldest_c)
         for o in range(len(c.opps)):
-            static_uw = c.static_power_uw(o, temp_c)
+            static_uw = c.static_power_uw(o)
             if static_uw < c.idle_uw - _STATIC_SLACK_UW:
-                at = hint = ""
-                if temp_c is not None:
-                    at = f" at {temp_c:g} C"
-                    hint = (" (the run's ambient: leakage falls with temperature and idle "
-                            "power does not; a warmer ambient, or a lower "
-                            "static_temp_coeff_per_c or default_temp_c, keeps it above)")
                 raise ValueError(
                     f"energy_floor needs static power >= idle power on every OPP; cluster "
-                    f"{c.name!r} OPP {c.opps[o].khz} kHz has static {static_uw:.1f} uW{at} < "
-                    f"idle {c.idle_uw:.1f} uW{hint}")
+                    f"{c.name!r} OPP {c.opps[o].khz} kHz has static {static_uw:.1f} uW < idle "
+                    f"{c.idle_uw:.1f} uW")
             s = c.speed_mhz(o) * n
-            g = c.busy_power_uw(o, threads, temp_c) - c.idle_uw
+            g = _busy_uw(c, o, threads, temp_c) - c.idle_uw
             points[s] = min(g, points.get(s, math.inf))
     pts = sorted(points.items())
     min_extra = min(g for _, g in pts)
@@ -448,7 +452,7 @@ def job_frontier(profile: DeviceProfile, work: Work,
         temp_c = _floor_temp_c(c, coldest_c)
         for o in range(len(c.opps)):
             t = profile.latency_ms(work, ci, o) / 1000.0
-            e = (c.busy_power_uw(o, work.threads, temp_c) - c.idle_uw) * t
+            e = (_busy_uw(c, o, work.threads, temp_c) - c.idle_uw) * t
             points[t] = min(e, points.get(t, math.inf))
     hull: list[tuple[float, float]] = []
     for x, y in sorted(points.items()):
@@ -485,7 +489,8 @@ def energy_floor(profile: DeviceProfile, jobs: Sequence[OracleJob], horizon_s: f
     ``coldest_c``: the lowest temperature the run's clusters can have (Celsius; the heat
     model's ambient, below which it never cools), when their leakage follows a heat model; a
     cluster whose ``default_temp_c`` is above it has its leakage priced there (leakage grows
-    with temperature: ``static_temp_coeff_per_c >= 0``). None: leakage at ``default_temp_c``,
+    with temperature: ``static_temp_coeff_per_c >= 0``), its static power never below its idle
+    power (as the simulator prices it). None: leakage at ``default_temp_c``,
     as the simulator prices it without a heat model.
 
     Raises ``ValueError`` when the jobs' thread counts differ, on NaN or infinite releases, a NaN
