@@ -275,6 +275,75 @@ def test_bad_traces_say_what_to_change(tmp_path: Path, csv_text: str, arrivals: 
         load_scenario(str(tmp_path / "s.toml"))
 
 
+_AZURE_FUNCTIONS = ("HashOwner,HashApp,HashFunction,Trigger,1,2,3,4\n"
+                    "o1,a1,f1,http,3,0,2,1\n"
+                    "o1,a1,f2,timer,1,1,1,1\n"
+                    "o2,a2,f3,http,0,5,0,0\n")
+
+
+def _count_scenario(tmp_path: Path, arrivals: str, duration_s: float = 240.0) -> Path:
+    (tmp_path / "inv.csv").write_text(_AZURE_FUNCTIONS)
+    (tmp_path / "s.toml").write_text(
+        f'duration_s = {duration_s}\n[arrivals]\nprocess = "trace"\npath = "inv.csv"\n'
+        + arrivals + _CLASSES3)
+    return tmp_path / "s.toml"
+
+
+def test_a_count_trace_as_published(tmp_path: Path) -> None:
+    """Azure Functions 2019's form: a row per function, a column per minute holding its
+    invocations; the rows are summed, each minute's requests arrive within that minute."""
+    sc = load_scenario(str(_count_scenario(tmp_path, 'count_columns = "numbered"\n')))
+    assert sc.trace_counts == (4, 6, 3, 2)
+    jobs = generate(sc, seed=1)
+    minute = np.floor(jobs.release_s / 60.0).astype(int)
+    assert np.bincount(minute, minlength=4).tolist() == [4, 6, 3, 2]
+    assert np.all(np.diff(jobs.release_s) >= 0)
+    again, other = generate(sc, seed=1), generate(sc, seed=2)
+    assert again.release_s.tolist() == jobs.release_s.tolist()
+    assert other.release_s.tolist() != jobs.release_s.tolist()
+    # a shorter run keeps the bins it covers, and only the part of a bin inside it
+    short = generate(sc, seed=1, duration_s=90.0)
+    assert len(short) <= 10 and np.all(short.release_s < 90.0)
+    assert (short.release_s < 60.0).sum() == 4
+    # rows picked by their columns, bins of another length, columns named in order
+    sc = load_scenario(str(_count_scenario(
+        tmp_path, 'count_columns = ["3", "1"]\nbin_s = 2.0\nwhere = {Trigger = "http"}\n')))
+    assert sc.trace_counts == (2, 3)
+    jobs = generate(sc, seed=0)
+    assert np.histogram(jobs.release_s, bins=[0.0, 2.0, 4.0])[0].tolist() == [2, 3]
+    # thinned: about the share asked for
+    sc = load_scenario(str(_count_scenario(tmp_path, 'count_columns = "numbered"\nthin = 0.5\n'
+                                           'time_scale = 0.001\n')))
+    kept = [len(generate(sc, seed=k)) for k in range(200)]
+    assert 0.4 < float(np.mean(kept)) / 15 < 0.6
+
+
+@pytest.mark.parametrize(("arrivals", "match"), [
+    ('count_columns = "numbered"\ntime_column = "t"\n', "time_column is for a trace of arrival"),
+    ('bin_s = 60.0\ntime_column = "HashOwner"\n', "bin_s is for a count trace"),
+    ('count_columns = "all"\n', 'count_columns must be "numbered" or a list'),
+    ('count_columns = ["9"]\n', r"no column\(s\) 9 of arrivals.count_columns"),
+    ('count_columns = "numbered"\nwhere = {Trigger = "queue"}\n', "no row .* matches"),
+    ('count_columns = "numbered"\nwhere = {Region = "eu"}\n', r"no column\(s\) Region"),
+    ('count_columns = ["HashApp"]\n', "line 2: column 'HashApp' holds 'a1', not a count"),
+    ('count_columns = "numbered"\nthin = 2.0\n', r"thin is the share .* in \(0, 1\]"),
+    ('count_columns = "numbered"\nbin_s = 0\n', "'bin_s' must be > 0"),
+])
+def test_bad_count_traces_say_what_to_change(tmp_path: Path, arrivals: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_scenario(str(_count_scenario(tmp_path, arrivals)))
+
+
+def test_a_count_trace_that_starts_after_the_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / "inv.csv").write_text("HashFunction,1,2,3\nf,0,0,7\n")
+    (tmp_path / "s.toml").write_text(
+        'duration_s = 60.0\n[arrivals]\nprocess = "trace"\npath = "inv.csv"\n'
+        'count_columns = "numbered"\n' + _CLASSES3)
+    with pytest.raises(ConfigError, match="first request comes in the bin at 120 s, after the "
+                                          "60 s run"):
+        generate(load_scenario(str(tmp_path / "s.toml")), seed=0)
+
+
 @pytest.mark.parametrize(("text", "match"), [
     ('[arrivals]\nprocess = "poisson"\nrate_hz = 1\nbogus = 1\n', "classes"),
     ('speed = 1\n[arrivals]\nprocess = "poisson"\nrate_hz = 1\n', "unknown key 'speed'"),

@@ -16,6 +16,11 @@ A scenario file::
     #        "us" or "ns", or date-times such as 2023-11-16 18:15:46.6805900, counted from the
     #        earliest row), start = "zero" (numbers as given) or "first" (from the earliest
     #        row), size_columns = ["ContextTokens", "GeneratedTokens"] (summed into the size)
+    # a count trace (requests per time bin, one row per function, as Azure Functions 2019):
+    #        count_columns = "numbered" (every column named by a whole number, bin = number -
+    #        the least) or a list of columns in bin order, bin_s = 60.0, where = {Trigger =
+    #        "http"} (rows kept: every named column equal to the text); the requests of a bin
+    #        arrive uniformly at random within it (per seed); thin and time_scale as above
     [[classes]]                  # what a request is; picked by weight (trace rows may override)
     model = "face_detection_short_range"
     weight = 1.0
@@ -75,6 +80,9 @@ class Scenario:
     classes: tuple[RequestClass, ...]
     trace_rows: tuple[tuple[float, str | None, int | None, float | None], ...] = field(
         default=(), repr=False)
+    trace_counts: tuple[int, ...] = field(default=(), repr=False)
+    """A count trace's requests per bin (``arrivals.count_columns``), summed over its rows; the
+    bins are ``arrivals.bin_s`` long, the first starts at 0."""
     miss_budget: MissBudget = field(default_factory=MissBudget)
     thermal: Mapping[str, Any] = field(default_factory=dict)
     """Conditions for the board's heat model (``[thermal]``: ``ambient_c`` and ``cooling``, a
@@ -223,6 +231,7 @@ def parse_scenario(doc: Mapping[str, Any], name: str, src: str, base_dir: Path |
                                     priority=prio, deadline_ms=_num(c, "deadline_ms", csrc)))
     params: dict[str, Any] = dict(arrivals)
     rows: tuple[tuple[float, str | None, int | None, float | None], ...] = ()
+    counts: tuple[int, ...] = ()
     if process == "poisson":
         _num(arrivals, "rate_hz", f"{src}: arrivals")
     elif process == "mmpp":
@@ -231,11 +240,17 @@ def parse_scenario(doc: Mapping[str, Any], name: str, src: str, base_dir: Path |
             if (not isinstance(v, list) or len(v) != 2
                     or not all(isinstance(x, (int, float)) and x > 0 for x in v)):
                 raise ConfigError(f"{src}: arrivals.{key} must be two positive numbers, got {v!r}")
+    elif _trace_scaling(arrivals, src) and "count_columns" in arrivals:
+        counts = _read_counts(arrivals, src, base_dir)
     else:
+        for key in COUNT_KEYS - {"count_columns"}:
+            if key in arrivals:
+                raise ConfigError(f"{src}: arrivals.{key} is for a count trace; name its count "
+                                  "columns with arrivals.count_columns")
         rows = _read_trace(arrivals, src, base_dir)
     return Scenario(name=str(doc.get("name", name)),
                     duration_s=_num(doc, "duration_s", src, 60.0), process=process,
-                    params=params, classes=tuple(classes), trace_rows=rows,
+                    params=params, classes=tuple(classes), trace_rows=rows, trace_counts=counts,
                     miss_budget=_miss_budget(doc.get("qos", {}), src),
                     thermal=_thermal_conditions(doc.get("thermal", {}), src))
 
@@ -325,13 +340,11 @@ def _json_lines(text: str, src: str, path_s: str) -> list[dict[str, str]]:
     return rows
 
 
-def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
-                ) -> tuple[tuple[float, str | None, int | None, float | None], ...]:
-    """The trace's rows as (seconds, model, priority, deadline_ms), sorted by time (stable)."""
+def _trace_text(arrivals: Mapping[str, Any], src: str, base_dir: Path | None) -> tuple[str, str]:
+    """(``arrivals.path``, the text of the file it names)."""
     path_s = arrivals.get("path")
     if not isinstance(path_s, str):
         raise ConfigError(f"{src}: arrivals.path must name a CSV or .jsonl file")
-    time_col, per_unit_s, start, size_cols = _trace_columns(arrivals, src)
     if path_s.startswith("@"):
         text = (resources.files("edgesched_sim") / "data" / path_s[1:]).read_text(encoding="utf-8")
     else:
@@ -342,6 +355,14 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
             raise ConfigError(f"{src}: cannot read trace {path}: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{src}: trace {path} is not UTF-8 text: {exc.reason}") from None
+    return path_s, text
+
+
+def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
+                ) -> tuple[tuple[float, str | None, int | None, float | None], ...]:
+    """The trace's rows as (seconds, model, priority, deadline_ms), sorted by time (stable)."""
+    time_col, per_unit_s, start, size_cols = _trace_columns(arrivals, src)
+    path_s, text = _trace_text(arrivals, src, base_dir)
     reader: Iterable[Mapping[str, Any]]
     if path_s.endswith(".jsonl"):  # one JSON object per line (e.g. the Mooncake traces)
         reader = _json_lines(text, src, path_s)
@@ -391,6 +412,100 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
     return tuple(rows)
 
 
+def _trace_scaling(arrivals: Mapping[str, Any], src: str) -> bool:
+    """Checks a trace's ``time_scale`` (> 0) and ``thin`` (in (0, 1]); True."""
+    _num(arrivals, "time_scale", f"{src}: arrivals", 1.0)
+    thin = _num(arrivals, "thin", f"{src}: arrivals", 1.0)
+    if thin > 1.0:
+        raise ConfigError(f"{src}: arrivals.thin is the share of the trace's requests kept, in "
+                          f"(0, 1], got {thin!r}")
+    return True
+
+
+COUNT_KEYS = frozenset({"count_columns", "bin_s", "where"})
+"""The keys of a count trace; the keys of a trace of arrival times do not apply to it."""
+
+
+def _read_counts(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
+                 ) -> tuple[int, ...]:
+    """A count trace's requests per bin, summed over the rows ``arrivals.where`` keeps."""
+    for key in ("time_column", "time_unit", "start", "size_columns", "size_classes"):
+        if key in arrivals:
+            raise ConfigError(f"{src}: arrivals.{key} is for a trace of arrival times; a count "
+                              "trace (arrivals.count_columns) has none")
+    _num(arrivals, "bin_s", f"{src}: arrivals", 60.0)
+    where = arrivals.get("where", {})
+    if not isinstance(where, Mapping) or not all(isinstance(v, str) for v in where.values()):
+        raise ConfigError(f"{src}: arrivals.where must be a table of column = \"text\", got "
+                          f"{where!r}")
+    path_s, text = _trace_text(arrivals, src, base_dir)
+    if path_s.endswith(".jsonl"):
+        raise ConfigError(f"{src}: a count trace is a CSV file, got {path_s}")
+    reader = csv.reader(text.splitlines())
+    header = next(reader, [])
+    index = {name: i for i, name in enumerate(header)}
+    wanted = arrivals.get("count_columns")
+    if wanted == "numbered":
+        numbered = [(int(n), i) for n, i in index.items() if n.strip().isdigit()]
+        if not numbered:
+            raise ConfigError(f"{src}: trace {path_s} has no column named by a whole number "
+                              f"(its columns: {', '.join(header[:12]) or 'none'}); list the "
+                              "count columns in arrivals.count_columns")
+        first = min(n for n, _ in numbered)
+        cols = [(n - first, i) for n, i in numbered]
+    elif isinstance(wanted, list) and wanted and all(isinstance(c, str) for c in wanted):
+        missing = [c for c in wanted if c not in index]
+        if missing:
+            raise ConfigError(f"{src}: trace {path_s} has no column(s) {', '.join(missing)} of "
+                              "arrivals.count_columns")
+        cols = [(k, index[c]) for k, c in enumerate(wanted)]
+    else:
+        raise ConfigError(f"{src}: arrivals.count_columns must be \"numbered\" or a list of "
+                          f"column names, got {wanted!r}")
+    missing = [c for c in where if c not in index]
+    if missing:
+        raise ConfigError(f"{src}: trace {path_s} has no column(s) {', '.join(missing)} of "
+                          "arrivals.where")
+    match = [(index[c], v) for c, v in where.items()]
+    counts = [0] * (max(k for k, _ in cols) + 1)
+    kept = 0
+    for lineno, row in enumerate(reader, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if any(i >= len(row) or row[i] != v for i, v in match):
+            continue
+        kept += 1
+        for k, i in cols:
+            cell = row[i].strip() if i < len(row) else ""
+            try:
+                n = int(cell) if cell else 0
+            except ValueError:
+                n = -1
+            if n < 0:
+                raise ConfigError(f"{src}: trace {path_s} line {lineno}: column {header[i]!r} "
+                                  f"holds {cell!r}, not a count of requests (a whole number "
+                                  ">= 0)")
+            counts[k] += n
+    if not kept:
+        raise ConfigError(f"{src}: no row of trace {path_s} matches arrivals.where {dict(where)}")
+    return tuple(counts)
+
+
+def _count_arrivals(sc: Scenario, rng: np.random.Generator, duration_s: float) -> np.ndarray:
+    """A count trace's arrival times: each bin's requests (thinned) uniformly within it."""
+    width_s = float(sc.params.get("bin_s", 60.0)) * float(sc.params.get("time_scale", 1.0))
+    counts = np.asarray(sc.trace_counts, dtype=np.int64)
+    starts = np.arange(len(counts)) * width_s
+    inside = starts < duration_s
+    if counts.any() and not counts[inside].any():
+        first = float(starts[np.argmax(counts > 0)])
+        raise ConfigError(f"{sc.name}: the trace's first request comes in the bin at "
+                          f"{first:.6g} s, after the {duration_s:g} s run")
+    kept = rng.binomial(counts[inside], float(sc.params.get("thin", 1.0)))
+    times = np.repeat(starts[inside], kept) + rng.uniform(0.0, width_s, size=int(kept.sum()))
+    return np.sort(times[times < duration_s])
+
+
 def load_scenario(name_or_path: str) -> Scenario:
     """A built-in scenario by name, or a scenario TOML file by path."""
     if name_or_path in BUILTIN:
@@ -434,7 +549,9 @@ def generate(sc: Scenario, seed: int, duration_s: float | None = None) -> JobSet
     dur = sc.duration_s if duration_s is None else float(duration_s)
     weights = np.array([c.weight for c in sc.classes], dtype=float)
     weights /= weights.sum()
-    if sc.process == "trace":
+    if sc.process == "trace" and sc.trace_counts:
+        release = _count_arrivals(sc, rng, dur)
+    elif sc.process == "trace":
         scale = float(sc.params.get("time_scale", 1.0))
         thin = float(sc.params.get("thin", 1.0))
         rows = [r for r in sc.trace_rows if r[0] * scale < dur]
@@ -461,7 +578,8 @@ def generate(sc: Scenario, seed: int, duration_s: float | None = None) -> JobSet
         return JobSet(release_s=release, model=tuple(models),
                       priority=np.array(prios, dtype=np.int64),
                       deadline_s=release + np.array(dls, dtype=float) / 1000.0)
-    release = _arrival_times(sc, rng, dur)
+    else:
+        release = _arrival_times(sc, rng, dur)
     picks = rng.choice(len(sc.classes), size=len(release), p=weights)
     class_models = tuple(c.model for c in sc.classes)
     priority = np.array([c.priority for c in sc.classes], dtype=np.int64)
