@@ -247,6 +247,21 @@ def test_trace_times_in_units_and_from_the_first_request(tmp_path: Path, unit: s
     assert jobs.release_s.tolist() == pytest.approx(want)
 
 
+def test_a_trace_of_end_times_and_durations(tmp_path: Path) -> None:
+    """Azure Functions 2021's form: each invocation's end time and duration, in seconds."""
+    (tmp_path / "t.csv").write_text("app,func,end_timestamp,duration\n"
+                                    "a,f,10.5,0.5\na,g,3.25,2.0\na,f,12.0,0.012\n")
+    (tmp_path / "s.toml").write_text(
+        'duration_s = 30.0\n[arrivals]\nprocess = "trace"\npath = "t.csv"\n'
+        'time_column = "end_timestamp"\nminus_column = "duration"\nstart = "first"\n'
+        + _CLASSES3)
+    jobs = generate(load_scenario(str(tmp_path / "s.toml")), seed=0)
+    assert jobs.release_s.tolist() == pytest.approx([0.0, 8.75, 10.738])
+    (tmp_path / "t.csv").write_text("app,func,end_timestamp,duration\na,f,10.5,\n")
+    with pytest.raises(ConfigError, match=r"line 2: .*not a finite time \(less duration ''\)"):
+        load_scenario(str(tmp_path / "s.toml"))
+
+
 def test_a_trace_that_starts_after_the_run_says_so(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("t_s\n1700000000\n1700000001\n")
     (tmp_path / "s.toml").write_text(
@@ -265,6 +280,7 @@ def test_a_trace_that_starts_after_the_run_says_so(tmp_path: Path) -> None:
     ("t_s\n1\n", 'time_unit = "min"\n', "time_unit must be one of s, ms, us, ns"),
     ("t_s\n1\n", 'start = "last"\n', 'start must be "zero"'),
     ("t_s\n1\n", "size_columns = 3\n", "size_columns must be a list"),
+    ("t_s\n1\n", 'minus_column = "duration"\n', "minus_column must name a column"),
 ])
 def test_bad_traces_say_what_to_change(tmp_path: Path, csv_text: str, arrivals: str,
                                        match: str) -> None:

@@ -15,7 +15,9 @@ A scenario file::
     #        time_column = "TIMESTAMP" (numbers in time_unit "s", "ms",
     #        "us" or "ns", or date-times such as 2023-11-16 18:15:46.6805900, counted from the
     #        earliest row), start = "zero" (numbers as given) or "first" (from the earliest
-    #        row), size_columns = ["ContextTokens", "GeneratedTokens"] (summed into the size)
+    #        row), size_columns = ["ContextTokens", "GeneratedTokens"] (summed into the size),
+    #        minus_column = "duration" (taken off each time, in the same unit: a trace of end
+    #        times and durations, as Azure Functions 2021)
     # a count trace (requests per time bin, one row per function, as Azure Functions 2019):
     #        count_columns = "numbered" (every column named by a whole number, bin = number -
     #        the least) or a list of columns in bin order, bin_s = 60.0, where = {Trigger =
@@ -374,6 +376,10 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
         raise ConfigError(f"{src}: trace {path_s} has no {time_col!r} column (its columns: "
                           f"{', '.join(header) or 'none'}); name the arrival times' column with "
                           "arrivals.time_column")
+    minus_col = arrivals.get("minus_column")
+    if minus_col is not None and (not isinstance(minus_col, str) or minus_col not in header):
+        raise ConfigError(f"{src}: arrivals.minus_column must name a column of trace {path_s} "
+                          f"(its columns: {', '.join(header)}), got {minus_col!r}")
     bounds = arrivals.get("size_classes")
     if bounds:
         missing = [c for c in size_cols if c not in header]
@@ -394,8 +400,12 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
                     raise ValueError(f"{time_col} {raw_t!r} is neither a number nor a date-time "
                                      "such as 2023-11-16 18:15:46.68") from None
                 t, dated = stamp, True
+            if minus_col is not None:  # e.g. an end time less the run's duration
+                t -= float(row.get(minus_col) or "nan") * per_unit_s
             if not math.isfinite(t):
-                raise ValueError(f"{time_col} {raw_t!r} is not a finite time")
+                raise ValueError(f"{time_col} {raw_t!r} is not a finite time"
+                                 + (f" (less {minus_col} {row.get(minus_col)!r})"
+                                    if minus_col is not None else ""))
             model = row.get("model") or None
             prio = int(row["priority"]) if row.get("priority") else None
             deadline = float(row["deadline_ms"]) if row.get("deadline_ms") else None
@@ -429,7 +439,8 @@ COUNT_KEYS = frozenset({"count_columns", "bin_s", "where"})
 def _read_counts(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
                  ) -> tuple[int, ...]:
     """A count trace's requests per bin, summed over the rows ``arrivals.where`` keeps."""
-    for key in ("time_column", "time_unit", "start", "size_columns", "size_classes"):
+    for key in ("time_column", "time_unit", "start", "size_columns", "size_classes",
+                "minus_column"):
         if key in arrivals:
             raise ConfigError(f"{src}: arrivals.{key} is for a trace of arrival times; a count "
                               "trace (arrivals.count_columns) has none")
