@@ -242,14 +242,16 @@ def parse_scenario(doc: Mapping[str, Any], name: str, src: str, base_dir: Path |
             if (not isinstance(v, list) or len(v) != 2
                     or not all(isinstance(x, (int, float)) and x > 0 for x in v)):
                 raise ConfigError(f"{src}: arrivals.{key} must be two positive numbers, got {v!r}")
-    elif _trace_scaling(arrivals, src) and "count_columns" in arrivals:
-        counts = _read_counts(arrivals, src, base_dir)
     else:
-        for key in COUNT_KEYS - {"count_columns"}:
-            if key in arrivals:
-                raise ConfigError(f"{src}: arrivals.{key} is for a count trace; name its count "
-                                  "columns with arrivals.count_columns")
-        rows = _read_trace(arrivals, src, base_dir)
+        _trace_scaling(arrivals, src)
+        if "count_columns" in arrivals:
+            counts = _read_counts(arrivals, src, base_dir)
+        else:
+            for key in COUNT_KEYS - {"count_columns"}:
+                if key in arrivals:
+                    raise ConfigError(f"{src}: arrivals.{key} is for a count trace; name its "
+                                      "count columns with arrivals.count_columns")
+            rows = _read_trace(arrivals, src, base_dir)
     return Scenario(name=str(doc.get("name", name)),
                     duration_s=_num(doc, "duration_s", src, 60.0), process=process,
                     params=params, classes=tuple(classes), trace_rows=rows, trace_counts=counts,
@@ -422,14 +424,13 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
     return tuple(rows)
 
 
-def _trace_scaling(arrivals: Mapping[str, Any], src: str) -> bool:
-    """Checks a trace's ``time_scale`` (> 0) and ``thin`` (in (0, 1]); True."""
+def _trace_scaling(arrivals: Mapping[str, Any], src: str) -> None:
+    """Checks a trace's ``time_scale`` (> 0) and ``thin`` (in (0, 1])."""
     _num(arrivals, "time_scale", f"{src}: arrivals", 1.0)
     thin = _num(arrivals, "thin", f"{src}: arrivals", 1.0)
     if thin > 1.0:
         raise ConfigError(f"{src}: arrivals.thin is the share of the trace's requests kept, in "
                           f"(0, 1], got {thin!r}")
-    return True
 
 
 COUNT_KEYS = frozenset({"count_columns", "bin_s", "where"})
