@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from edgesched.device import DeviceProfile, Work, builtin_profiles, load_profile
 from edgesched.observation import BoardView, Decision, DecisionContext
 from edgesched.policy.base import StaticPolicy
-from edgesched_sim.engine import Engine, Outcome
+from edgesched_sim.engine import BoardTables, Engine, Outcome
 from edgesched_sim.evaluate import _oracle_jobs, run_policies
 from edgesched_sim.oracle import Floor, OracleJob, energy_floor, power_envelope
 from edgesched_sim.scenarios import generate, load_scenario
@@ -554,3 +554,23 @@ def test_floor_prices_leakage_at_the_coldest_temperature_of_the_run() -> None:
         little.idle_uw - little.static_power_uw(0), rel=1e-12)
     cold_served = _oracle_jobs(jobs, cold_stats.outcome == Outcome.OK)
     assert cold_stats.total_energy_j >= energy_floor(leaky, cold_served, 20.0, -60.0).energy_j
+
+
+def test_tables_priced_cold_never_go_below_idle_power() -> None:
+    leaky = dataclasses.replace(RK, clusters=tuple(
+        dataclasses.replace(c, static_temp_coeff_per_c=0.02, default_temp_c=60.0)
+        for c in RK.clusters))
+    jobs = generate(load_scenario("steady-light"), 0, 5.0)
+    cold = BoardTables(leaky, jobs.model, temp_c=-60.0)
+    for c, cl in enumerate(leaky.clusters):
+        for o in range(len(cl.opps)):
+            assert cold.static_uw[c][o] == pytest.approx(
+                max(cl.idle_uw, cl.static_power_uw(o, -60.0)), rel=1e-12)
+    engine = Engine(leaky, jobs, 5.0, tables=cold)
+    for t in (-60.0, 20.0, 60.0, 90.0):  # what a run at t is priced at, over the tables
+        for c, cl in enumerate(leaky.clusters):
+            for o in range(len(cl.opps)):
+                want = max(cl.idle_uw, cl.static_power_uw(o, t))
+                got = cold.static_uw[c][o] + engine.leak_extra_uw(c, o, t)
+                assert got == pytest.approx(want, rel=1e-9), (t, c, o)
+

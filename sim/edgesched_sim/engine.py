@@ -152,10 +152,16 @@ class BoardTables:
         # [model][cluster][opp] service time (s) and extra power over the cluster's idle (uW)
         self.lat_s = [[[profile.latency_ms(w, c, o) / 1000.0 for o in range(len(cl.opps))]
                        for c, cl in enumerate(profile.clusters)] for w in self.works]
-        self.busy_uw = [[[cl.busy_power_uw(o, w.threads, temp_c) for o in range(len(cl.opps))]
-                         for cl in profile.clusters] for w in self.works]
-        self.static_uw = [[cl.static_power_uw(o, temp_c) for o in range(len(cl.opps))]
-                          for cl in profile.clusters]
+        # a cluster held at an OPP never draws less than idle (a cold temp_c could price it so)
+        lift = [[max(0.0, cl.idle_uw - cl.static_power_uw(o, temp_c)) for o in range(len(cl.opps))]
+                for cl in profile.clusters]
+        self.lift_uw = lift
+        """[cluster][opp] what the tables' static and busy powers add to reach idle power."""
+        self.busy_uw = [[[cl.busy_power_uw(o, w.threads, temp_c) + lift[c][o]
+                          for o in range(len(cl.opps))]
+                         for c, cl in enumerate(profile.clusters)] for w in self.works]
+        self.static_uw = [[cl.static_power_uw(o, temp_c) + lift[c][o] for o in range(len(cl.opps))]
+                          for c, cl in enumerate(profile.clusters)]
         self.idle_uw = [cl.idle_uw for cl in profile.clusters]
         self.idle_total_uw = sum(self.idle_uw)
         self.trans_s = [cl.transition_latency_ns * 1e-9 for cl in profile.clusters]
@@ -472,8 +478,9 @@ class Engine:
             return 0.0
         extra = t.leak_uw[cluster][opp] * (math.exp(k * (temp_c - t.leak_t0_c[cluster]))
                                            - t.leak_priced[cluster])
-        least = t.idle_uw[cluster] - t.static_uw[cluster][opp]
-        return extra if extra > least else least
+        lift = t.lift_uw[cluster][opp]  # the tables' own lift to idle power, taken back here
+        least = t.idle_uw[cluster] - t.static_uw[cluster][opp] + lift
+        return (extra if extra > least else least) - lift
 
     def _switch(self, cluster: int, opp: int) -> None:
         if self.cur_opp[cluster] == opp:
