@@ -228,6 +228,15 @@ def test_a_json_lines_trace(tmp_path: Path) -> None:
         + _CLASSES3)
     with pytest.raises(ConfigError, match="line 2: a JSON object per line, got list"):
         load_scenario(str(tmp_path / "bad.toml"))
+    # a bad value is named by its line in the file, blank lines counted
+    (tmp_path / "bad.jsonl").write_text('{"timestamp": 1}\n\n\n{"timestamp": "soon"}\n')
+    with pytest.raises(ConfigError, match="line 4: timestamp 'soon'"):
+        load_scenario(str(tmp_path / "bad.toml"))
+    (tmp_path / "t.csv").write_text("t_s\n1\n\n2\nlater\n")
+    (tmp_path / "csv.toml").write_text(
+        '[arrivals]\nprocess = "trace"\npath = "t.csv"\n' + _CLASSES3)
+    with pytest.raises(ConfigError, match="line 5: t_s 'later'"):
+        load_scenario(str(tmp_path / "csv.toml"))
 
 
 @pytest.mark.parametrize(("unit", "start", "times", "want"), [

@@ -46,7 +46,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -326,9 +326,10 @@ def _trace_columns(arrivals: Mapping[str, Any], src: str) -> tuple[str, float, s
     return time_col, _TIME_UNITS_S[unit], start, sizes
 
 
-def _json_lines(text: str, src: str, path_s: str) -> list[dict[str, str]]:
-    """The records of a JSON-lines trace, every value as text (as a CSV row's)."""
-    rows: list[dict[str, str]] = []
+def _json_lines(text: str, src: str, path_s: str) -> list[tuple[int, dict[str, str]]]:
+    """The records of a JSON-lines trace with their line numbers, every value as text (as a
+    CSV row's)."""
+    rows: list[tuple[int, dict[str, str]]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -339,9 +340,15 @@ def _json_lines(text: str, src: str, path_s: str) -> list[dict[str, str]]:
         if not isinstance(doc, dict):
             raise ConfigError(f"{src}: trace {path_s} line {lineno}: a JSON object per line, got "
                               f"{type(doc).__name__}")
-        rows.append({k: "" if v is None else str(v) for k, v in doc.items()
-                     if not isinstance(v, (list, dict))})
+        rows.append((lineno, {k: "" if v is None else str(v) for k, v in doc.items()
+                              if not isinstance(v, (list, dict))}))
     return rows
+
+
+def _csv_lines(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """A CSV trace's rows with the number of the line each ends on (blank lines skipped)."""
+    for row in reader:
+        yield reader.line_num, row
 
 
 def _trace_text(arrivals: Mapping[str, Any], src: str, base_dir: Path | None) -> tuple[str, str]:
@@ -367,13 +374,15 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
     """The trace's rows as (seconds, model, priority, deadline_ms), sorted by time (stable)."""
     time_col, per_unit_s, start, size_cols = _trace_columns(arrivals, src)
     path_s, text = _trace_text(arrivals, src, base_dir)
-    reader: Iterable[Mapping[str, Any]]
+    reader: Iterable[tuple[int, Mapping[str, Any]]]
     if path_s.endswith(".jsonl"):  # one JSON object per line (e.g. the Mooncake traces)
-        reader = _json_lines(text, src, path_s)
-        header = sorted({k for r in reader for k in r})
+        records = _json_lines(text, src, path_s)
+        header = sorted({k for _, r in records for k in r})
+        reader = records
     else:
-        reader = csv.DictReader(text.splitlines())
-        header = list(reader.fieldnames or [])
+        table = csv.DictReader(text.splitlines())
+        header = list(table.fieldnames or [])
+        reader = _csv_lines(table)
     if time_col not in header:
         raise ConfigError(f"{src}: trace {path_s} has no {time_col!r} column (its columns: "
                           f"{', '.join(header) or 'none'}); name the arrival times' column with "
@@ -391,7 +400,7 @@ def _read_trace(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
                               f"{', '.join(header)}); name them with arrivals.size_columns")
     rows = []
     dated = False
-    for lineno, row in enumerate(reader, start=1 if path_s.endswith(".jsonl") else 2):
+    for lineno, row in reader:
         try:
             raw_t = row.get(time_col) or ""
             try:
