@@ -146,6 +146,12 @@ class Cluster:
             leak += self.idle_dynamic_coefficient * opp.volts**2 * opp.mhz
         return leak
 
+    def idle_lift_uw(self, opp_index: int, temp_c: float | None = None) -> float:
+        """What the simulator adds to the static power at this OPP and ``temp_c`` so that a
+        cluster held at an OPP draws no less than idle (0 unless leakage so cold that it would
+        take the static power below ``idle_uw``, which has no temperature term)."""
+        return max(0.0, self.idle_uw - self.static_power_uw(opp_index, temp_c))
+
     def busy_power_uw(self, opp_index: int, active_cpus: int = 1,
                       temp_c: float | None = None) -> float:
         """Cluster power with ``active_cpus`` CPUs busy at this OPP (at ``temp_c`` Celsius, the

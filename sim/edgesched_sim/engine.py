@@ -153,7 +153,7 @@ class BoardTables:
         self.lat_s = [[[profile.latency_ms(w, c, o) / 1000.0 for o in range(len(cl.opps))]
                        for c, cl in enumerate(profile.clusters)] for w in self.works]
         # a cluster held at an OPP never draws less than idle (a cold temp_c could price it so)
-        lift = [[max(0.0, cl.idle_uw - cl.static_power_uw(o, temp_c)) for o in range(len(cl.opps))]
+        lift = [[cl.idle_lift_uw(o, temp_c) for o in range(len(cl.opps))]
                 for cl in profile.clusters]
         self.lift_uw = lift
         """[cluster][opp] what the tables' static and busy powers add to reach idle power."""

@@ -245,12 +245,8 @@ def _floor_temp_c(cluster: Cluster, coldest_c: float | None) -> float | None:
 
 def _busy_uw(cluster: Cluster, opp: int, threads: int, temp_c: float | None) -> float:
     """``busy_power_uw`` at ``temp_c`` with the static part never below idle power, as the
-    simulator prices a run at a temperature (:meth:`Engine.leak_extra_uw`)."""
-    busy = cluster.busy_power_uw(opp, threads, temp_c)
-    if temp_c is None:
-        return busy
-    static = cluster.static_power_uw(opp, temp_c)
-    return busy + max(0.0, cluster.idle_uw - static)
+    simulator prices a run at a temperature (``Cluster.idle_lift_uw``)."""
+    return cluster.busy_power_uw(opp, threads, temp_c) + cluster.idle_lift_uw(opp, temp_c)
 
 
 def power_envelope(profile: DeviceProfile, threads: int = 1,
