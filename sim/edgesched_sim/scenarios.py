@@ -443,6 +443,8 @@ def _trace_scaling(arrivals: Mapping[str, Any], src: str) -> None:
 
 
 COUNT_KEYS = frozenset({"count_columns", "bin_s", "where"})
+BIN_S = 60.0
+"""A count trace's bin length when ``arrivals.bin_s`` is not given (Azure Functions': a minute)."""
 """The keys of a count trace; the keys of a trace of arrival times do not apply to it."""
 
 
@@ -454,7 +456,7 @@ def _read_counts(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
         if key in arrivals:
             raise ConfigError(f"{src}: arrivals.{key} is for a trace of arrival times; a count "
                               "trace (arrivals.count_columns) has none")
-    _num(arrivals, "bin_s", f"{src}: arrivals", 60.0)
+    _num(arrivals, "bin_s", f"{src}: arrivals", BIN_S)
     where = arrivals.get("where", {})
     if not isinstance(where, Mapping) or not all(isinstance(v, str) for v in where.values()):
         raise ConfigError(f"{src}: arrivals.where must be a table of column = \"text\", got "
@@ -490,7 +492,8 @@ def _read_counts(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
     match = [(index[c], v) for c, v in where.items()]
     counts = [0] * (max(k for k, _ in cols) + 1)
     kept = 0
-    for lineno, row in enumerate(reader, start=2):
+    for row in reader:
+        lineno = reader.line_num
         if not row or not any(cell.strip() for cell in row):
             continue
         if any(i >= len(row) or row[i] != v for i, v in match):
@@ -514,7 +517,7 @@ def _read_counts(arrivals: Mapping[str, Any], src: str, base_dir: Path | None,
 
 def _count_arrivals(sc: Scenario, rng: np.random.Generator, duration_s: float) -> np.ndarray:
     """A count trace's arrival times: each bin's requests (thinned) uniformly within it."""
-    width_s = float(sc.params.get("bin_s", 60.0)) * float(sc.params.get("time_scale", 1.0))
+    width_s = float(sc.params.get("bin_s", BIN_S)) * float(sc.params.get("time_scale", 1.0))
     counts = np.asarray(sc.trace_counts, dtype=np.int64)
     starts = np.arange(len(counts)) * width_s
     inside = starts < duration_s
